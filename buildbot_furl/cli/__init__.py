@@ -1,0 +1,2 @@
+"""Command-line front ends (click).  They parse, then call the layers below;
+nothing outside this package imports it."""

@@ -1,0 +1,59 @@
+"""What both CLIs share: one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from buildbot_furl.errors import FurlError
+
+EXIT_ERROR = 1
+EXIT_UNAVAILABLE = 2
+
+
+class Failed(click.ClickException):
+    """An error printed as one line: ``PROG: error: MESSAGE``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        ctx = click.get_current_context(silent=True)
+        self.prog = (ctx.find_root().info_name if ctx else None) or "furl"
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"{self.prog}: error: {self.format_message()}", err=True)
+
+
+def guarded(exit_code: int = EXIT_ERROR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn our errors and OS errors into one clean line and an exit code."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Failed:
+                raise
+            except FurlError as e:
+                raise Failed(str(e), getattr(e, "exit_code", exit_code)) from None
+            except PermissionError as e:
+                raise Failed(f"permission denied: {e.filename}") from None
+            except OSError as e:
+                where = f": {e.filename}" if e.filename else ""
+                raise Failed(f"{e.strerror or e}{where}") from None
+            except KeyboardInterrupt:
+                click.echo("interrupted", err=True)
+                sys.exit(130)
+
+        return wrapper
+
+    return deco
+
+
+def note(message: str) -> None:
+    """Human text: always stderr, so stdout stays machine-readable."""
+    click.echo(message, err=True)

@@ -1,0 +1,255 @@
+"""``furl-master``: create a master, manage its workers' FURLs, run it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from buildbot_furl import daemon, furls
+from buildbot_furl.admin_client import MasterNotRunning, master_pid, run_with_admin
+from buildbot_furl.cli.common import EXIT_UNAVAILABLE, Failed, guarded, note
+from buildbot_furl.errors import ConfigError
+from buildbot_furl.master import config as mconfig
+from buildbot_furl.protocol import call
+from buildbot_furl.tubs import make_tub
+
+ENV_DIR = "FURL_MASTER_DIR"
+
+
+def basedir_option(fn: Any) -> Any:
+    return click.option(
+        "-d", "--basedir", "basedir", envvar=ENV_DIR, default=None,
+        type=click.Path(file_okay=False),
+        help=f"Master directory (default: ${ENV_DIR}, else the current directory).",
+    )(fn)
+
+
+def _basedir(ctx: click.Context, basedir: str | None) -> str:
+    return basedir or ctx.find_root().params.get("basedir") or os.environ.get(ENV_DIR) or "."
+
+
+def _tubid(cfg: mconfig.MasterConfig) -> str:
+    pem = cfg.paths.tub_pem
+    if not os.path.exists(pem):
+        raise ConfigError(f"{pem} is missing: without the master's key no FURL can be made")
+    return make_tub(pem).getTubID()
+
+
+def _load(ctx: click.Context, basedir: str | None) -> mconfig.MasterConfig:
+    return mconfig.load(_basedir(ctx, basedir))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@basedir_option
+@click.version_option(package_name="buildbot_furl", prog_name="furl-master")
+def cli(basedir: str | None) -> None:
+    """Publish one FURL per worker and drive the workers that attach.
+
+    \b
+    Set up:   furl-master create-master -d DIR --location tcp:HOST:PORT
+              furl-master create-worker -d DIR NAME     (prints the FURL)
+    Run:      furl-master start -d DIR
+    Use:      furl-master run -d DIR NAME -- make test
+
+    All FURLs live in DIR/workers.furls (one 'NAME FURL' line each); a
+    running master applies hand edits within 2 seconds.
+    """
+
+
+@cli.command("create-master")
+@basedir_option
+@click.option("--location", required=True, metavar="tcp:HOST:PORT[,...]",
+              help="What workers dial; written into every FURL.")
+@click.option("--port", default=None, metavar="ENDPOINT",
+              help="What the master listens on (default: tcp:PORT from --location).")
+@click.pass_context
+@guarded()
+def create_master(ctx: click.Context, basedir: str | None, location: str,
+                  port: str | None) -> None:
+    """Create a master directory: config, TLS key, empty workers.furls."""
+    d = _basedir(ctx, basedir)
+    cfg = mconfig.create(d, location, port)
+    tubid = make_tub(cfg.paths.tub_pem).getTubID()
+    note(f"created master in {cfg.paths.basedir} (tubid {tubid}, listening on {cfg.port})")
+    note("next: furl-master create-worker NAME, then furl-master start")
+
+
+@cli.command("create-worker")
+@basedir_option
+@click.argument("name")
+@click.option("--comment", default="", help="A note kept after the FURL in workers.furls.")
+@click.pass_context
+@guarded()
+def create_worker(ctx: click.Context, basedir: str | None, name: str, comment: str) -> None:
+    """Add worker NAME and print its FURL (only the FURL, on stdout)."""
+    cfg = _load(ctx, basedir)
+    furls.check_name(name)
+    tubid = _tubid(cfg)
+    furl = furls.Furl(tubid, cfg.location, furls.new_swissnum())
+    with furls.update(cfg.paths.furls, tubid) as ff:
+        ff.add(name, furl, comment)
+    click.echo(str(furl))
+    note(f"worker {name!r} added to {cfg.paths.furls}; give that FURL to its admin "
+         "(it is a secret)")
+
+
+@cli.command("revoke-worker")
+@basedir_option
+@click.argument("name")
+@click.pass_context
+@guarded()
+def revoke_worker(ctx: click.Context, basedir: str | None, name: str) -> None:
+    """Remove worker NAME: its FURL stops working and a live connection drops."""
+    cfg = _load(ctx, basedir)
+    with furls.update(cfg.paths.furls, _tubid(cfg)) as ff:
+        ff.remove(name)
+    note(f"worker {name!r} revoked")
+
+
+@cli.command("rotate-worker")
+@basedir_option
+@click.argument("name")
+@click.pass_context
+@guarded()
+def rotate_worker(ctx: click.Context, basedir: str | None, name: str) -> None:
+    """Give worker NAME a new FURL (printed); the old one stops working."""
+    cfg = _load(ctx, basedir)
+    tubid = _tubid(cfg)
+    furl = furls.Furl(tubid, cfg.location, furls.new_swissnum())
+    with furls.update(cfg.paths.furls, tubid) as ff:
+        ff.replace_furl(name, furl)
+    click.echo(str(furl))
+    note(f"worker {name!r} has a new FURL; the old one no longer works")
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@cli.command("list-workers")
+@basedir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--show-furls", is_flag=True, help="Include the FURLs (secrets!).")
+@click.pass_context
+@guarded()
+def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
+                 show_furls: bool) -> None:
+    """List workers; with a running master, also who is connected."""
+    cfg = _load(ctx, basedir)
+    ff = furls.read(cfg.paths.furls)
+    live: dict[str, dict[str, Any]] = {}
+    running = master_pid(cfg.paths) is not None
+    if running:
+        try:
+            rows = run_with_admin(cfg.paths, lambda ref: call(ref, "listWorkers"))
+            live = {r["name"]: r for r in rows}
+        except MasterNotRunning:
+            running = False
+    out = []
+    for e in ff.entries:
+        row: dict[str, Any] = {"name": e.name, "comment": e.comment}
+        if running:
+            r = live.get(e.name, {})
+            row.update(connected=bool(r.get("connected")), peer=r.get("peer"),
+                       last_seen=r.get("last_seen"), connected_since=r.get("connected_since"))
+        if show_furls:
+            row["furl"] = str(e.furl)
+        out.append(row)
+    if as_json:
+        click.echo(json.dumps({"master_running": running, "workers": out}, indent=2))
+        return
+    if not out:
+        note("no workers yet: add one with furl-master create-worker NAME")
+        return
+    for row in out:
+        parts = [row["name"]]
+        if running:
+            if row["connected"]:
+                parts.append(f"connected from {row['peer']} since {_when(row['connected_since'])}")
+            else:
+                parts.append(f"not connected (last seen {_when(row['last_seen'])})")
+        if row["comment"]:
+            parts.append(f"# {row['comment']}")
+        if show_furls:
+            parts.append(row["furl"])
+        click.echo("  ".join(parts))
+    if not running:
+        note("(the master is not running: connection state unknown)")
+
+
+@cli.command()
+@basedir_option
+@click.option("--nodaemon", is_flag=True, help="Stay in the foreground, log to stderr too.")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@click.pass_context
+@guarded()
+def start(ctx: click.Context, basedir: str | None, nodaemon: bool, ready_fd: int | None) -> None:
+    """Start the master (in the background unless --nodaemon)."""
+    cfg = _load(ctx, basedir)
+    mconfig.check_private(cfg.paths)
+    furls.read(cfg.paths.furls, _tubid(cfg))  # refuse a bad file before going away
+    if nodaemon or ready_fd is not None:
+        from buildbot_furl.master.service import run_master
+
+        sys.exit(run_master(cfg, ready_fd, to_stderr=ready_fd is None))
+    pid = master_pid(cfg.paths)
+    if pid is not None:
+        raise Failed(f"the master in {cfg.paths.basedir} is already running (pid {pid})")
+    argv = [sys.executable, "-m", "buildbot_furl.cli.master", "start", "-d", cfg.paths.basedir]
+    ok, message = daemon.spawn(argv, cfg.paths.log, timeout=30)
+    if not ok:
+        raise Failed(message)
+    note(f"furl-master started ({message}); log: {cfg.paths.log}")
+
+
+@cli.command()
+@basedir_option
+@click.pass_context
+@guarded()
+def stop(ctx: click.Context, basedir: str | None) -> None:
+    """Stop the running master."""
+    cfg = _load(ctx, basedir)
+    pid = daemon.stop(daemon.PidFile(cfg.paths.pidfile))
+    if pid is None:
+        raise Failed(f"the master in {cfg.paths.basedir} is not running")
+    note(f"furl-master stopped (pid {pid})")
+
+
+@cli.command()
+@basedir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded(EXIT_UNAVAILABLE)
+def status(ctx: click.Context, basedir: str | None, as_json: bool) -> None:
+    """Say whether the master runs, and how many workers are connected."""
+    cfg = _load(ctx, basedir)
+    if master_pid(cfg.paths) is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("not running")
+        sys.exit(3)
+    st = run_with_admin(cfg.paths, lambda ref: call(ref, "status"))
+    if as_json:
+        click.echo(json.dumps({"running": True, **st}, indent=2))
+        return
+    up = time.time() - st["started"]
+    click.echo(f"running (pid {st['pid']}, up {up:.0f} s, version {st['version']}): "
+               f"{st['connected']} of {st['workers']} worker(s) connected; "
+               f"location {st['location']}")
+
+
+def main() -> None:
+    cli(prog_name="furl-master")
+
+
+if __name__ == "__main__":
+    main()

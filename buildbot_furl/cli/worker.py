@@ -1,0 +1,107 @@
+"""``furl-worker``: attach a build worker to its master with one FURL."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from buildbot_furl import daemon
+from buildbot_furl.cli.common import Failed, guarded, note
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
+from buildbot_furl.worker import config as wconfig
+
+FURL_HELP = "The FURL (visible in 'ps'; prefer --furl-file or $FURL_WORKER_FURL)."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="buildbot_furl", prog_name="furl-worker")
+def cli() -> None:
+    """Run a build worker that attaches to a master through one FURL.
+
+    \b
+    Once:     furl-worker create-worker DIR --furl-file FILE
+              furl-worker start DIR
+    Or:       FURL_WORKER_FURL=pb://... furl-worker start DIR
+
+    The connection is encrypted, pinned to the master's key, and
+    re-established by itself (backoff up to 60 s) when it drops.
+    """
+
+
+@cli.command("create-worker")
+@click.argument("basedir", type=click.Path(file_okay=False))
+@click.option("--furl", default=None, help=FURL_HELP)
+@click.option("--furl-file", default=None, type=click.Path(dir_okay=False),
+              help="Read the FURL from this file (mode 0600).")
+@click.option("--admin", default=None, help="Who runs this worker (info/admin).")
+@click.option("--host", default=None, help="A description of this host (info/host).")
+@guarded()
+def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
+                  host: str | None) -> None:
+    """Create worker directory BASEDIR holding the FURL (DIR/master.furl, 0600)."""
+    parsed = wconfig.resolve_furl(None, furl, furl_file)
+    paths = wconfig.create(basedir, parsed, admin, host)
+    note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+
+
+@cli.command()
+@click.argument("basedir", default=".", type=click.Path(file_okay=False))
+@click.option("--furl", default=None, help=FURL_HELP)
+@click.option("--furl-file", default=None, type=click.Path(dir_okay=False),
+              help="Read the FURL from this file (mode 0600).")
+@click.option("--nodaemon", is_flag=True, help="Stay in the foreground, log to stderr too.")
+@click.option("--wait", default=15.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for the first attach before giving up; 0 starts "
+                   "without waiting and keeps trying forever (for boot scripts).")
+@click.option("--keepalive", default=DEFAULT_KEEPALIVE, show_default=True,
+              type=click.IntRange(min=0), help="Ping the master after this many idle seconds.")
+@click.option("--disconnect-timeout", default=DEFAULT_DISCONNECT_TIMEOUT, show_default=True,
+              type=click.IntRange(min=0),
+              help="Drop and redial after this many seconds without traffic.")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@guarded()
+def start(basedir: str, furl: str | None, furl_file: str | None, nodaemon: bool, wait: float,
+          keepalive: int, disconnect_timeout: int, ready_fd: int | None) -> None:
+    """Start the worker in BASEDIR (default: the current directory)."""
+    paths = wconfig.WorkerPaths(os.path.abspath(basedir))
+    if not os.path.isdir(paths.basedir):
+        raise Failed(f"{basedir} does not exist (create it with furl-worker create-worker)")
+    parsed = wconfig.resolve_furl(paths, furl, furl_file)
+    if nodaemon or ready_fd is not None:
+        from buildbot_furl.worker.service import run_worker
+
+        sys.exit(run_worker(paths, parsed, ready_fd, ready_fd is None, wait, keepalive,
+                            disconnect_timeout))
+    pid = daemon.PidFile(paths.pidfile).running_pid()
+    if pid is not None:
+        raise Failed(f"the worker in {paths.basedir} is already running (pid {pid})")
+    argv = [sys.executable, "-m", "buildbot_furl.cli.worker", "start", paths.basedir,
+            "--wait", str(wait), "--keepalive", str(keepalive),
+            "--disconnect-timeout", str(disconnect_timeout)]
+    # the FURL goes to the child through its environment, never its argv
+    os.environ[wconfig.ENV_FURL] = str(parsed)
+    ok, message = daemon.spawn(argv, paths.log, timeout=wait + 30)
+    if not ok:
+        raise Failed(message)
+    note(f"furl-worker started ({message}); log: {paths.log}")
+
+
+@cli.command()
+@click.argument("basedir", default=".", type=click.Path(file_okay=False))
+@guarded()
+def stop(basedir: str) -> None:
+    """Stop the worker running in BASEDIR."""
+    pid = daemon.stop(daemon.PidFile(wconfig.WorkerPaths(os.path.abspath(basedir)).pidfile))
+    if pid is None:
+        raise Failed(f"no worker is running in {basedir}")
+    note(f"furl-worker stopped (pid {pid})")
+
+
+def main() -> None:
+    cli(prog_name="furl-worker")
+
+
+if __name__ == "__main__":
+    main()

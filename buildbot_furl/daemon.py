@@ -1,0 +1,137 @@
+"""Run a service in the background: pid file with a lock, readiness pipe.
+
+``start`` spawns the ``--nodaemon`` form of the same command in a new
+session and waits on a pipe for the child's verdict: ``OK`` once it is
+serving, or ``ERROR <one line>``, which the parent prints.  The child
+holds an exclusive lock on its pid file for as long as it lives, so
+"running?" is a lock test, never a guess from a stale pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import time
+
+from buildbot_furl.errors import ConfigError
+
+
+class PidFile:
+    """The lock-holding pid file of a daemon."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Lock and write our pid; ConfigError if another instance holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"already running (pid {self.read() or '?'}, {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self) -> int | None:
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def running_pid(self) -> int | None:
+        """The pid of the live instance, or None."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self.read()
+        finally:
+            os.close(fd)
+        return None
+
+
+def spawn(argv: list[str], log_path: str, timeout: float) -> tuple[bool, str]:
+    """Start ``argv + ['--ready-fd', N]`` detached; wait for its verdict."""
+    r, w = os.pipe()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--ready-fd", str(w)],
+            pass_fds=(w,),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(w)
+        os.close(log_fd)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, (f"no answer from the daemon after {timeout:.0f} s "
+                               f"(pid {proc.pid} left running); see {log_path}")
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(r)
+    line = buf.decode("utf-8", "replace").strip()
+    if line.startswith("OK"):
+        return True, line[2:].strip()
+    if line.startswith("ERROR"):
+        return False, line[5:].strip()
+    code = proc.poll()
+    return False, f"the daemon exited during start-up (status {code}); see {log_path}"
+
+
+def report_ready(fd: int | None, ok: bool, message: str = "") -> None:
+    """The child's half of spawn(): one line, then close the pipe."""
+    if fd is None:
+        return
+    line = ("OK " if ok else "ERROR ") + " ".join(message.split())
+    with contextlib.suppress(OSError):
+        os.write(fd, (line + "\n").encode("utf-8", "replace"))
+        os.close(fd)
+
+
+def stop(pidfile: PidFile, timeout: float = 15.0) -> int | None:
+    """SIGTERM the running instance and wait for it; returns its pid or None."""
+    pid = pidfile.running_pid()
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pidfile.running_pid() is None:
+            return pid
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    return pid

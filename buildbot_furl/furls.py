@@ -1,0 +1,313 @@
+"""The ``workers.furls`` file: one ``NAME FURL [# comment]`` line per worker.
+
+The admin may edit the file by hand; every write made here keeps the
+admin's comments, blank lines and order, is atomic (temp file, fsync,
+rename) and is serialized with a lock file so concurrent writers lose
+nothing.  Error messages name the file and line but never echo a FURL:
+the swissnum in it is a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+
+from buildbot_furl.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+TUBID_RE = re.compile(r"^[a-z2-7]{32}$")
+SWISSNUM_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+HINT_RE = re.compile(r"^[^\s,/@]+$")
+FURL_RE = re.compile(r"^pb://([^@/\s]+)@([^/\s]*)/([^/\s]+)$")
+FILENAME = "workers.furls"
+HEADER = (
+    "# workers.furls: one worker per line, NAME FURL [# comment].\n"
+    "# Each FURL is a secret: whoever holds it can attach as that worker.\n"
+    "# Edit by hand or with furl-master create-worker / revoke-worker / rotate-worker;\n"
+    "# a running master picks up changes within 2 seconds (or at once on SIGHUP).\n"
+)
+
+
+def new_swissnum() -> str:
+    """An unguessable 160-bit swissnum, base32 like foolscap's own."""
+    return base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower().rstrip("=")
+
+
+@dataclasses.dataclass(frozen=True)
+class Furl:
+    """A parsed ``pb://TUBID@HINTS/SWISSNUM``; ``str()`` gives it back."""
+
+    tubid: str
+    hints: tuple[str, ...]
+    swissnum: str
+
+    def __str__(self) -> str:
+        return f"pb://{self.tubid}@{','.join(self.hints)}/{self.swissnum}"
+
+    def __repr__(self) -> str:  # never show the swissnum by accident
+        return f"Furl(tubid={self.tubid!r}, hints={self.hints!r}, swissnum=<secret>)"
+
+
+def parse_furl(text: str) -> Furl:
+    """Parse a FURL; raise ConfigError with a message that omits the secret."""
+    text = text.strip()
+    m = FURL_RE.match(text)
+    if not m:
+        raise ConfigError("malformed FURL (expected pb://TUBID@HOST:PORT/SWISSNUM)")
+    tubid, hints, swissnum = m.groups()
+    if not TUBID_RE.match(tubid):
+        raise ConfigError("malformed FURL: the TUBID is not 32 base32 characters")
+    hint_list = tuple(h for h in hints.split(",")) if hints else ()
+    if not hint_list or any(not HINT_RE.match(h) for h in hint_list):
+        raise ConfigError("malformed FURL: it has no usable connection hint (HOST:PORT)")
+    if not SWISSNUM_RE.match(swissnum):
+        raise ConfigError("malformed FURL: the secret part after the last '/' is not valid")
+    return Furl(tubid, hint_list, swissnum)
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"invalid worker name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -"
+        )
+    return name
+
+
+@dataclasses.dataclass
+class Entry:
+    """One worker line."""
+
+    name: str
+    furl: Furl
+    comment: str = ""
+    lineno: int = 0
+    raw: str = ""  # the line as the admin wrote it, kept until the entry changes
+
+    def render(self) -> str:
+        if self.raw:
+            return self.raw if self.raw.endswith("\n") else self.raw + "\n"
+        line = f"{self.name} {self.furl}"
+        if self.comment:
+            line += f"  # {self.comment}"
+        return line + "\n"
+
+
+@dataclasses.dataclass
+class FurlsFile:
+    """The parsed file: ``lines`` holds raw text or an Entry, in file order."""
+
+    path: str
+    lines: list[str | Entry]
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [x for x in self.lines if isinstance(x, Entry)]
+
+    def get(self, name: str) -> Entry | None:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        return None
+
+    def by_name(self) -> dict[str, Entry]:
+        return {e.name: e for e in self.entries}
+
+    def render(self) -> str:
+        return "".join(x.render() if isinstance(x, Entry) else x for x in self.lines)
+
+    # -- edits (callers write the result with update()) --------------------
+    def add(self, name: str, furl: Furl, comment: str = "") -> Entry:
+        check_name(name)
+        if self.get(name) is not None:
+            raise ConfigError(f"worker {name!r} already exists in {self.path}")
+        comment = _clean_comment(comment)
+        entry = Entry(name, furl, comment)
+        if self.lines and isinstance(self.lines[-1], str) and not self.lines[-1].endswith("\n"):
+            self.lines[-1] += "\n"
+        self.lines.append(entry)
+        return entry
+
+    def remove(self, name: str) -> Entry:
+        entry = self._require(name)
+        self.lines.remove(entry)
+        return entry
+
+    def replace_furl(self, name: str, furl: Furl) -> Entry:
+        entry = self._require(name)
+        entry.furl = furl
+        entry.raw = ""
+        return entry
+
+    def _require(self, name: str) -> Entry:
+        entry = self.get(name)
+        if entry is None:
+            raise ConfigError(f"no worker named {name!r} in {self.path}")
+        return entry
+
+
+def _clean_comment(comment: str) -> str:
+    comment = " ".join(comment.split())
+    if len(comment) > 500:
+        raise ConfigError("comment too long (500 characters at most)")
+    return comment
+
+
+def parse(text: str, path: str = FILENAME, tubid: str | None = None) -> FurlsFile:
+    """Parse the file's text; errors name ``path:line``.
+
+    With ``tubid``, every FURL must belong to that master.
+    """
+    lines: list[str | Entry] = []
+    names: dict[str, int] = {}
+    swissnums: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(keepends=True), start=1):
+        where = f"{path}:{lineno}"
+        body = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not body:
+            if "\x00" in raw:
+                raise ConfigError(f"{where}: the line contains a NUL byte")
+            lines.append(raw)
+            continue
+        comment = raw.split("#", 1)[1].strip() if "#" in raw else ""
+        fields = body.split()
+        if len(fields) != 2:
+            raise ConfigError(
+                f"{where}: expected 'NAME FURL [# comment]', found {len(fields)} field(s)"
+            )
+        name, furl_text = fields
+        try:
+            check_name(name)
+            furl = parse_furl(furl_text)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if name in names:
+            raise ConfigError(
+                f"{where}: duplicate worker name {name!r} (first on line {names[name]})"
+            )
+        if furl.swissnum in swissnums:
+            raise ConfigError(
+                f"{where}: worker {name!r} has the same FURL as line {swissnums[furl.swissnum]}"
+                " (every worker needs its own)"
+            )
+        if tubid is not None and furl.tubid != tubid:
+            raise ConfigError(
+                f"{where}: worker {name!r}: the FURL belongs to another master "
+                f"(tubid {furl.tubid[:8]}..., this master is {tubid[:8]}...)"
+            )
+        names[name] = lineno
+        swissnums[furl.swissnum] = lineno
+        lines.append(Entry(name, furl, comment, lineno, raw))
+    return FurlsFile(path, lines)
+
+
+# -- file access -------------------------------------------------------------
+
+
+def check_private_mode(path: str, what: str = "file") -> None:
+    """Refuse a secret-holding file or directory that group or others can read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_mode & 0o077:
+        want = "700" if stat.S_ISDIR(st.st_mode) else "600"
+        raise ConfigError(
+            f"{path} holds secrets but is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with: chmod {want} {path}"
+        )
+
+
+def read(path: str, tubid: str | None = None) -> FurlsFile:
+    """Read and parse ``path``; a missing file reads as empty."""
+    check_private_mode(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return FurlsFile(path, [])
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return parse(text, path, tubid)
+
+
+def write_private(path: str, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 (temp, fsync, rename)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``.lock while editing ``path``."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _snapshot(path: str) -> tuple[int, int, int, bytes] | None:
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            return (st.st_ino, st.st_mtime_ns, st.st_size, f.read())
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def update(path: str, tubid: str | None = None) -> Iterator[FurlsFile]:
+    """Edit the file under the lock: ``with update(p) as ff: ff.add(...)``.
+
+    The new text is written only if the block succeeds.  A hand edit that
+    lands between our read and our rename is detected: then nothing is
+    written and ConfigError asks the admin to run the command again.
+    """
+    with locked(path):
+        before = _snapshot(path)
+        ff = read(path, tubid)
+        yield ff
+        text = ff.render()
+        if before is None:
+            text = HEADER + text
+        if _snapshot(path) != before:
+            raise ConfigError(
+                f"{path} changed while it was being updated (a hand edit?); nothing was "
+                "written, run the command again"
+            )
+        write_private(path, text)
+
+
+def ensure_exists(path: str) -> None:
+    """Create an empty (header-only) file, 0600, if there is none."""
+    with locked(path):
+        if not os.path.exists(path):
+            write_private(path, HEADER)

@@ -1,0 +1,155 @@
+"""A master's base directory: where each file lives, and furl-master.conf.
+
+Layout::
+
+    DIR/furl-master.conf     [master] location = tcp:HOST:PORT, port = tcp:PORT
+    DIR/workers.furls        NAME FURL lines (0600)
+    DIR/private/             (0700)
+    DIR/private/tub.pem      the Tub key the FURLs' TUBID pins (0600)
+    DIR/private/admin.furl   the CLI's capability, written at start (0600)
+    DIR/master.log, DIR/furl-master.pid
+
+The same files can live in a Buildbot master's basedir (the FurlWorker
+plugin reads them there).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import re
+
+from buildbot_furl import furls
+from buildbot_furl.errors import ConfigError
+
+CONF_NAME = "furl-master.conf"
+HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterPaths:
+    basedir: str
+
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.basedir, *parts)
+
+    @property
+    def conf(self) -> str:
+        return self._p(CONF_NAME)
+
+    @property
+    def furls(self) -> str:
+        return self._p(furls.FILENAME)
+
+    @property
+    def private(self) -> str:
+        return self._p("private")
+
+    @property
+    def tub_pem(self) -> str:
+        return self._p("private", "tub.pem")
+
+    @property
+    def admin_furl(self) -> str:
+        return self._p("private", "admin.furl")
+
+    @property
+    def log(self) -> str:
+        return self._p("master.log")
+
+    @property
+    def pidfile(self) -> str:
+        return self._p("furl-master.pid")
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterConfig:
+    paths: MasterPaths
+    location: tuple[str, ...]
+    port: str
+    keepalive: int = 30
+    disconnect_timeout: int = 90
+    reload_interval: float = 1.0
+
+
+def parse_location(location: str) -> tuple[str, ...]:
+    """Split and check ``tcp:HOST:PORT[,tcp:HOST2:PORT2]``."""
+    hints = tuple(h.strip() for h in location.split(",") if h.strip())
+    if not hints:
+        raise ConfigError("--location is empty: give tcp:HOST:PORT, the address workers dial")
+    for h in hints:
+        m = HINT_RE.match(h)
+        if not m or not 0 < int(m.group("port")) < 65536:
+            raise ConfigError(
+                f"bad location hint {h!r}: expected tcp:HOST:PORT (e.g. tcp:build.example.org:9990)"
+            )
+    return hints
+
+
+def default_port(hints: tuple[str, ...]) -> str:
+    m = HINT_RE.match(hints[0])
+    assert m
+    return f"tcp:{m.group('port')}"
+
+
+def check_port(port: str) -> str:
+    if not re.match(r"^tcp:\d{1,5}(:[A-Za-z]+=[^:\s]+)*$", port):
+        raise ConfigError(
+            f"bad --port {port!r}: expected a Twisted endpoint like tcp:9990 "
+            "or tcp:9990:interface=127.0.0.1"
+        )
+    return port
+
+
+def create(basedir: str, location: str, port: str | None) -> MasterConfig:
+    """Write the config and an empty workers.furls; the key comes from tubs."""
+    hints = parse_location(location)
+    port = check_port(port) if port else default_port(hints)
+    paths = MasterPaths(os.path.abspath(basedir))
+    if os.path.exists(paths.conf):
+        raise ConfigError(f"{paths.conf} already exists: {basedir} is already a master")
+    os.makedirs(paths.basedir, exist_ok=True)
+    os.makedirs(paths.private, mode=0o700, exist_ok=True)
+    os.chmod(paths.private, 0o700)
+    cp = configparser.ConfigParser()
+    cp["master"] = {"location": ",".join(hints), "port": port}
+    with open(paths.conf, "w", encoding="utf-8") as f:
+        f.write(
+            "# furl-master settings. location: what workers dial (goes into every FURL);\n"
+            "# port: what this master listens on. Changing location needs rotate-worker\n"
+            "# for every worker, since their FURLs carry it.\n"
+        )
+        cp.write(f)
+    furls.ensure_exists(paths.furls)
+    return MasterConfig(paths, hints, port)
+
+
+def load(basedir: str) -> MasterConfig:
+    """Read ``furl-master.conf``; a clear ConfigError for anything wrong."""
+    paths = MasterPaths(os.path.abspath(basedir))
+    if not os.path.isdir(paths.basedir):
+        raise ConfigError(f"{basedir} does not exist (create it with: furl-master create-master)")
+    if not os.path.exists(paths.conf):
+        raise ConfigError(
+            f"{basedir} is not a furl master directory (no {CONF_NAME}); "
+            "create one with: furl-master create-master -d DIR --location tcp:HOST:PORT"
+        )
+    cp = configparser.ConfigParser()
+    try:
+        cp.read(paths.conf, encoding="utf-8")
+        sect = cp["master"]
+        hints = parse_location(sect.get("location", ""))
+        port = check_port(sect.get("port", "") or default_port(hints))
+        keepalive = sect.getint("keepalive", 30)
+        disconnect = sect.getint("disconnect_timeout", 90)
+    except (configparser.Error, KeyError, ValueError) as e:
+        raise ConfigError(f"{paths.conf}: {e}") from None
+    return MasterConfig(paths, hints, port, keepalive, disconnect)
+
+
+def check_private(paths: MasterPaths) -> None:
+    """Refuse to run when secrets are readable by group or others."""
+    furls.check_private_mode(paths.private)
+    furls.check_private_mode(paths.tub_pem)
+    furls.check_private_mode(paths.furls)

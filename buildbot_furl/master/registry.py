@@ -1,0 +1,271 @@
+"""The master's view of its workers: logins fed by workers.furls, sessions.
+
+Each line of ``workers.furls`` becomes one :class:`WorkerLogin`, found by
+foolscap through a name-lookup handler keyed by the line's swissnum.  A
+removed or rotated line's login stops resolving at once, and its live
+session (if any) is dropped.  A worker that reaches its login calls
+``attach``; the registry makes a :class:`WorkerSession` of it and tells
+the consumer (the standalone admin, or the Buildbot plugin) through
+``on_attach``/``on_detach``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from foolscap.api import Referenceable
+from twisted.internet import defer, reactor
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from buildbot_furl import __version__, furls
+from buildbot_furl.errors import (
+    ConfigError,
+    DuplicateWorker,
+    IncompatibleProtocol,
+    Revoked,
+    WireError,
+)
+from buildbot_furl.master.session import WorkerSession, peer_of
+from buildbot_furl.protocol import (
+    PROTOCOL_VERSIONS,
+    RIWorkerLogin,
+    call,
+    decode,
+    remote_method,
+)
+
+log = Logger()
+
+DUPLICATE_PING_TIMEOUT = 5.0
+
+AttachHook = Callable[[WorkerSession], Awaitable[None] | None]
+DetachHook = Callable[[WorkerSession], None]
+
+
+@implementer(RIWorkerLogin)
+class WorkerLogin(Referenceable):
+    """The object behind one worker's FURL."""
+
+    def __init__(self, registry: WorkerRegistry, name: str) -> None:
+        self.registry = registry
+        self.name = name
+
+    @remote_method
+    async def remote_attach(self, bot: Any, info: bytes) -> dict[str, Any]:
+        return await self.registry.attach(self, bot, decode(info))
+
+
+def _swiss_key(swissnum: str) -> str:
+    return hashlib.sha256(swissnum.encode()).hexdigest()
+
+
+class WorkerRegistry:
+    """Keeps logins in step with workers.furls and tracks live sessions."""
+
+    def __init__(
+        self,
+        tub: Any,
+        furls_path: str,
+        on_attach: AttachHook | None = None,
+        on_detach: DetachHook | None = None,
+        reload_interval: float = 1.0,
+    ) -> None:
+        self.tub = tub
+        self.furls_path = furls_path
+        self.tubid = tub.getTubID()
+        self.on_attach = on_attach
+        self.on_detach = on_detach
+        self.reload_interval = reload_interval
+        self.logins: dict[str, WorkerLogin] = {}  # swissnum -> login
+        self.by_name: dict[str, WorkerLogin] = {}
+        self.entries: dict[str, furls.Entry] = {}
+        self.sessions: dict[str, WorkerSession] = {}
+        self.last_seen: dict[str, float] = {}
+        self.revoked: dict[str, str] = {}  # sha256(swissnum) -> worker name
+        self._stamp: tuple[int, int, int] | None = None
+        self._loop: LoopingCall | None = None
+        self._attaching: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Load the file (raising ConfigError if it is bad) and start watching."""
+        self.reload(strict=True)
+        self.tub.registerNameLookupHandler(self._lookup)
+        self._loop = LoopingCall(self._poll)
+        self._loop.start(self.reload_interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.tub.unregisterNameLookupHandler(self._lookup)
+        for session in list(self.sessions.values()):
+            session.drop("master shutting down")
+
+    def _lookup(self, name: str) -> WorkerLogin | None:
+        login = self.logins.get(name)
+        if login is None:
+            who = self.revoked.get(_swiss_key(name))
+            if who:
+                log.info("refused attach with the revoked or rotated FURL of worker {name}",
+                         name=who)
+            else:
+                log.info("refused attach with an unknown FURL (wrong secret)")
+        return login
+
+    # -- workers.furls --------------------------------------------------------
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.furls_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _poll(self) -> None:
+        if self._file_stamp() != self._stamp:
+            self.reload()
+
+    def reload(self, strict: bool = False) -> bool:
+        """Re-read workers.furls and apply it; a bad file keeps the old state."""
+        stamp = self._file_stamp()
+        try:
+            ff = furls.read(self.furls_path, self.tubid)
+        except ConfigError as e:
+            self._stamp = stamp
+            if strict:
+                raise
+            log.error("workers.furls not applied, keeping the previous workers: {err}", err=str(e))
+            return False
+        self._stamp = stamp
+        new = {e.name: e for e in ff.entries}
+        for name, entry in list(self.entries.items()):
+            if name not in new or new[name].furl.swissnum != entry.furl.swissnum:
+                self._retire(name, "removed" if name not in new else "rotated")
+        for name, entry in new.items():
+            old = self.entries.get(name)
+            if old is None or old.furl.swissnum != entry.furl.swissnum:
+                login = WorkerLogin(self, name)
+                self.logins[entry.furl.swissnum] = login
+                self.by_name[name] = login
+                if old is None and not strict:
+                    log.info("worker {name} added", name=name)
+        self.entries = new
+        return True
+
+    def _retire(self, name: str, why: str) -> None:
+        entry = self.entries.pop(name)
+        self.logins.pop(entry.furl.swissnum, None)
+        self.by_name.pop(name, None)
+        self.revoked[_swiss_key(entry.furl.swissnum)] = name
+        log.info("worker {name} {why}: its old FURL no longer works", name=name, why=why)
+        session = self.sessions.get(name)
+        if session is not None:
+            session.drop(f"FURL {why}")
+
+    # -- attach ---------------------------------------------------------------
+    async def attach(self, login: WorkerLogin, bot: Any, info: Any) -> dict[str, Any]:
+        name = login.name
+        peer = peer_of(bot)
+        if self.by_name.get(name) is not login:
+            log.info("refused attach of worker {name} from {peer}: FURL revoked", name=name,
+                     peer=peer)
+            raise Revoked(f"the FURL of worker {name!r} has been revoked or rotated")
+        if not isinstance(info, dict):
+            info = {}
+        theirs = info.get("protocols") or []
+        common = [v for v in PROTOCOL_VERSIONS if v in theirs]
+        if not common:
+            log.info("refused attach of worker {name} from {peer}: no common protocol "
+                     "(worker speaks {theirs}, master {ours})", name=name, peer=peer,
+                     theirs=theirs, ours=list(PROTOCOL_VERSIONS))
+            raise IncompatibleProtocol(
+                "no common protocol version",
+                master=",".join(map(str, PROTOCOL_VERSIONS)),
+                worker=",".join(map(str, theirs))[:100],
+            )
+        if name in self._attaching:
+            raise DuplicateWorker(f"worker {name!r} is attaching from elsewhere right now")
+        self._attaching.add(name)
+        try:
+            await self._settle_duplicate(name, peer)
+            session = WorkerSession(name, bot, info, max(common), peer)
+            self.sessions[name] = session
+            self.last_seen[name] = time.time()
+            session.notify_on_disconnect(self._detached)
+            log.info("worker {name} attached from {peer} (worker version {version}, "
+                     "protocol {proto})", name=name, peer=peer,
+                     version=str(info.get("version", "?"))[:40], proto=session.protocol)
+            if self.on_attach is not None:
+                try:
+                    await defer.maybeDeferred(self.on_attach, session)
+                except WireError:
+                    self._forget(session)
+                    raise
+            return {
+                "protocol": session.protocol,
+                "session": session.session_id,
+                "master_version": __version__,
+            }
+        finally:
+            self._attaching.discard(name)
+
+    async def _settle_duplicate(self, name: str, peer: str) -> None:
+        """Never two live connections for one name: an old one that still
+        answers a ping within DUPLICATE_PING_TIMEOUT wins; one that does not
+        is dropped and the newcomer attaches."""
+        old = self.sessions.get(name)
+        if old is None:
+            return
+        try:
+            d = defer.Deferred.fromCoroutine(call(old.bot, "ping"))
+            d.addTimeout(DUPLICATE_PING_TIMEOUT, reactor)
+            await d
+        except Exception:
+            log.info("worker {name}: old connection from {old} did not answer; "
+                     "replacing it with {peer}", name=name, old=old.peer, peer=peer)
+            old.drop("replaced by a new connection")
+            self._forget(old)
+            return
+        log.info("refused duplicate attach of worker {name} from {peer}: already "
+                 "attached from {old}", name=name, peer=peer, old=old.peer)
+        raise DuplicateWorker(
+            f"worker {name!r} is already attached from another process that still "
+            "answers; stop that one first"
+        )
+
+    def _forget(self, session: WorkerSession) -> None:
+        if self.sessions.get(session.name) is session:
+            del self.sessions[session.name]
+            self.last_seen[session.name] = time.time()
+            session.drop("forgotten")
+            if self.on_detach is not None:
+                self.on_detach(session)
+
+    def _detached(self, session: WorkerSession) -> None:
+        if self.sessions.get(session.name) is session:
+            log.info("worker {name} detached ({peer})", name=session.name, peer=session.peer)
+            self._forget(session)
+
+    # -- queries --------------------------------------------------------------
+    def describe(self) -> list[dict[str, Any]]:
+        """One dict per listed worker, for list-workers."""
+        out = []
+        for name, entry in self.entries.items():
+            s = self.sessions.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "comment": entry.comment,
+                    "connected": s is not None,
+                    "peer": s.peer if s else None,
+                    "connected_since": s.connected_at if s else None,
+                    "last_seen": time.time() if s else self.last_seen.get(name),
+                    "worker_version": (s.info.get("version") if s else None),
+                }
+            )
+        return out

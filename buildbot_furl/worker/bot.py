@@ -1,0 +1,105 @@
+"""The worker's remotely callable objects: buildbot-worker's Bot over foolscap.
+
+``FurlBot`` is buildbot-worker's transport-neutral ``BotPbLike`` made a
+foolscap Referenceable; builders are its ``WorkerForBuilderPbLike``
+children, running commands through :class:`FurlProtocolCommand`.  Each
+remote method answers with an ok/error envelope (see protocol.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot_worker.base import UnknownCommand
+from buildbot_worker.pb import BotPbLike, WorkerForBuilderPbLike
+from foolscap.api import Referenceable
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from buildbot_furl.errors import BadRequest, CommandFailed
+from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
+from buildbot_furl.worker.command import FurlProtocolCommand
+
+log = Logger()
+
+BUFFER_TIMEOUT = 0.1  # seconds output may wait to be batched (PB uses 5)
+
+
+class FurlWorkerForBuilder(WorkerForBuilderPbLike):
+    ProtocolCommand = FurlProtocolCommand
+
+
+@implementer(RIWorkerBot)
+class FurlBot(Referenceable, BotPbLike):
+    WorkerForBuilder = FurlWorkerForBuilder
+
+    def __init__(self, basedir: str, **kwargs: Any) -> None:
+        BotPbLike.__init__(self, basedir, **kwargs)
+        self.buffer_timeout = BUFFER_TIMEOUT
+
+    def attach_info(self) -> dict[str, Any]:
+        """What the worker tells the master at attach: getWorkerInfo less
+        the environment (which may hold secrets and is sent only on request)."""
+        info = BotPbLike.remote_getWorkerInfo(self)
+        info.pop("environ", None)
+        return info
+
+    def _builder(self, name: str) -> FurlWorkerForBuilder:
+        b = self.builders.get(name)
+        if b is None:
+            raise BadRequest(f"no builder named {name!r} on this worker")
+        return b
+
+    @remote_method
+    def remote_print(self, message: str) -> None:
+        BotPbLike.remote_print(self, message)
+
+    @remote_method
+    def remote_ping(self) -> str:
+        return "pong"
+
+    @remote_method
+    def remote_getWorkerInfo(self) -> dict[str, Any]:
+        return BotPbLike.remote_getWorkerInfo(self)
+
+    @remote_method
+    async def remote_setBuilderList(self, builders: bytes) -> list[str]:
+        wanted = decode(builders)
+        if not isinstance(wanted, list) or not all(
+            isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)
+            for x in wanted
+        ):
+            raise BadRequest("setBuilderList wants a list of [name, builddir] pairs")
+        result = await BotPbLike.remote_setBuilderList(self, [tuple(x) for x in wanted])
+        return sorted(result)
+
+    @remote_method
+    def remote_startBuild(self, builder: str) -> None:
+        self._builder(builder).remote_startBuild()
+
+    @remote_method
+    def remote_startCommand(self, builder: str, command_id: str, command: str, args: bytes,
+                            status: Any, writer: Any, reader: Any) -> None:
+        b = self._builder(builder)
+        cargs = decode(args)
+        if not isinstance(cargs, dict):
+            raise BadRequest("command args must be a dict")
+        if writer is not None:
+            cargs["writer"] = writer
+        if reader is not None:
+            cargs["reader"] = reader
+        try:
+            b.remote_startCommand(status, command_id, command, cargs)
+        except UnknownCommand as e:
+            raise CommandFailed(str(e)) from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise CommandFailed(f"cannot start {command!r}: {type(e).__name__}: {e}") from None
+
+    @remote_method
+    def remote_interruptCommand(self, builder: str, command_id: str, why: str) -> None:
+        self._builder(builder).remote_interruptCommand(command_id, why)
+
+    @remote_method
+    def remote_shutdown(self) -> None:
+        log.info("worker shutting down on request of the master")
+        BotPbLike.remote_shutdown(self)

@@ -1,0 +1,248 @@
+"""The furl-worker daemon: a Tub that keeps itself attached to one FURL.
+
+Reconnection is foolscap's Reconnector (backoff capped at ``MAX_DELAY``,
+with jitter); after each connection the worker calls ``attach`` on its
+login object.  Failures are classified into one clear sentence each
+(unreachable, wrong master, unknown FURL, revoked, duplicate, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+from foolscap.reconnector import Reconnector
+from foolscap.tokens import NegotiationError, RemoteException, RemoteNegotiationError
+from twisted.application import service
+from twisted.internet import defer, error as terror, reactor
+from twisted.logger import Logger
+
+from buildbot_furl import __version__
+from buildbot_furl.daemon import PidFile, report_ready
+from buildbot_furl.errors import (
+    ConfigError,
+    DuplicateWorker,
+    FurlError,
+    IncompatibleProtocol,
+    Revoked,
+)
+from buildbot_furl.furls import Furl
+from buildbot_furl.logs import start_logging
+from buildbot_furl.protocol import PROTOCOL_VERSIONS, call, encode
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
+from buildbot_furl.worker.bot import FurlBot
+from buildbot_furl.worker.config import WorkerPaths
+
+log = Logger()
+
+MAX_DELAY = 60.0
+
+#: attach errors after which retrying cannot help until an admin acts
+FATAL = (Revoked, IncompatibleProtocol)
+
+
+def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
+    """(one-line reason, fatal?) for a failed connection attempt."""
+    where = ",".join(furl.hints)
+    if f.check(terror.ConnectionRefusedError):
+        return f"cannot reach the master at {where}: connection refused", False
+    if f.check(terror.DNSLookupError):
+        return f"cannot reach the master at {where}: host name not found", False
+    if f.check(terror.TimeoutError, terror.TCPTimedOutError):
+        return f"cannot reach the master at {where}: timed out", False
+    if f.check(terror.ConnectError):
+        return f"cannot reach the master at {where}: {f.getErrorMessage()}", False
+    if f.check(NegotiationError, RemoteNegotiationError):
+        return (
+            f"the server at {where} is not the master this FURL names (its TLS key does "
+            "not match the FURL's TUBID); check the FURL", True
+        )
+    if f.check(RemoteException, KeyError):
+        return (
+            "the master does not know this FURL: it was revoked, rotated or mistyped; "
+            "ask the master's admin for the current one", True
+        )
+    if f.check(FurlError):
+        return str(f.value), isinstance(f.value, FATAL)
+    return f"connection failed: {f.getErrorMessage()}", False
+
+
+class _Reconnector(Reconnector):
+    """foolscap's Reconnector, with a bounded backoff, a failure hook and no
+    FURL in any log line (the stock one logs the whole FURL)."""
+
+    maxDelay = MAX_DELAY
+    initialDelay = 1.0
+    factor = 2.0
+    jitter = 0.2
+
+    def __init__(self, url: str, cb: Callable[..., Any], on_failure: Callable[[Any], None]):
+        super().__init__(url, cb, (), {})
+        self._on_failure = on_failure
+
+    def _failed(self, f: Any) -> None:  # noqa: D401 - foolscap hook
+        self._last_failure = f
+        self._on_failure(f)
+        if not self._active:
+            return
+        self._delay = min(self._delay * self.factor, self.maxDelay)
+        self._delay = max(0.5, random.normalvariate(self._delay, self._delay * self.jitter))
+        self._retry()
+
+
+class WorkerService(service.MultiService):
+    """Keeps the bot attached to the master named by ``furl``."""
+
+    def __init__(self, paths: WorkerPaths, furl: Furl, keepalive: int = DEFAULT_KEEPALIVE,
+                 disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT) -> None:
+        super().__init__()
+        self.paths = paths
+        self.furl = furl
+        self.bot = FurlBot(paths.basedir)
+        self.bot.setServiceParent(self)
+        self.tub = make_tub(None, keepalive, disconnect_timeout)
+        self.tub.setServiceParent(self)
+        self.reconnector: _Reconnector | None = None
+        self.master: Any = None
+        self.session: str | None = None
+        self.attach_count = 0
+        self._attach_delay = 1.0
+        #: called with (ok, message, fatal) after every connection attempt
+        self.on_event: Callable[[bool, str, bool], None] = lambda ok, msg, fatal: None
+
+    def startService(self) -> None:
+        super().startService()
+        self.reconnector = _Reconnector(str(self.furl), self._connected, self._conn_failed)
+        self.tub.reconnectors.append(self.reconnector)
+        self.reconnector.startConnecting(self.tub)
+
+    def stopService(self) -> Any:
+        if self.reconnector is not None:
+            self.reconnector.stopConnecting()
+        return super().stopService()
+
+    def _outcome(self, ok: bool, message: str, fatal: bool = False) -> None:
+        self.on_event(ok, message, fatal)
+
+    def _conn_failed(self, f: Any) -> None:
+        reason, fatal = describe_failure(f, self.furl)
+        log.warn("{reason}; retrying", reason=reason)
+        self._outcome(False, reason, fatal)
+
+    def _connected(self, login: Any) -> None:
+        defer.Deferred.fromCoroutine(self._attach(login))
+
+    async def _attach(self, login: Any) -> None:
+        info = {
+            "protocols": list(PROTOCOL_VERSIONS),
+            "version": __version__,
+            "worker_info": self.bot.attach_info(),
+        }
+        try:
+            reply = await call(login, "attach", self.bot, encode(info))
+        except Exception as e:
+            reason = str(e) if isinstance(e, FurlError) else f"attach failed: {e}"
+            fatal = isinstance(e, FATAL)
+            delay = self._attach_delay
+            self._attach_delay = min(self._attach_delay * 2, MAX_DELAY)
+            log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
+            if isinstance(e, DuplicateWorker):
+                fatal = self.attach_count == 0
+            self._outcome(False, reason, fatal)
+            # hang up after a delay: the Reconnector then dials again
+            reactor.callLater(delay, _hang_up, login)
+            return
+        self._attach_delay = 1.0
+        self.attach_count += 1
+        self.master = login
+        self.session = reply.get("session") if isinstance(reply, dict) else None
+        log.info("attached to the master at {where} (protocol {proto}, master version {mv})",
+                 where=",".join(self.furl.hints), proto=reply.get("protocol"),
+                 mv=reply.get("master_version"))
+        login.notifyOnDisconnect(self._disconnected)
+        self._outcome(True, "attached")
+
+    def _disconnected(self) -> None:
+        self.master = None
+        log.info("lost the connection to the master; reconnecting")
+
+
+def _hang_up(rref: Any) -> None:
+    try:
+        rref.tracker.broker.transport.loseConnection()
+    except Exception:
+        pass
+
+
+def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: bool,
+               wait: float, keepalive: int, disconnect_timeout: int) -> int:
+    """Run the worker in this process until SIGTERM/SIGINT; the exit code.
+
+    Start-up waits up to ``wait`` seconds for the first attach: a fatal
+    failure (unknown FURL, wrong master) or no attach in that time ends
+    the process with that reason; with ``wait == 0`` it reports ready at
+    once and keeps trying whatever happens.
+    """
+    pidfile = PidFile(paths.pidfile)
+    try:
+        pidfile.acquire()
+    except ConfigError as e:
+        report_ready(ready_fd, False, f"furl-worker {e}")
+        if ready_fd is None:
+            raise
+        return 1
+    start_logging(paths.log, to_stderr=to_stderr)
+    os.chdir(paths.basedir)
+    svc = WorkerService(paths, furl, keepalive, disconnect_timeout)
+    state = {"decided": wait <= 0, "last": "no answer from the master", "code": 0}
+
+    def give_up(message: str) -> None:
+        state["decided"] = True
+        log.error("giving up: {msg}", msg=message)
+        report_ready(ready_fd, False, message)
+        state["code"] = 1
+        if timer.active():
+            timer.cancel()
+        reactor.stop()
+
+    def event(ok: bool, message: str, fatal: bool) -> None:
+        if state["decided"]:
+            return
+        if ok:
+            state["decided"] = True
+            if timer.active():
+                timer.cancel()
+            report_ready(ready_fd, True, f"pid {os.getpid()}, attached")
+        elif fatal:
+            give_up(message)
+        else:
+            state["last"] = message
+
+    def waited() -> None:
+        if not state["decided"]:
+            give_up(f"{state['last']} (gave up after {wait:.0f} s; use --wait 0 to keep trying)")
+
+    def start() -> None:
+        svc.startService()
+        if wait <= 0:
+            report_ready(ready_fd, True, f"pid {os.getpid()}, connecting")
+
+    svc.on_event = event
+    timer = reactor.callLater(max(wait, 0), waited) if wait > 0 else _NoTimer()
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: svc.running and svc.stopService())
+    try:
+        reactor.run()
+    finally:
+        pidfile.release()
+    return int(state["code"])
+
+
+class _NoTimer:
+    def active(self) -> bool:
+        return False
+
+    def cancel(self) -> None:
+        pass
