@@ -144,7 +144,6 @@ def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
                  show_furls: bool) -> None:
     """List workers; with a running master, also who is connected."""
     cfg = _load(ctx, basedir)
-    ff = furls.read(cfg.paths.furls)
     live: dict[str, dict[str, Any]] = {}
     running = master_pid(cfg.paths) is not None
     if running:
@@ -153,8 +152,18 @@ def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
             live = {r["name"]: r for r in rows}
         except MasterNotRunning:
             running = False
+    try:
+        entries = furls.read(cfg.paths.furls).entries
+    except ConfigError as e:
+        if not running:
+            raise
+        # the running master keeps serving its last good list: show that one
+        note(f"warning: {e} (the running master still uses the previous version)")
+        entries = [furls.Entry(r["name"], furls.Furl("", (), ""), r.get("comment", ""))
+                   for r in live.values()]
+        show_furls = False
     out = []
-    for e in ff.entries:
+    for e in entries:
         row: dict[str, Any] = {"name": e.name, "comment": e.comment}
         if running:
             r = live.get(e.name, {})

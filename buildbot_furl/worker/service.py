@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from foolscap.reconnector import Reconnector
-from foolscap.tokens import NegotiationError, RemoteException, RemoteNegotiationError
+from foolscap.tokens import BananaError, NegotiationError, RemoteException, RemoteNegotiationError
 from twisted.application import service
 from twisted.internet import defer, error as terror, reactor
 from twisted.logger import Logger
@@ -54,10 +54,11 @@ def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
         return f"cannot reach the master at {where}: timed out", False
     if f.check(terror.ConnectError):
         return f"cannot reach the master at {where}: {f.getErrorMessage()}", False
-    if f.check(NegotiationError, RemoteNegotiationError):
+    if f.check(NegotiationError, RemoteNegotiationError, BananaError):
         return (
-            f"the server at {where} is not the master this FURL names (its TLS key does "
-            "not match the FURL's TUBID); check the FURL", True
+            f"the server at {where} is not the master this FURL names (it does not hold "
+            "the key the FURL's TUBID pins, or is no furl master at all); check the FURL",
+            True
         )
     if f.check(RemoteException, KeyError):
         return (

@@ -1,0 +1,164 @@
+"""Shared fixtures: free loopback ports, CLI runners, and process cleanup by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FURL_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def cli(prog: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+        check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``furl-master``/``furl-worker`` as a new process."""
+    mod = {"furl-master": "buildbot_furl.cli.master", "furl-worker": "buildbot_furl.cli.worker"}[prog]
+    p = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True,
+                       env=_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{prog} {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":
+                return False
+    return True
+
+
+class Procs:
+    """Every daemon a test starts is recorded here and killed by pid at the end."""
+
+    def __init__(self) -> None:
+        self.pidfiles: list[Path] = []
+        self.pids: set[int] = set()
+        self.popens: list[subprocess.Popen[bytes]] = []
+
+    def track_pidfile(self, path: Path) -> int | None:
+        self.pidfiles.append(path)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(path.read_text().strip())
+            self.pids.add(pid)
+            return pid
+        return None
+
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kw: object
+              ) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(list(args), env=_env(env), stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        self.popens.append(p)
+        self.pids.add(p.pid)
+        return p
+
+    def cleanup(self) -> None:
+        for pf in self.pidfiles:
+            with contextlib.suppress(OSError, ValueError):
+                self.pids.add(int(pf.read_text().strip()))
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for pid in self.pids:
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for p in self.popens:
+            with contextlib.suppress(Exception):
+                p.wait(timeout=5)
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+class Farm:
+    """A master directory plus helpers to start workers against it."""
+
+    def __init__(self, tmp: Path, procs: Procs) -> None:
+        self.tmp = tmp
+        self.procs = procs
+        self.port = free_port()
+        self.mdir = tmp / "master"
+
+    def master(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return cli("furl-master", *args, "-d", str(self.mdir), **kw)  # type: ignore[arg-type]
+
+    def create(self) -> None:
+        self.master("create-master", "--location", f"tcp:127.0.0.1:{self.port}",
+                    "--port", f"tcp:{self.port}:interface=127.0.0.1", check=True)
+
+    def start_master(self) -> None:
+        p = self.master("start", check=True)
+        assert "started" in p.stderr
+        self.procs.track_pidfile(self.mdir / "furl-master.pid")
+
+    def stop_master(self) -> None:
+        self.master("stop", check=True)
+
+    def create_worker(self, name: str) -> str:
+        p = self.master("create-worker", name, check=True)
+        return p.stdout.strip()
+
+    def start_worker(self, name: str, furl: str, *extra: str,
+                     check: bool = True) -> subprocess.CompletedProcess[str]:
+        wdir = self.tmp / f"worker-{name}"
+        wdir.mkdir(exist_ok=True)
+        p = cli("furl-worker", "start", str(wdir), *extra, env={"FURL_WORKER_FURL": furl},
+                timeout=90)
+        self.procs.track_pidfile(wdir / "furl-worker.pid")
+        if check and p.returncode != 0:
+            raise AssertionError(f"worker start failed: {p.stderr}")
+        return p
+
+    def workers(self) -> dict[str, dict[str, object]]:
+        p = self.master("list-workers", "--json", check=True)
+        return {w["name"]: w for w in json.loads(p.stdout)["workers"]}
+
+    def wait_for(self, pred: object, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():  # type: ignore[operator]
+                return True
+            time.sleep(0.2)
+        return False
+
+
+@pytest.fixture
+def farm(tmp_path: Path, procs: Procs) -> Farm:
+    f = Farm(tmp_path, procs)
+    f.create()
+    return f

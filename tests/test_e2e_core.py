@@ -1,0 +1,161 @@
+"""End to end: real furl-master / furl-worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conftest import Farm, cli, free_port
+
+
+def connected(farm: Farm, name: str) -> bool:
+    return bool(farm.workers().get(name, {}).get("connected"))
+
+
+def test_create_start_attach_and_list(farm: Farm) -> None:
+    p = farm.master("create-worker", "w1", "--comment", "linux box")
+    assert p.returncode == 0
+    furl = p.stdout.strip()
+    assert p.stdout == furl + "\n" and furl.startswith("pb://")  # only the FURL on stdout
+    assert "w1" in p.stderr
+    farm.start_master()
+    st = farm.master("status")
+    assert st.returncode == 0 and "0 of 1 worker(s) connected" in st.stdout
+    w = farm.start_worker("w1", furl)
+    assert "attached" in w.stderr
+    rows = farm.workers()
+    assert rows["w1"]["connected"] is True
+    assert rows["w1"]["peer"].startswith("127.0.0.1:")
+    assert rows["w1"]["comment"] == "linux box"
+    assert "furl" not in rows["w1"]  # hidden unless asked
+    shown = farm.master("list-workers", "--show-furls", check=True).stdout
+    assert furl in shown
+    # no secret in any log line
+    swiss = furl.rsplit("/", 1)[1]
+    for log in (farm.mdir / "master.log", farm.tmp / "worker-w1" / "worker.log"):
+        assert swiss not in log.read_text()
+
+
+def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm) -> None:
+    furl = farm.create_worker("w1")
+    farm.create_worker("w2")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    t0 = time.monotonic()
+    farm.master("revoke-worker", "w1", check=True)
+    assert farm.wait_for(lambda: "w1" not in farm.workers(), 5)
+    log = farm.mdir / "master.log"
+    assert farm.wait_for(lambda: "dropping connection of worker w1" in log.read_text(), 5)
+    assert time.monotonic() - t0 < 4
+    # the worker keeps dialing and is refused each time
+    assert farm.wait_for(lambda: "revoked or rotated FURL of worker w1" in log.read_text(), 10)
+    wlog = (farm.tmp / "worker-w1" / "worker.log").read_text()
+    assert "lost the connection" in wlog
+    # a fresh worker process with that FURL is refused with a clear error
+    p = farm.start_worker("w1b", furl, check=False)
+    assert p.returncode != 0
+    assert "does not know this FURL" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_rotate_old_refused_new_works(farm: Farm) -> None:
+    old = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", old)
+    new = farm.master("rotate-worker", "w1", check=True).stdout.strip()
+    assert new != old and new.startswith("pb://")
+    assert farm.wait_for(lambda: not connected(farm, "w1"), 5)
+    p = farm.start_worker("again", old, check=False)
+    assert p.returncode != 0 and "does not know this FURL" in p.stderr
+    cli("furl-worker", "stop", str(farm.tmp / "worker-w1"), check=True)
+    farm.start_worker("w1", new)
+    assert connected(farm, "w1")
+
+
+def test_hand_edit_applies_without_restart(farm: Farm) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    # admin removes the line by hand: the worker is dropped
+    path = farm.mdir / "workers.furls"
+    text = path.read_text()
+    path.write_text("".join(l for l in text.splitlines(True) if not l.startswith("w1 ")))
+    assert farm.wait_for(lambda: not connected(farm, "w1") and "w1" not in farm.workers(), 5)
+    # and puts it back: it works again without restarting the master
+    path.write_text(text)
+    assert farm.wait_for(lambda: connected(farm, "w1"), 30)
+    # a broken edit is reported and the master keeps serving the old list
+    path.write_text(text + "garbage line here\n")
+    log = farm.mdir / "master.log"
+    assert farm.wait_for(lambda: "workers.furls not applied" in log.read_text(), 5)
+    assert connected(farm, "w1")
+
+
+def test_restarted_master_gets_its_worker_back(farm: Farm) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    farm.stop_master()
+    farm.start_master()
+    assert farm.wait_for(lambda: connected(farm, "w1"), 30)
+
+
+def test_duplicate_worker_process_is_refused(farm: Farm) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    p = farm.start_worker("w1-copy", furl, check=False)
+    assert p.returncode != 0
+    assert "already attached from another process" in p.stderr
+    assert connected(farm, "w1")
+
+
+def test_bad_furls_give_one_clear_line(farm: Farm, tmp_path) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    tubid = furl.split("@")[0][5:]
+    cases = {
+        "pb://nonsense": "malformed FURL",
+        furl.rsplit("/", 1)[0] + "/" + "x" * 32: "does not know this FURL",
+        furl.replace(tubid, "c" * 32): "is not the master this FURL names",
+        f"pb://{tubid}@tcp:127.0.0.1:{free_port()}/{'y' * 32}": "connection refused",
+    }
+    for bad, needle in cases.items():
+        p = farm.start_worker("bad", bad, "--wait", "3", check=False)
+        assert p.returncode != 0, bad
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], p.stderr
+        assert bad.rsplit("/", 1)[-1] not in p.stderr or needle == "malformed FURL"
+    # the master kept serving: a good worker still attaches
+    farm.start_worker("w1", furl)
+
+
+def test_world_readable_secrets_refused(farm: Farm) -> None:
+    farm.create_worker("w1")
+    os.chmod(farm.mdir / "workers.furls", 0o644)
+    p = farm.master("start")
+    assert p.returncode != 0 and "chmod 600" in p.stderr
+    os.chmod(farm.mdir / "workers.furls", 0o600)
+    os.chmod(farm.mdir / "private", 0o755)
+    p = farm.master("start")
+    assert p.returncode != 0 and "chmod 700" in p.stderr
+
+
+def test_basedir_errors(tmp_path) -> None:
+    p = cli("furl-master", "create-worker", "w1", "-d", str(tmp_path / "nope"))
+    assert p.returncode != 0 and "does not exist" in p.stderr and "Traceback" not in p.stderr
+    d = str(tmp_path / "m")
+    cli("furl-master", "create-master", "-d", d, "--location", "tcp:127.0.0.1:9", check=True)
+    p = cli("furl-master", "create-master", "-d", d, "--location", "tcp:127.0.0.1:9")
+    assert p.returncode != 0 and "already a master" in p.stderr
+    p = cli("furl-master", "create-master", "-d", str(tmp_path / "x"), "--location", "nohost")
+    assert p.returncode != 0 and "expected tcp:HOST:PORT" in p.stderr
+    cli("furl-master", "create-worker", "w1", "-d", d, check=True)
+    p = cli("furl-master", "create-worker", "w1", "-d", d)
+    assert p.returncode != 0 and "already exists" in p.stderr
+    p = cli("furl-master", "create-worker", "bad name", "-d", d)
+    assert p.returncode != 0 and "invalid worker name" in p.stderr
+    p = cli("furl-master", "status", "-d", d)
+    assert p.returncode == 3 and "not running" in p.stdout
+    p = cli("furl-worker", "start", str(tmp_path / "w"))
+    assert p.returncode != 0 and "does not exist" in p.stderr
