@@ -256,6 +256,92 @@ def status(ctx: click.Context, basedir: str | None, as_json: bool) -> None:
                f"location {st['location']}")
 
 
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Failed(f"--env wants KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@basedir_option
+@click.option("--workdir", default=None,
+              help="Directory to run in, relative to the worker's directory (default: it).")
+@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE",
+              help="Set an environment variable for the command (repeatable).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Kill the command after this many seconds.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show the worker's header lines.")
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+@guarded(EXIT_UNAVAILABLE)
+def run(ctx: click.Context, basedir: str | None, workdir: str | None, envs: tuple[str, ...],
+        timeout: float | None, verbose: bool, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND on worker NAME, streaming its output; exit with its exit code.
+
+    \b
+    Example:  furl-master run w1 -- make -j4 test
+    A remote signal N gives exit code 128+N; Ctrl-C interrupts the command.
+    """
+    from buildbot_furl.client import run_command
+
+    cfg = _load(ctx, basedir)
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise Failed("no command given (furl-master run NAME -- CMD ARGS...)")
+    code, message = run_command(cfg.paths, name, argv, workdir, _parse_env(envs), timeout,
+                                verbose)
+    if message:
+        note(f"furl-master: {message}")
+    sys.exit(code)
+
+
+@cli.command()
+@basedir_option
+@click.argument("name")
+@click.argument("local", type=click.Path(dir_okay=False))
+@click.argument("remote")
+@click.pass_context
+@guarded(EXIT_UNAVAILABLE)
+def put(ctx: click.Context, basedir: str | None, name: str, local: str, remote: str) -> None:
+    """Copy file LOCAL to REMOTE on worker NAME (relative to its directory).
+
+    The copy is checked by sha256 on the worker and only then renamed to
+    REMOTE, so a failed copy never leaves a partial file there.
+    """
+    from buildbot_furl.client import put_file
+
+    cfg = _load(ctx, basedir)
+    r = put_file(cfg.paths, name, local, remote, progress=sys.stderr.isatty())
+    note(f"{local} -> {name}:{r['remote']} ({r['size']} bytes, sha256 {r['sha256'][:16]}...)")
+
+
+@cli.command()
+@basedir_option
+@click.argument("name")
+@click.argument("remote")
+@click.argument("local", type=click.Path())
+@click.pass_context
+@guarded(EXIT_UNAVAILABLE)
+def get(ctx: click.Context, basedir: str | None, name: str, remote: str, local: str) -> None:
+    """Copy file REMOTE from worker NAME to LOCAL (a file or directory).
+
+    The copy is checked by sha256 against the worker's file and only then
+    renamed to LOCAL, so a failed copy never leaves a partial file there.
+    """
+    from buildbot_furl.client import get_file
+
+    cfg = _load(ctx, basedir)
+    r = get_file(cfg.paths, name, remote, local, progress=sys.stderr.isatty())
+    note(f"{name}:{remote} -> {local} ({r['size']} bytes, sha256 {r['sha256'][:16]}...)")
+
+
 def main() -> None:
     cli(prog_name="furl-master")
 

@@ -14,8 +14,17 @@ from foolscap.api import Referenceable
 from zope.interface import implementer
 
 from buildbot_furl import __version__
+from buildbot_furl.errors import BadRequest
 from buildbot_furl.master.registry import WorkerRegistry
-from buildbot_furl.protocol import RIAdmin, remote_method
+from buildbot_furl.master.standalone import Standalone
+from buildbot_furl.protocol import RIAdmin, decode, remote_method
+
+
+def _request(raw: bytes) -> dict[str, Any]:
+    req = decode(raw)
+    if not isinstance(req, dict):
+        raise BadRequest("the request must be a map")
+    return req
 
 
 @implementer(RIAdmin)
@@ -24,6 +33,7 @@ class Admin(Referenceable):
         self.registry = registry
         self.location = location
         self.started = time.time()
+        self.standalone = Standalone(registry)
 
     @remote_method
     def remote_status(self) -> dict[str, Any]:
@@ -40,3 +50,19 @@ class Admin(Referenceable):
     @remote_method
     def remote_listWorkers(self) -> list[dict[str, Any]]:
         return self.registry.describe()
+
+    @remote_method
+    async def remote_run(self, worker: str, request: bytes, out: Any) -> dict[str, Any]:
+        return await self.standalone.run(worker, _request(request), out)
+
+    @remote_method
+    def remote_interrupt(self, run_id: str) -> bool:
+        return self.standalone.interrupt(run_id)
+
+    @remote_method
+    async def remote_put(self, worker: str, request: bytes, source: Any) -> dict[str, Any]:
+        return await self.standalone.put(worker, _request(request), source)
+
+    @remote_method
+    async def remote_get(self, worker: str, request: bytes, sink: Any) -> dict[str, Any]:
+        return await self.standalone.get(worker, _request(request), sink)

@@ -8,6 +8,7 @@ remote method answers with an ok/error envelope (see protocol.py).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from buildbot_worker.base import UnknownCommand
@@ -42,6 +43,7 @@ class FurlBot(Referenceable, BotPbLike):
         the environment (which may hold secrets and is sent only on request)."""
         info = BotPbLike.remote_getWorkerInfo(self)
         info.pop("environ", None)
+        info["python"] = sys.executable  # lets the master checksum files here
         return info
 
     def _builder(self, name: str) -> FurlWorkerForBuilder:
