@@ -7,11 +7,12 @@ These talk to a running master through its admin FURL
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import signal
 import sys
+import tarfile
+import tempfile
 import time
 from typing import Any, BinaryIO
 
@@ -19,6 +20,7 @@ from foolscap.api import Referenceable
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
+from buildbot_furl import fileops
 from buildbot_furl.admin_client import run_with_admin
 from buildbot_furl.errors import BadRequest, FurlError
 from buildbot_furl.master.config import MasterPaths
@@ -89,7 +91,7 @@ def run_command(paths: MasterPaths, worker: str, argv: list[str], workdir: str |
     if interrupted["n"]:
         return 130, "interrupted"
     message = None
-    if result.get("failure_reason") == "timeout":
+    if result.get("failure_reason") in ("timeout", "timeout_without_output"):
         message = f"the command timed out after {timeout:g} s and was killed"
     if result.get("signal"):
         return 128 + int(result["signal"]), message or f"killed by signal {result['signal']}"
@@ -149,12 +151,14 @@ class _CountingReader(LocalFileReader):
 
 
 class _HeldWriter(LocalFileWriter):
-    """Writes to a temp file; renamed into place only once verified."""
+    """Receives a file, or a directory's tar stream (then ``unpack`` is
+    called), into a temp file; nothing reaches the final name unverified."""
 
     def __init__(self, path: str, progress: Progress) -> None:
         super().__init__(path)
         self.progress = progress
         self.finished = False
+        self.is_tar = False
 
     def remote_write(self, data: bytes | str) -> None:
         super().remote_write(data)
@@ -163,40 +167,71 @@ class _HeldWriter(LocalFileWriter):
     def remote_utime(self, accessed_modified: Any) -> None:
         pass
 
+    def remote_unpack(self) -> None:
+        self.is_tar = True
+        self.remote_close()
+
     def remote_close(self) -> None:
         self._close_tmp()
         self.finished = True
 
-    def commit(self, mode: int | None) -> None:
+    def commit(self, expect: str, mode: int | None) -> None:
+        """Move the verified result to its final name, or raise TransferFailed."""
         if self.tmp_path is None:
             raise TransferFailed("the transfer was cancelled")
+        if self.is_tar:
+            if os.path.lexists(self.path):
+                raise TransferFailed(f"{self.path} already exists; not replacing a directory")
+            try:
+                digest = fileops.unpack(self.tmp_path, self.path, expect)
+            except (OSError, tarfile.TarError) as e:
+                raise TransferFailed(f"cannot unpack the directory: {e}") from None
+            finally:
+                self.tmp_path = None
+            if digest != expect:
+                raise TransferFailed("the unpacked tree differs from the worker's; nothing kept")
+            return
+        if self.sha256 != expect:
+            raise TransferFailed("checksum mismatch; nothing was kept "
+                                 "(did the file change during the copy?)")
         if mode is not None:
             os.chmod(self.tmp_path, mode)
         os.replace(self.tmp_path, self.path)
         self.tmp_path = None
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _tar_directory(src: str, dest_fd: int) -> None:
+    with os.fdopen(dest_fd, "wb") as f, tarfile.open(fileobj=f, mode="w|") as tf:
+        for name in sorted(os.listdir(src)):
+            tf.add(os.path.join(src, name), arcname=name)
 
 
 def put_file(paths: MasterPaths, worker: str, local: str, remote: str,
              progress: bool) -> dict[str, Any]:
-    """Copy ``local`` to ``remote`` (relative to the worker's directory)."""
+    """Copy the file or directory ``local`` to ``remote`` on the worker."""
+    if os.path.isdir(local):
+        fd, tar_path = tempfile.mkstemp(prefix="furl-put-", suffix=".tar")
+        try:
+            _tar_directory(local, fd)
+            tree = fileops.manifest(local)
+            return _put(paths, worker, tar_path, remote, progress, "dir", tree, local)
+        finally:
+            os.unlink(tar_path)
     if not os.path.isfile(local):
-        raise TransferFailed(f"{local} is not a readable file")
-    digest = sha256_of(local)
-    size = os.path.getsize(local)
-    bar = Progress(f"put {os.path.basename(local)}", size, progress)
-    reader = _CountingReader(local, bar)
-    mode = os.stat(local).st_mode & 0o777
+        raise TransferFailed(f"{local} is not a readable file or directory")
+    return _put(paths, worker, local, remote, progress, "file", None, local)
+
+
+def _put(paths: MasterPaths, worker: str, path: str, remote: str, progress: bool, kind: str,
+         tree: str | None, label: str) -> dict[str, Any]:
+    digest = fileops.sha256_file(path)
+    size = os.path.getsize(path)
+    bar = Progress(f"put {os.path.basename(label.rstrip('/'))}", size, progress)
+    reader = _CountingReader(path, bar)
 
     async def go(admin: Any) -> dict[str, Any]:
-        req = {"remote": remote, "sha256": digest, "mode": mode}
+        req = {"remote": remote, "sha256": digest, "kind": kind, "manifest": tree,
+               "mode": os.stat(path).st_mode & 0o777}
         return await call(admin, "put", worker, encode(req), FileReaderAdapter(reader))
 
     try:
@@ -204,20 +239,20 @@ def put_file(paths: MasterPaths, worker: str, local: str, remote: str,
     finally:
         reader.remote_close()
         bar.finish()
-    if reader.sha256 != digest or result.get("sha256") != digest:
-        raise TransferFailed(f"{local} changed while it was being copied; nothing was kept")
+    if reader.sha256 != digest:
+        raise TransferFailed(f"{label} changed while it was being copied")
     return {"size": size, **result}
 
 
 def get_file(paths: MasterPaths, worker: str, remote: str, local: str,
              progress: bool) -> dict[str, Any]:
-    """Copy the worker's ``remote`` file to ``local``; verified, then renamed."""
+    """Copy the worker's file or directory ``remote`` to ``local``."""
     if os.path.isdir(local):
         local = os.path.join(local, os.path.basename(remote.rstrip("/")))
     parent = os.path.dirname(os.path.abspath(local))
     if not os.path.isdir(parent):
         raise TransferFailed(f"{parent} does not exist")
-    bar = Progress(f"get {os.path.basename(remote)}", None, progress)
+    bar = Progress(f"get {os.path.basename(remote.rstrip('/'))}", None, progress)
     writer = _HeldWriter(local, bar)
 
     async def go(admin: Any) -> dict[str, Any]:
@@ -228,12 +263,10 @@ def get_file(paths: MasterPaths, worker: str, remote: str, local: str,
         result = run_with_admin(paths, go)
         if not writer.finished:
             raise TransferFailed("the transfer did not finish")
-        if writer.sha256 != result.get("sha256"):
-            raise TransferFailed(f"checksum mismatch for {remote}; nothing was kept "
-                                 "(did the file change during the copy?)")
-        writer.commit(result.get("mode"))
+        writer.commit(result["sha256"], result.get("mode") if result.get("kind") == "file"
+                      else None)
     finally:
         bar.finish()
         with contextlib.suppress(Exception):
             writer.cancel()
-    return result
+    return {"local": local, **result}

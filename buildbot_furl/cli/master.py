@@ -305,13 +305,14 @@ def run(ctx: click.Context, basedir: str | None, workdir: str | None, envs: tupl
 @cli.command()
 @basedir_option
 @click.argument("name")
-@click.argument("local", type=click.Path(dir_okay=False))
+@click.argument("local", type=click.Path(exists=True))
 @click.argument("remote")
 @click.pass_context
 @guarded(EXIT_UNAVAILABLE)
 def put(ctx: click.Context, basedir: str | None, name: str, local: str, remote: str) -> None:
-    """Copy file LOCAL to REMOTE on worker NAME (relative to its directory).
+    """Copy file or directory LOCAL to REMOTE on worker NAME.
 
+    REMOTE is relative to the worker's directory and may not leave it.
     The copy is checked by sha256 on the worker and only then renamed to
     REMOTE, so a failed copy never leaves a partial file there.
     """
@@ -319,7 +320,8 @@ def put(ctx: click.Context, basedir: str | None, name: str, local: str, remote: 
 
     cfg = _load(ctx, basedir)
     r = put_file(cfg.paths, name, local, remote, progress=sys.stderr.isatty())
-    note(f"{local} -> {name}:{r['remote']} ({r['size']} bytes, sha256 {r['sha256'][:16]}...)")
+    what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
+    note(f"{local} -> {name}:{r['remote']} ({what}, verified)")
 
 
 @cli.command()
@@ -330,16 +332,19 @@ def put(ctx: click.Context, basedir: str | None, name: str, local: str, remote: 
 @click.pass_context
 @guarded(EXIT_UNAVAILABLE)
 def get(ctx: click.Context, basedir: str | None, name: str, remote: str, local: str) -> None:
-    """Copy file REMOTE from worker NAME to LOCAL (a file or directory).
+    """Copy file or directory REMOTE from worker NAME to LOCAL.
 
-    The copy is checked by sha256 against the worker's file and only then
-    renamed to LOCAL, so a failed copy never leaves a partial file there.
+    REMOTE is relative to the worker's directory; LOCAL may be an existing
+    directory to copy into.  The copy is checked by sha256 against the
+    worker's file (or tree) and only then renamed to LOCAL, so a failed
+    copy never leaves a partial file there.
     """
     from buildbot_furl.client import get_file
 
     cfg = _load(ctx, basedir)
     r = get_file(cfg.paths, name, remote, local, progress=sys.stderr.isatty())
-    note(f"{name}:{remote} -> {local} ({r['size']} bytes, sha256 {r['sha256'][:16]}...)")
+    what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
+    note(f"{name}:{remote} -> {r['local']} ({what}, verified)")
 
 
 def main() -> None:

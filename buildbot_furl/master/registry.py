@@ -97,7 +97,7 @@ class WorkerRegistry:
         """Load the file (raising ConfigError if it is bad) and start watching."""
         self.reload(strict=True)
         self.tub.registerNameLookupHandler(self._lookup)
-        self._loop = LoopingCall(self._poll)
+        self._loop = LoopingCall(self.poll)
         self._loop.start(self.reload_interval, now=False)
 
     def stop(self) -> None:
@@ -126,7 +126,8 @@ class WorkerRegistry:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
+        """Reload if workers.furls changed since it was last read."""
         if self._file_stamp() != self._stamp:
             self.reload()
 

@@ -44,16 +44,7 @@ SLOTS = 32
 BLOCKSIZE = 1024 * 1024
 SIGNAL_RE = re.compile(r"process killed by signal (\d+)")
 
-# Run on the worker as: python -c HASH_SNIPPET PATH [FINAL]
-# prints the sha256 of PATH; with FINAL, also renames PATH to FINAL.
-HASH_SNIPPET = (
-    "import hashlib,os,sys\n"
-    "h=hashlib.sha256()\n"
-    "with open(sys.argv[1],'rb') as f:\n"
-    " for b in iter(lambda:f.read(1<<20),b''):h.update(b)\n"
-    "print(h.hexdigest())\n"
-    "if len(sys.argv)>2 and sys.argv[2]==h.hexdigest():os.replace(sys.argv[1],sys.argv[3])\n"
-)
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def confine(path: str) -> str:
@@ -150,6 +141,8 @@ class Standalone:
 
     def _conn(self, name: str) -> tuple[FurlConnection, _Slots, WorkerSession]:
         if name not in self.registry.entries:
+            self.registry.poll()  # a worker added a moment ago counts already
+        if name not in self.registry.entries:
             raise UnknownWorker(f"no worker named {name!r} in workers.furls")
         session = self.registry.sessions.get(name)
         if session is None or session.gone:
@@ -210,7 +203,7 @@ class Standalone:
         args = {
             "workdir": workdir, "command": argv, "env": env, "want_stdout": True,
             "want_stderr": True, "logEnviron": False, "usePTY": False, "logfiles": {},
-            "timeout": timeout, "maxTime": timeout,
+            "timeout": None, "maxTime": timeout,
         }
         log.info("run on worker {worker}: {n} argument(s) (run {run})", worker=worker,
                  n=len(argv), run=run_id)
@@ -231,65 +224,85 @@ class Standalone:
         return True
 
     # -- files ----------------------------------------------------------------
-    async def _hash(self, worker: str, path: str, final: str | None = None,
-                    expect: str | None = None) -> str:
-        """sha256 of a worker's file, computed by the worker's own Python;
-        with ``final``/``expect``, also rename it to ``final`` if it matches."""
+    async def _fileop(self, worker: str, *args: str) -> str:
+        """Run ``python -m buildbot_furl.fileops ARGS`` on the worker, with the
+        worker's own interpreter; its one line of output."""
         _, _, session = self._conn(worker)
         python = session.worker_info.get("python") or "python3"
-        argv = [python, "-c", HASH_SNIPPET, path]
-        if final is not None and expect is not None:
-            argv += [expect, final]
-        args = {"workdir": ".", "command": argv, "env": {}, "want_stdout": True,
-                "want_stderr": True, "logEnviron": False, "usePTY": False, "logfiles": {},
-                "timeout": 600}
-        collector = await self._command(worker, "shell", args, capture=True)
-        digest = "".join(collector.stdout).strip()
-        if collector.rc != 0 or not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise CommandFailed(f"could not checksum {path!r} on worker {worker!r}")
-        return digest
+        argv = [python, "-m", "buildbot_furl.fileops", *args]
+        shell = {"workdir": ".", "command": argv, "env": {}, "want_stdout": True,
+                 "want_stderr": True, "logEnviron": False, "usePTY": False, "logfiles": {},
+                 "timeout": None, "maxTime": 3600}
+        collector = await self._command(worker, "shell", shell, capture=True)
+        out = "".join(collector.stdout or []).strip()
+        if collector.rc != 0 or not DIGEST_RE.fullmatch(out):
+            raise CommandFailed(f"{args[0]} of {args[1]!r} failed on worker {worker!r}")
+        return out
+
+    async def stat(self, worker: str, path: str) -> dict[str, Any]:
+        collector = await self._command(worker, "stat", {"file": path, "workdir": "."})
+        st = collector.updates.get("stat")
+        if collector.rc != 0 or not isinstance(st, (list, tuple)) or len(st) < 7:
+            raise CommandFailed(f"{path!r} does not exist on worker {worker!r}")
+        mode = st[0]
+        kind = "file" if stat_mod.S_ISREG(mode) else "dir" if stat_mod.S_ISDIR(mode) else None
+        if kind is None:
+            raise CommandFailed(f"{path!r} on worker {worker!r} is neither a file nor a "
+                                "directory")
+        return {"kind": kind, "size": st[6], "mode": stat_mod.S_IMODE(mode)}
 
     async def put(self, worker: str, request: dict[str, Any], source: Any) -> dict[str, Any]:
-        """Copy the CLI's file (read through ``source``) to the worker."""
+        """Copy the CLI's file, or tarred directory, (read through ``source``)
+        to the worker; it lands under its final name only once verified."""
         final = confine(request.get("remote", ""))
+        kind = request.get("kind", "file")
         expect = request.get("sha256")
-        if not isinstance(expect, str) or not re.fullmatch(r"[0-9a-f]{64}", expect):
-            raise BadRequest("put wants the file's sha256")
+        if kind not in ("file", "dir") or not isinstance(expect, str) \
+                or not DIGEST_RE.fullmatch(expect):
+            raise BadRequest("put wants kind 'file' or 'dir' and the sha256 of what is sent")
+        tree = request.get("manifest")
+        if kind == "dir" and not (isinstance(tree, str) and DIGEST_RE.fullmatch(tree)):
+            raise BadRequest("a directory put wants the tree's manifest digest")
         part = f"{final}.furl-part-{secrets.token_hex(4)}"
+        mode = request.get("mode") if kind == "file" else None
         args = {"workdir": ".", "workerdest": part, "reader": _Relay(source), "maxsize": None,
-                "blocksize": BLOCKSIZE, "mode": request.get("mode")}
+                "blocksize": BLOCKSIZE, "mode": mode}
         collector = await self._command(worker, "downloadFile", args)
         if collector.rc not in (0, None):
             raise CommandFailed(f"writing {final!r} on worker {worker!r} failed "
-                                f"(rc {collector.rc}): {collector.updates.get('stderr', '')}")
-        digest = await self._hash(worker, part, final, expect)
-        if digest != expect:
-            await self._command(worker, "rmfile", {"path": part})
-            raise CommandFailed(f"checksum mismatch after copying to {final!r}; nothing kept")
-        return {"sha256": digest, "remote": final}
-
-    async def stat(self, worker: str, path: str) -> dict[str, Any]:
-        collector = await self._command(worker, "stat", {"file": confine(path), "workdir": "."})
-        st = collector.updates.get("stat")
-        if collector.rc != 0 or not isinstance(st, (list, tuple)):
-            raise CommandFailed(f"{path!r} does not exist on worker {worker!r}")
-        mode = st[0]
-        if not stat_mod.S_ISREG(mode):
-            raise CommandFailed(f"{path!r} on worker {worker!r} is not a regular file")
-        return {"size": st[6], "mode": stat_mod.S_IMODE(mode)}
+                                f"(rc {collector.rc})")
+        if kind == "file":
+            digest = await self._fileop(worker, "commit", part, final, expect)
+            if digest != expect:
+                raise CommandFailed(f"checksum mismatch after copying to {final!r}; "
+                                    "nothing kept")
+        else:
+            digest = await self._fileop(worker, "unpack", part, final, tree)
+            if digest != tree:
+                raise CommandFailed(f"the tree unpacked at {final!r} differs from the one "
+                                    "sent; nothing kept")
+        return {"sha256": digest, "remote": final, "kind": kind}
 
     async def get(self, worker: str, request: dict[str, Any], sink: Any) -> dict[str, Any]:
-        """Copy a worker's file to the CLI (written through ``sink``)."""
+        """Copy a worker's file, or directory as a tar stream, to the CLI
+        (written through ``sink``); the answer carries the worker-side digest."""
         remote = confine(request.get("remote", ""))
         info = await self.stat(worker, remote)
-        args = {"workdir": ".", "workersrc": remote, "writer": _Relay(sink), "maxsize": None,
-                "blocksize": BLOCKSIZE, "keepstamp": False}
-        collector = await self._command(worker, "uploadFile", args)
+        relay = _Relay(sink)
+        if info["kind"] == "file":
+            args = {"workdir": ".", "workersrc": remote, "writer": relay, "maxsize": None,
+                    "blocksize": BLOCKSIZE, "keepstamp": False}
+            command, op = "uploadFile", "sha256"
+        else:
+            args = {"workdir": ".", "workersrc": remote, "writer": relay, "maxsize": None,
+                    "blocksize": BLOCKSIZE, "compress": None}
+            command, op = "uploadDirectory", "manifest"
+        collector = await self._command(worker, command, args)
         if collector.rc not in (0, None):
             raise CommandFailed(f"reading {remote!r} on worker {worker!r} failed "
                                 f"(rc {collector.rc})")
-        digest = await self._hash(worker, remote)
-        return {"sha256": digest, "size": info["size"], "mode": info["mode"]}
+        digest = await self._fileop(worker, op, remote)
+        return {"sha256": digest, **info}
 
 
 class _Relay:

@@ -14,6 +14,7 @@ only replaces how their output and files travel:
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -197,7 +198,14 @@ class ChunkWriter:
         self._raise()
 
     async def finish(self, method: str, *args: Any) -> Any:
-        await self.drain()
+        try:
+            await self.drain()
+        except Exception:
+            # still let the master close its side (e.g. remove its temp file)
+            if method == "close":
+                with contextlib.suppress(Exception):
+                    await call(self.writer, "close")
+            raise
         return await call(self.writer, method, *args)
 
 
@@ -219,12 +227,14 @@ class ReadAhead:
     async def read(self, length: int) -> bytes:
         self._fill()
         while not self.buf and self.inflight:
-            data = await self.inflight.popleft()
+            try:
+                data = await self.inflight.popleft()
+            except Exception:
+                self._abandon()
+                raise
             if not data:
                 self.eof = True
-                for d in self.inflight:
-                    d.addErrback(lambda f: None)
-                self.inflight.clear()
+                self._abandon()
                 break
             self.buf += data
             self._fill()
@@ -233,10 +243,15 @@ class ReadAhead:
         await fireEventually(None)
         return out
 
-    async def close(self) -> Any:
+    def _abandon(self) -> None:
+        """Forget prefetches still in flight, their errors included."""
+        self.eof = True
         for d in self.inflight:
             d.addErrback(lambda f: None)
         self.inflight.clear()
+
+    async def close(self) -> Any:
+        self._abandon()
         return await call(self.reader, "close")
 
 

@@ -1,0 +1,234 @@
+"""Interop-style tests: real furl-master / furl-worker processes on 127.0.0.1,
+driven through the standalone CLI (run, put, get), byte-exact."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Farm, _env, cli, pid_alive
+
+MASTER = [sys.executable, "-m", "buildbot_furl.cli.master"]
+
+
+@pytest.fixture
+def two(farm: Farm) -> Farm:
+    farm.furl1 = farm.create_worker("w1")  # type: ignore[attr-defined]
+    farm.furl2 = farm.create_worker("w2")  # type: ignore[attr-defined]
+    farm.start_master()
+    farm.start_worker("w1", farm.furl1)  # type: ignore[attr-defined]
+    farm.start_worker("w2", farm.furl2)  # type: ignore[attr-defined]
+    return farm
+
+
+def run(farm: Farm, worker: str, *cmd: str, extra: tuple[str, ...] = (),
+        timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*MASTER, "run", "-d", str(farm.mdir), *extra, worker, "--", *cmd],
+                          capture_output=True, env=_env(), timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def wdir(farm: Farm, worker: str) -> Path:
+    return farm.tmp / f"worker-{worker}"
+
+
+def test_exit_codes_and_both_streams(two: Farm) -> None:
+    p = run(two, "w1", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (p.returncode, p.stdout, p.stderr) == (3, b"out\n", b"err\n")
+    assert run(two, "w2", "true").returncode == 0
+    p = run(two, "w1", "sh", "-c", "kill -TERM $$")
+    assert p.returncode == 128 + signal.SIGTERM
+    p = run(two, "w1", "no-such-command-xyz")
+    assert p.returncode != 0
+
+
+def test_env_and_workdir(two: Farm) -> None:
+    (wdir(two, "w1") / "sub").mkdir()
+    p = run(two, "w1", "sh", "-c", 'echo "$GREETING"; pwd',
+            extra=("--env", "GREETING=hi there", "--workdir", "sub"))
+    assert p.returncode == 0
+    lines = p.stdout.decode().splitlines()
+    assert lines[0] == "hi there"
+    assert Path(lines[1]).resolve() == (wdir(two, "w1") / "sub").resolve()
+
+
+def test_interleaved_stdout_stderr_keep_their_order(two: Farm) -> None:
+    script = "i=0; while [ $i -lt 500 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done"
+    p = run(two, "w1", "sh", "-c", script)
+    assert p.returncode == 0
+    assert p.stdout.decode().splitlines() == [f"out{i}" for i in range(500)]
+    assert p.stderr.decode().splitlines() == [f"err{i}" for i in range(500)]
+
+
+def test_large_output_is_byte_exact(two: Farm) -> None:
+    raw = os.urandom(38 * 1024 * 1024)
+    text = base64.encodebytes(raw)  # ~51 MiB of text lines
+    assert len(text) >= 50 * 1024 * 1024
+    (wdir(two, "w1") / "big.txt").write_bytes(text)
+    p = run(two, "w1", "cat", "big.txt", timeout=300)
+    assert p.returncode == 0
+    assert len(p.stdout) == len(text)
+    assert hashlib.sha256(p.stdout).hexdigest() == hashlib.sha256(text).hexdigest()
+
+
+def test_interrupt_with_ctrl_c_kills_the_remote_command(two: Farm) -> None:
+    marker = "61.123"
+    proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sleep", marker],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    try:
+        assert two.wait_for(lambda: _sleepers(marker), 10)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert b"interrupt" in err
+    assert two.wait_for(lambda: not _sleepers(marker), 10)
+
+
+def _sleepers(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[:2] == [b"sleep", marker.encode()] and pid_alive(int(pid)):
+                found.append(int(pid))
+    return found
+
+
+def test_timeout_kills_and_says_so(two: Farm) -> None:
+    t0 = time.monotonic()
+    p = run(two, "w1", "sleep", "30", extra=("--timeout", "1"))
+    assert time.monotonic() - t0 < 20
+    assert p.returncode == 128 + signal.SIGKILL
+    assert b"timed out after 1 s" in p.stderr
+
+
+def test_put_and_get_200_mib_byte_exact(two: Farm, tmp_path: Path) -> None:
+    tmp_path = tmp_path / "files"
+    tmp_path.mkdir()
+    src = tmp_path / "src.bin"
+    with open(src, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1024 * 1024))
+    want = hashlib.sha256(src.read_bytes()).hexdigest()
+    p = two.master("put", "w1", str(src), "in/data.bin", timeout=300)
+    assert p.returncode == 0, p.stderr
+    dest = wdir(two, "w1") / "in" / "data.bin"
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == want
+    assert not [n for n in os.listdir(dest.parent) if "furl-part" in n]
+    back = tmp_path / "back.bin"
+    p = two.master("get", "w1", "in/data.bin", str(back), timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == want
+    assert sorted(os.listdir(tmp_path)) == ["back.bin", "src.bin"]  # no temp left
+
+
+def test_path_traversal_refused(two: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_text("x")
+    for remote in ("../escape", "/etc/escape", "a/../../escape", "~/escape"):
+        p = two.master("put", "w1", str(src), remote)
+        assert p.returncode == 2 and "worker's directory" in p.stderr, (remote, p.stderr)
+        p = two.master("get", "w1", remote, str(tmp_path / "out"))
+        assert p.returncode == 2 and "worker's directory" in p.stderr
+    assert not (two.tmp / "escape").exists() and not (tmp_path / "out").exists()
+
+
+def test_unavailable_worker_or_master_exit_2(two: Farm, tmp_path: Path) -> None:
+    p = run(two, "nosuch", "true")
+    assert p.returncode == 2 and b"no worker named 'nosuch'" in p.stderr
+    two.create_worker("w3")
+    p = run(two, "w3", "true")
+    assert p.returncode == 2 and b"not connected" in p.stderr
+    p = two.master("get", "w1", "does/not/exist", str(tmp_path / "x"))
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    two.stop_master()
+    p = run(two, "w1", "true")
+    assert p.returncode == 2 and b"not running" in p.stderr
+    assert len(p.stderr.decode().strip().splitlines()) == 1
+
+
+def test_twenty_concurrent_commands_across_two_workers(two: Farm) -> None:
+    procs = []
+    for i in range(20):
+        worker = "w1" if i % 2 else "w2"
+        procs.append(subprocess.Popen(
+            [*MASTER, "run", "-d", str(two.mdir), worker, "--", "sh", "-c",
+             f"sleep 1; echo job{i}; exit {i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()))
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=120)
+        assert (p.returncode, out) == (i, f"job{i}\n".encode()), err
+
+
+def test_slow_reader_backpressure_bounds_worker_memory(two: Farm) -> None:
+    pid = int((wdir(two, "w1") / "furl-worker.pid").read_text())
+    total = 17 * 18_000_000  # whole lines: a last partial line would get a newline
+    proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sh", "-c",
+                             f"yes 0123456789abcdef | head -c {total}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    try:
+        time.sleep(4)  # nobody reads: output must back up to the worker's process
+        rss = _rss_mib(pid)
+        got = 0
+        while True:
+            chunk = proc.stdout.read(1 << 20)  # type: ignore[union-attr]
+            if not chunk:
+                break
+            got += len(chunk)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert got == total and proc.returncode == 0
+    assert rss < 150, f"worker grew to {rss} MiB while the reader was stalled"
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tree(root: Path) -> None:
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "a" / "x.txt").write_text("hello\n")
+    (root / "a" / "b" / "blob.bin").write_bytes(os.urandom(5 * 1024 * 1024 + 7))
+    (root / "a" / "link").symlink_to("x.txt")
+
+
+def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
+    from buildbot_furl.fileops import manifest
+
+    src = tmp_path / "tree"
+    _tree(src)
+    p = two.master("put", "w2", str(src), "trees/t1", timeout=120)
+    assert p.returncode == 0, p.stderr
+    landed = wdir(two, "w2") / "trees" / "t1"
+    assert manifest(str(landed)) == manifest(str(src))
+    assert (landed / "a" / "link").is_symlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    p = two.master("get", "w2", "trees/t1", str(out), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert manifest(str(out / "t1")) == manifest(str(src))
+    assert sorted(os.listdir(out)) == ["t1"]
+    # an existing destination directory is never overwritten by a put
+    p = two.master("put", "w2", str(src), "trees/t1")
+    assert p.returncode == 2 and "failed" in p.stderr
+    assert manifest(str(landed)) == manifest(str(src))
