@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from conftest import Farm, cli, free_port
@@ -159,3 +160,17 @@ def test_basedir_errors(tmp_path) -> None:
     assert p.returncode == 3 and "not running" in p.stdout
     p = cli("furl-worker", "start", str(tmp_path / "w"))
     assert p.returncode != 0 and "does not exist" in p.stderr
+
+
+def test_sighup_applies_an_edit_at_once(farm: Farm) -> None:
+    with open(farm.mdir / "furl-master.conf", "a") as f:
+        f.write("reload_interval = 3600\n")
+    farm.start_master()
+    furl = farm.create_worker("late")  # written after start: not seen until told
+    time.sleep(1.5)
+    p = farm.start_worker("late", furl, "--wait", "2", check=False)
+    assert p.returncode != 0 and "does not know this FURL" in p.stderr
+    pid = int((farm.mdir / "furl-master.pid").read_text())
+    os.kill(pid, signal.SIGHUP)
+    farm.start_worker("late", furl)
+    assert connected(farm, "late")

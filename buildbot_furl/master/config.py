@@ -143,9 +143,12 @@ def load(basedir: str) -> MasterConfig:
         port = check_port(sect.get("port", "") or default_port(hints))
         keepalive = sect.getint("keepalive", 30)
         disconnect = sect.getint("disconnect_timeout", 90)
+        reload_interval = sect.getfloat("reload_interval", 1.0)
+        if not 0.1 <= reload_interval <= 86400:
+            raise ValueError("reload_interval must be between 0.1 and 86400 seconds")
     except (configparser.Error, KeyError, ValueError) as e:
         raise ConfigError(f"{paths.conf}: {e}") from None
-    return MasterConfig(paths, hints, port, keepalive, disconnect)
+    return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval)
 
 
 def check_private(paths: MasterPaths) -> None:

@@ -71,11 +71,21 @@ class MasterService(service.MultiService):
 
 
 def _loopback_furl(furl: str, port: str) -> str:
-    """The admin FURL dials the master on loopback: the CLI runs beside it."""
-    num = port.split(":")[1]
+    """The admin FURL dials the master directly on the listening address
+    (loopback unless the port is bound to one interface): the CLI runs beside it."""
+    fields = port.split(":")
+    num = fields[1]
+    opts = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
+    host = opts.get("interface", "")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
     head, _, name = furl.rpartition("/")
     tubid = head.split("@", 1)[0]
-    return f"{tubid}@tcp:127.0.0.1:{num}/{name}"
+    return f"{tubid}@tcp:{host}:{num}/{name}"
 
 
 def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> int:
