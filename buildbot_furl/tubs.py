@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from foolscap.api import Tub
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from zope.interface import implementer
 
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.furls import check_private_mode, write_private
@@ -54,3 +59,43 @@ def make_tub(
 def tubid_of(cert_file: str) -> str:
     """The TUBID a persistent key gives, without starting anything."""
     return make_tub(cert_file).getTubID()
+
+
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """Wraps an endpoint so the caller learns whether listening worked:
+    foolscap's Listener starts listening in the background and only logs
+    a failure (a port in use would go unnoticed)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        self.result: defer.Deferred[Any] = defer.Deferred()
+
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
+        d = self.endpoint.listen(factory)
+
+        def ok(port: Any) -> Any:
+            self.result.callback(port)
+            return port
+
+        def failed(f: Any) -> None:
+            self.result.errback(f)
+            return None  # reported through .result; foolscap need not log it
+
+        d.addCallbacks(ok, failed)
+        return d
+
+    def __str__(self) -> str:
+        return str(self.endpoint)
+
+
+def listen(tub: Tub, description: str) -> defer.Deferred[Any]:
+    """``tub.listenOn(description)``; fires with the listening port once the
+    Tub runs, or fails (e.g. CannotListenError) if it cannot listen."""
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"bad listening endpoint {description!r}: {e}") from None
+    wrapper = _ReportingEndpoint(endpoint)
+    tub.listenOn(wrapper)
+    return wrapper.result

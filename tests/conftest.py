@@ -94,6 +94,10 @@ class Procs:
         for p in self.popens:
             with contextlib.suppress(Exception):
                 p.wait(timeout=5)
+        # forget them: a second cleanup must not signal a recycled pid
+        self.pids.clear()
+        self.pidfiles.clear()
+        self.popens.clear()
 
 
 @pytest.fixture
@@ -113,6 +117,7 @@ class Farm:
         self.procs = procs
         self.port = free_port()
         self.mdir = tmp / "master"
+        self.secrets: set[str] = set()  # swissnums handed out: never in a log
 
     def master(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
         return cli("furl-master", *args, "-d", str(self.mdir), **kw)  # type: ignore[arg-type]
@@ -125,13 +130,17 @@ class Farm:
         p = self.master("start", check=True)
         assert "started" in p.stderr
         self.procs.track_pidfile(self.mdir / "furl-master.pid")
+        self.secrets.add((self.mdir / "private" / "admin.furl").read_text().strip()
+                         .rsplit("/", 1)[1])
 
     def stop_master(self) -> None:
         self.master("stop", check=True)
 
     def create_worker(self, name: str) -> str:
         p = self.master("create-worker", name, check=True)
-        return p.stdout.strip()
+        furl = p.stdout.strip()
+        self.secrets.add(furl.rsplit("/", 1)[1])
+        return furl
 
     def start_worker(self, name: str, furl: str, *extra: str,
                      check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -157,8 +166,17 @@ class Farm:
         return False
 
 
+    def assert_no_secret_in_logs(self) -> None:
+        for log in self.tmp.rglob("*.log"):
+            text = log.read_text(errors="replace")
+            for secret in self.secrets:
+                assert secret not in text, f"a secret leaked into {log}"
+
+
 @pytest.fixture
-def farm(tmp_path: Path, procs: Procs) -> Farm:
+def farm(tmp_path: Path, procs: Procs) -> Iterator[Farm]:
     f = Farm(tmp_path, procs)
     f.create()
-    return f
+    yield f
+    procs.cleanup()  # let the daemons finish writing their logs first
+    f.assert_no_secret_in_logs()

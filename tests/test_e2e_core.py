@@ -64,6 +64,7 @@ def test_rotate_old_refused_new_works(farm: Farm) -> None:
     farm.start_master()
     farm.start_worker("w1", old)
     new = farm.master("rotate-worker", "w1", check=True).stdout.strip()
+    farm.secrets.add(new.rsplit("/", 1)[1])
     assert new != old and new.startswith("pb://")
     assert farm.wait_for(lambda: not connected(farm, "w1"), 5)
     p = farm.start_worker("again", old, check=False)
@@ -174,3 +175,16 @@ def test_sighup_applies_an_edit_at_once(farm: Farm) -> None:
     os.kill(pid, signal.SIGHUP)
     farm.start_worker("late", furl)
     assert connected(farm, "late")
+
+
+def test_port_in_use_is_one_clear_line(farm: Farm, tmp_path) -> None:
+    farm.start_master()
+    other = str(tmp_path / "other")
+    cli("furl-master", "create-master", "-d", other, "--location",
+        f"tcp:127.0.0.1:{farm.port}", "--port", f"tcp:{farm.port}:interface=127.0.0.1",
+        check=True)
+    p = cli("furl-master", "start", "-d", other)
+    assert p.returncode != 0
+    assert p.stderr.strip() == (f"furl-master: error: cannot listen on tcp:{farm.port}:"
+                                "interface=127.0.0.1: [Errno 98] Address already in use")
+    assert not os.path.exists(os.path.join(other, "private", "admin.furl"))

@@ -20,7 +20,7 @@ from buildbot_furl.logs import start_logging
 from buildbot_furl.master.admin import Admin
 from buildbot_furl.master.config import MasterConfig, check_private
 from buildbot_furl.master.registry import WorkerRegistry
-from buildbot_furl.tubs import make_tub
+from buildbot_furl.tubs import listen, make_tub
 
 log = Logger()
 
@@ -34,6 +34,8 @@ class MasterService(service.MultiService):
         self.tub: Any = None
         self.registry: WorkerRegistry | None = None
         self.admin: Admin | None = None
+        #: fires once the port listens, or fails (port in use, no permission)
+        self.listening: defer.Deferred[Any] | None = None
 
     def startService(self) -> None:
         paths = self.config.paths
@@ -41,7 +43,7 @@ class MasterService(service.MultiService):
         self.tub = make_tub(paths.tub_pem, self.config.keepalive, self.config.disconnect_timeout)
         self.tub.setServiceParent(self)
         super().startService()
-        self.tub.listenOn(self.config.port)
+        self.listening = listen(self.tub, self.config.port)
         self.tub.setLocation(*self.config.location)
         self.registry = WorkerRegistry(self.tub, paths.furls,
                                        reload_interval=self.config.reload_interval)
@@ -102,9 +104,10 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
     svc = MasterService(config)
     exit_code = [0]
 
-    def start() -> None:
+    async def start() -> None:
         try:
             svc.startService()
+            await svc.listening
         except (ConfigError, CannotListenError) as e:
             msg = str(e) if isinstance(e, ConfigError) else (
                 f"cannot listen on {config.port}: {e.socketError}")
@@ -119,7 +122,7 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
         reactor.callFromThread(svc.reload)
 
     signal.signal(signal.SIGHUP, hup)
-    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: svc.running and svc.stopService())
     try:
         reactor.run()
