@@ -188,3 +188,28 @@ def test_port_in_use_is_one_clear_line(farm: Farm, tmp_path) -> None:
     assert p.stderr.strip() == (f"furl-master: error: cannot listen on tcp:{farm.port}:"
                                 "interface=127.0.0.1: [Errno 98] Address already in use")
     assert not os.path.exists(os.path.join(other, "private", "admin.furl"))
+
+
+def test_worker_furl_file_must_be_private(farm: Farm, tmp_path) -> None:
+    furl = farm.create_worker("w1")
+    f = tmp_path / "furl.txt"
+    f.write_text(furl + "\n")
+    os.chmod(f, 0o644)
+    wd = str(tmp_path / "wd")
+    p = cli("furl-worker", "create-worker", wd, "--furl-file", str(f))
+    assert p.returncode != 0 and "chmod 600" in p.stderr and furl not in p.stderr
+    os.chmod(f, 0o600)
+    cli("furl-worker", "create-worker", wd, "--furl-file", str(f), check=True)
+    assert oct(os.stat(os.path.join(wd, "master.furl")).st_mode & 0o777) == "0o600"
+    assert (tmp_path / "wd" / "info" / "host").exists()
+    p = cli("furl-worker", "create-worker", wd, "--furl", furl)
+    assert p.returncode != 0 and "already a worker" in p.stderr
+    assert cli("furl-worker", "status", wd).returncode == 3
+    farm.start_master()
+    p = cli("furl-worker", "start", wd)  # the FURL comes from DIR/master.furl
+    farm.procs.track_pidfile(tmp_path / "wd" / "furl-worker.pid")
+    assert p.returncode == 0, p.stderr
+    assert "running" in cli("furl-worker", "status", wd).stdout
+    p = cli("furl-worker", "start", wd)
+    assert p.returncode != 0 and "already running" in p.stderr
+    assert connected(farm, "w1")

@@ -99,6 +99,17 @@ def stop(basedir: str) -> None:
     note(f"furl-worker stopped (pid {pid})")
 
 
+@cli.command()
+@click.argument("basedir", default=".", type=click.Path(file_okay=False))
+def status(basedir: str) -> None:
+    """Say whether a worker runs in BASEDIR (exit 3 if not)."""
+    pid = daemon.PidFile(wconfig.WorkerPaths(os.path.abspath(basedir)).pidfile).running_pid()
+    if pid is None:
+        click.echo("not running")
+        sys.exit(3)
+    click.echo(f"running (pid {pid})")
+
+
 def main() -> None:
     cli(prog_name="furl-worker")
 

@@ -1,0 +1,122 @@
+"""Protocol layer: envelopes, typed errors, payload bounds, attach rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+
+from buildbot_furl import errors, furls
+from buildbot_furl.master.registry import WorkerRegistry
+from buildbot_furl.protocol import (
+    MAX_PAYLOAD,
+    PROTOCOL_VERSIONS,
+    decode,
+    encode,
+    remote_method,
+    unwrap,
+)
+from buildbot_furl.tubs import make_tub
+
+
+class Thing:
+    @remote_method
+    def remote_ok(self) -> dict[str, int]:
+        return {"a": 1}
+
+    @remote_method
+    def remote_typed(self) -> None:
+        raise errors.PathRefused("nope", path="x")
+
+    @remote_method
+    async def remote_crash(self) -> None:
+        raise ZeroDivisionError("secret detail")
+
+
+@pytest_twisted.inlineCallbacks
+def test_envelopes_carry_values_and_typed_errors() -> Any:
+    t = Thing()
+    assert unwrap((yield t.remote_ok())) == {"a": 1}
+    with pytest.raises(errors.PathRefused) as ei:
+        unwrap((yield t.remote_typed()))
+    assert str(ei.value) == "nope" and ei.value.fields == {"path": "x"}
+    raw = yield t.remote_crash()
+    with pytest.raises(errors.RemoteError) as ei2:
+        unwrap(raw)
+    assert "crash failed" in str(ei2.value)
+
+
+def test_unknown_error_class_becomes_remote_error() -> None:
+    e = errors.from_wire("SomethingNew", {"message": "m", "k": "v"})
+    assert type(e) is errors.RemoteError
+    assert e.fields == {"k": "v", "remote_class": "SomethingNew"}
+
+
+def test_malformed_answers_and_payloads_are_bad_requests() -> None:
+    for raw in (b"\xc1", encode(["maybe", 1]), encode(["error", 3, {}]), encode(5)):
+        with pytest.raises(errors.BadRequest):
+            unwrap(raw)
+    with pytest.raises(errors.BadRequest):
+        encode("x" * (MAX_PAYLOAD + 1))
+    assert decode(encode({"t": (1, 2), "b": b"\x00"})) == {"t": [1, 2], "b": b"\x00"}
+
+
+class FakeBot:
+    def __init__(self) -> None:
+        self.disconnect: list[Any] = []
+
+    def notifyOnDisconnect(self, cb: Any, *args: Any) -> object:
+        self.disconnect.append(cb)
+        return cb
+
+    def getPeer(self) -> Any:
+        class P:
+            host, port = "127.0.0.1", 4242
+        return P()
+
+    def callRemote(self, method: str, *args: Any) -> Any:
+        return defer.succeed(encode(["ok", "pong"]))
+
+
+def _registry(tmp_path: Any) -> tuple[WorkerRegistry, str]:
+    tub = make_tub(str(tmp_path / "tub.pem"))
+    path = str(tmp_path / "workers.furls")
+    tubid = tub.getTubID()
+    swiss = furls.new_swissnum()
+    with furls.update(path, tubid) as ff:
+        ff.add("w1", furls.Furl(tubid, ("tcp:127.0.0.1:9",), swiss))
+    reg = WorkerRegistry(tub, path)
+    reg.reload(strict=True)
+    return reg, swiss
+
+
+@pytest_twisted.ensureDeferred
+async def test_attach_negotiates_and_refuses(tmp_path: Any) -> None:
+    reg, swiss = _registry(tmp_path)
+    login = reg._lookup(swiss)
+    assert login is not None and reg._lookup("x" * 32) is None
+    with pytest.raises(errors.IncompatibleProtocol):
+        await reg.attach(login, FakeBot(), {"protocols": [99]})
+    reply = await reg.attach(login, FakeBot(), {"protocols": [0, *PROTOCOL_VERSIONS]})
+    assert reply["protocol"] == max(PROTOCOL_VERSIONS) and len(reply["session"]) == 32
+    assert reg.sessions["w1"].peer == "127.0.0.1:4242"
+    # the first connection still answers pings: a second one is refused
+    with pytest.raises(errors.DuplicateWorker):
+        await reg.attach(login, FakeBot(), {"protocols": [1]})
+    # rotation: the old login object is dead even for a holder of it
+    with furls.update(reg.furls_path, reg.tubid) as ff:
+        ff.replace_furl("w1", furls.Furl(reg.tubid, ("tcp:127.0.0.1:9",), furls.new_swissnum()))
+    reg.reload()
+    assert reg._lookup(swiss) is None
+    with pytest.raises(errors.Revoked):
+        await reg.attach(login, FakeBot(), {"protocols": [1]})
+
+
+def test_bad_edit_keeps_the_previous_workers(tmp_path: Any) -> None:
+    reg, swiss = _registry(tmp_path)
+    with open(reg.furls_path, "a") as f:
+        f.write("broken\n")
+    assert reg.reload() is False
+    assert reg._lookup(swiss) is not None
