@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import time
+from typing import Any
 
 from buildbot_furl.errors import ConfigError
 
@@ -135,3 +136,29 @@ def stop(pidfile: PidFile, timeout: float = 15.0) -> int | None:
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
     return pid
+
+
+def claim(path: str, ready_fd: int | None, prog: str) -> PidFile | None:
+    """Take the pid file for this process; on failure report it through the
+    readiness pipe and return None (or raise, in the foreground)."""
+    pidfile = PidFile(path)
+    try:
+        pidfile.acquire()
+    except ConfigError as e:
+        report_ready(ready_fd, False, f"{prog} {e}")
+        if ready_fd is None:
+            raise
+        return None
+    return pidfile
+
+
+def run_reactor(pidfile: PidFile, svc: Any) -> None:
+    """Run the reactor until it stops, stopping ``svc`` on the way out."""
+    from twisted.internet import reactor
+
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: svc.running and svc.stopService())
+    try:
+        reactor.run()
+    finally:
+        pidfile.release()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, _env, cli, pid_alive
+from conftest import Farm, _env, pid_alive
 
 MASTER = [sys.executable, "-m", "buildbot_furl.cli.master"]
 

@@ -13,7 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from buildbot_furl import __version__
-from buildbot_furl.daemon import PidFile, report_ready
+from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.furls import new_swissnum, write_private
 from buildbot_furl.logs import start_logging
@@ -92,13 +92,8 @@ def _loopback_furl(furl: str, port: str) -> str:
 
 def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; the exit code."""
-    pidfile = PidFile(config.paths.pidfile)
-    try:
-        pidfile.acquire()
-    except ConfigError as e:
-        report_ready(ready_fd, False, f"furl-master {e}")
-        if ready_fd is None:
-            raise
+    pidfile = claim(config.paths.pidfile, ready_fd, "furl-master")
+    if pidfile is None:
         return 1
     start_logging(config.paths.log, to_stderr=to_stderr)
     svc = MasterService(config)
@@ -123,9 +118,5 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
 
     signal.signal(signal.SIGHUP, hup)
     reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: svc.running and svc.stopService())
-    try:
-        reactor.run()
-    finally:
-        pidfile.release()
+    run_reactor(pidfile, svc)
     return exit_code[0]

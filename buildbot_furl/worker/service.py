@@ -20,7 +20,7 @@ from twisted.internet import defer, error as terror, reactor
 from twisted.logger import Logger
 
 from buildbot_furl import __version__
-from buildbot_furl.daemon import PidFile, report_ready
+from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import (
     ConfigError,
     DuplicateWorker,
@@ -186,13 +186,8 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     the process with that reason; with ``wait == 0`` it reports ready at
     once and keeps trying whatever happens.
     """
-    pidfile = PidFile(paths.pidfile)
-    try:
-        pidfile.acquire()
-    except ConfigError as e:
-        report_ready(ready_fd, False, f"furl-worker {e}")
-        if ready_fd is None:
-            raise
+    pidfile = claim(paths.pidfile, ready_fd, "furl-worker")
+    if pidfile is None:
         return 1
     start_logging(paths.log, to_stderr=to_stderr)
     os.chdir(paths.basedir)
@@ -233,11 +228,7 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     svc.on_event = event
     timer = reactor.callLater(max(wait, 0), waited) if wait > 0 else _NoTimer()
     reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: svc.running and svc.stopService())
-    try:
-        reactor.run()
-    finally:
-        pidfile.release()
+    run_reactor(pidfile, svc)
     return int(state["code"])
 
 
