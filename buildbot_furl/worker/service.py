@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import (
-    ConfigError,
     DuplicateWorker,
     FurlError,
     IncompatibleProtocol,
