@@ -26,6 +26,9 @@ setup(
             "furl-master=buildbot_furl.cli.master:main",
             "furl-worker=buildbot_furl.cli.worker:main",
         ],
+        "buildbot.worker": [
+            "FurlWorker = buildbot_furl.buildbot:FurlWorker",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -89,13 +89,13 @@ class _ReportingEndpoint:
         return str(self.endpoint)
 
 
-def listen(tub: Tub, description: str) -> defer.Deferred[Any]:
-    """``tub.listenOn(description)``; fires with the listening port once the
-    Tub runs, or fails (e.g. CannotListenError) if it cannot listen."""
+def listen(tub: Tub, description: str) -> tuple[Any, defer.Deferred[Any]]:
+    """``tub.listenOn(description)``: (the foolscap Listener, a Deferred that
+    fires once the Tub runs and listens, or fails, e.g. CannotListenError)."""
     try:
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"bad listening endpoint {description!r}: {e}") from None
     wrapper = _ReportingEndpoint(endpoint)
-    tub.listenOn(wrapper)
-    return wrapper.result
+    listener = tub.listenOn(wrapper)
+    return listener, wrapper.result

@@ -43,6 +43,7 @@ from buildbot_furl.protocol import (
 log = Logger()
 
 DUPLICATE_PING_TIMEOUT = 5.0
+REFUSED_HANGUP_DELAY = 1.0
 
 AttachHook = Callable[[WorkerSession], Awaitable[None] | None]
 DetachHook = Callable[[WorkerSession], None]
@@ -205,7 +206,9 @@ class WorkerRegistry:
                 try:
                     await defer.maybeDeferred(self.on_attach, session)
                 except WireError:
-                    self._forget(session)
+                    # let the refusal reach the worker before hanging up
+                    self._forget(session, drop=False)
+                    reactor.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
                     raise
             return {
                 "protocol": session.protocol,
@@ -239,11 +242,12 @@ class WorkerRegistry:
             "answers; stop that one first"
         )
 
-    def _forget(self, session: WorkerSession) -> None:
+    def _forget(self, session: WorkerSession, drop: bool = True) -> None:
         if self.sessions.get(session.name) is session:
             del self.sessions[session.name]
             self.last_seen[session.name] = time.time()
-            session.drop("forgotten")
+            if drop:
+                session.drop("forgotten")
             if self.on_detach is not None:
                 self.on_detach(session)
 

@@ -43,7 +43,7 @@ class MasterService(service.MultiService):
         self.tub = make_tub(paths.tub_pem, self.config.keepalive, self.config.disconnect_timeout)
         self.tub.setServiceParent(self)
         super().startService()
-        self.listening = listen(self.tub, self.config.port)
+        _, self.listening = listen(self.tub, self.config.port)
         self.tub.setLocation(*self.config.location)
         self.registry = WorkerRegistry(self.tub, paths.furls,
                                        reload_interval=self.config.reload_interval)

@@ -1,0 +1,656 @@
+"""The FurlWorker plugin on a real Buildbot 4.3 master.
+
+The master is Buildbot's own ``BuildMaster``, in this process, with an
+in-memory sqlite database and an unpatched Buildbot.  FURL workers are
+real ``furl-worker`` processes on 127.0.0.1 (killed by pid at the end of
+every test); the PB worker that gives the reference results is
+buildbot-worker's own ``Worker`` service, in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher, textFileLogObserver
+from zope.interface import implementer
+
+from buildbot.config import BuilderConfig
+from buildbot.config.master import MasterConfig
+from buildbot.data import resultspec
+from buildbot.interfaces import IConfigLoader
+from buildbot.master import BuildMaster
+from buildbot.process.factory import BuildFactory
+from buildbot.process.properties import Interpolate
+from buildbot.process.results import CANCELLED, SUCCESS, Results
+from buildbot.steps.shell import ShellCommand
+from buildbot.steps.transfer import DirectoryUpload, FileDownload, FileUpload
+from buildbot.worker import Worker
+from buildbot_worker.pb import Worker as PBWorkerService
+
+with warnings.catch_warnings():
+    # buildbot.util.ssl star-imports twisted.internet.ssl (Twisted 26.10 deprecation)
+    warnings.filterwarnings("ignore", message=r"twisted\.internet\.ssl\.ProtocolNegotiation",
+                            category=DeprecationWarning)
+    from buildbot.schedulers.forcesched import ForceScheduler
+
+from buildbot_furl import furls
+from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
+from conftest import Procs, cli, free_port
+
+pytestmark = [
+    # every in-memory master start runs alembic, which warns about its own config
+    pytest.mark.filterwarnings("ignore:No path_separator found:DeprecationWarning"),
+    # foolscap hands pyOpenSSL objects to pyOpenSSL 26 (the master's Tub, in this process)
+    pytest.mark.filterwarnings("ignore:Passing pyOpenSSL X509 objects:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Passing pyOpenSSL PKey objects:DeprecationWarning"),
+]
+
+PY = sys.executable
+BIG_LINES = 60_000  # ~5.6 MB of stdout
+BIG_SCRIPT = (
+    "import sys\n"
+    "w = sys.stdout.write\n"
+    f"for i in range({BIG_LINES}):\n"
+    "    w('line %06d ' % i + 'x' * 80 + '\\n')\n"
+    "sys.stdout.flush()\n"
+    "sys.stderr.write('done on stderr\\n')\n"
+)
+TREE_SCRIPT = (
+    "import os, random\n"
+    "data = open('in.bin', 'rb').read()\n"
+    "open('out.bin', 'wb').write(data[::-1])\n"
+    "os.makedirs('tree/sub/deeper', exist_ok=True)\n"
+    "open('tree/a.txt', 'w').write('hello tree\\n' * 1000)\n"
+    "open('tree/sub/b.bin', 'wb').write(random.Random(7).randbytes(1_500_000))\n"
+    "open('tree/sub/deeper/empty', 'wb').close()\n"
+)
+SLOW_SCRIPT = "import time; print('started', flush=True); time.sleep(60)"
+INPUT_SIZE = 3 * 1024 * 1024 + 123
+
+
+# -- a master in this process ---------------------------------------------------
+
+
+@implementer(IConfigLoader)
+class FactoryLoader:
+    """Builds a fresh config dict at every load, like re-reading master.cfg."""
+
+    def __init__(self, make: Callable[[], dict[str, Any]]) -> None:
+        self.make = make
+
+    def loadConfig(self) -> MasterConfig:
+        return MasterConfig.loadFromDict(self.make(), "<test>")
+
+
+def xfer_factory(data: Path) -> BuildFactory:
+    dest = str(data) + "/%(prop:buildername)s"
+    f = BuildFactory()
+    f.addStep(ShellCommand(name="big-output", command=[PY, "-c", BIG_SCRIPT]))
+    f.addStep(FileDownload(name="download", mastersrc=str(data / "input.bin"),
+                           workerdest="in.bin"))
+    f.addStep(ShellCommand(name="make-tree", command=[PY, "-c", TREE_SCRIPT]))
+    f.addStep(FileUpload(name="upload", workersrc="out.bin",
+                         masterdest=Interpolate(dest + "/out.bin")))
+    f.addStep(DirectoryUpload(name="upload-dir", workersrc="tree",
+                              masterdest=Interpolate(dest + "/tree")))
+    return f
+
+
+def quick_factory() -> BuildFactory:
+    f = BuildFactory()
+    f.addStep(ShellCommand(name="hello", command=["echo", "hello"]))
+    return f
+
+
+def slow_factory() -> BuildFactory:
+    f = BuildFactory()
+    f.addStep(ShellCommand(name="slow", command=[PY, "-c", SLOW_SCRIPT]))
+    return f
+
+
+class Env:
+    """A Buildbot master directory with the furl-master files in it."""
+
+    def __init__(self, tmp: Path, procs: Procs, with_pb: bool = False,
+                 create: bool = True) -> None:
+        self.tmp = tmp
+        self.procs = procs
+        self.basedir = tmp / "bbmaster"
+        self.data = tmp / "data"
+        self.data.mkdir()
+        self.port = free_port()
+        self.pb_port = free_port() if with_pb else None
+        self.master: BuildMaster | None = None
+        self.pb_worker: PBWorkerService | None = None
+        self.workers: dict[str, Any] = {}  # name -> Popen
+        self.extra_workers: list[Any] = []
+        self.failed = False
+        if create:
+            cli("furl-master", "create-master", "-d", str(self.basedir), "--location",
+                f"tcp:127.0.0.1:{self.port}", check=True)
+        else:
+            self.basedir.mkdir()
+        self._log = open(tmp / "master.log", "a", encoding="utf-8")  # noqa: SIM115
+        self._observer = textFileLogObserver(self._log)
+        globalLogPublisher.addObserver(self._observer)
+        self._signals = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1,
+                                                          signal.SIGTERM)}
+
+    # -- files and config --------------------------------------------------------
+    @property
+    def furls_path(self) -> Path:
+        return self.basedir / "workers.furls"
+
+    def create_worker(self, name: str) -> str:
+        return cli("furl-master", "create-worker", "-d", str(self.basedir), name,
+                   check=True).stdout.strip()
+
+    def furl_names(self) -> list[str]:
+        return [e.name for e in furls.read(str(self.furls_path)).entries]
+
+    def config(self) -> dict[str, Any]:
+        fws = load_workers(str(self.basedir)) if self.furls_path.exists() else []
+        fws += [FurlWorker(name) for name in self.extra_workers]
+        names = [w.name for w in fws]
+        workers: list[Any] = list(fws)
+        builders = [
+            BuilderConfig(name=f"quick-{n}", workernames=[n], factory=quick_factory())
+            for n in names
+        ]
+        protocols: dict[str, Any] = {"furl": {"port": f"tcp:{self.port}:interface=127.0.0.1"}}
+        if "fw" in names:
+            builders += [
+                BuilderConfig(name="xfer-furl", workernames=["fw"], factory=xfer_factory(self.data)),
+                BuilderConfig(name="slow-furl", workernames=["fw"], factory=slow_factory()),
+            ]
+        if self.pb_port is not None:
+            workers.append(Worker("pbw", "pbpass"))
+            protocols["pb"] = {"port": f"tcp:{self.pb_port}:interface=127.0.0.1"}
+            builders += [
+                BuilderConfig(name="xfer-pb", workernames=["pbw"], factory=xfer_factory(self.data)),
+                BuilderConfig(name="slow-pb", workernames=["pbw"], factory=slow_factory()),
+            ]
+        return {
+            "workers": workers,
+            "protocols": protocols,
+            "builders": builders,
+            "schedulers": [ForceScheduler(name="force", builderNames=[b.name for b in builders])],
+            "buildbotNetUsageData": None,
+            "db": {"db_url": "sqlite://"},
+            "title": "furl plugin test",
+        }
+
+    # -- master -----------------------------------------------------------------
+    async def start_master(self, expect_failure: bool = False) -> BuildMaster:
+        m = BuildMaster(str(self.basedir), reactor=reactor,
+                        config_loader=FactoryLoader(self.config))
+        self.master = m
+        # BuildMaster stops the reactor on a startup error: keep ours running
+        with mock.patch.object(reactor, "stop") as stop:
+            await m.startService()
+        self.failed = stop.called
+        if expect_failure:
+            assert stop.called, "the master started"
+        else:
+            assert not stop.called, f"master failed to start, see {self.tmp / 'master.log'}"
+        return m
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return (self.tmp / "master.log").read_text()
+
+    async def stop_master(self) -> None:
+        m, self.master = self.master, None
+        if m is None or not m.running:
+            return
+        workers = list(m.workers.workers.values())
+        if not self.failed:
+            await m.stopService()
+        else:
+            # after a failed start Buildbot would stop the process; stop what runs
+            with contextlib.suppress(Exception):
+                await m.stopService()
+            if m.db.running:
+                await m.db.stopService()
+        # Buildbot (PB workers too) re-arms a worker's one-hour "missing" timer
+        # when the master's shutdown disconnects it; the process would be
+        # gone by then, ours is not
+        for w in workers:
+            w.stopMissingTimer()
+
+    async def close(self) -> None:
+        try:
+            if self.pb_worker is not None and self.pb_worker.running:
+                await self.pb_worker.stopService()
+            await self.stop_master()
+        finally:
+            globalLogPublisher.removeObserver(self._observer)
+            self._log.close()
+            for s, h in self._signals.items():
+                signal.signal(s, h)
+        # The master's last step (database pool stop) resumes us from the
+        # reactor's thread-call loop; end the test from a timed call instead,
+        # so that the loop finishes before pytest-twisted switches away
+        # (else a later reactor.iterate(), e.g. trial's, runs it again).
+        await sleep(0.01)
+
+    # -- workers ----------------------------------------------------------------
+    def start_furl_worker(self, name: str, furl: str, wdir: str | None = None,
+                          wait: float = 60) -> Any:
+        d = self.tmp / (wdir or f"worker-{name}")
+        d.mkdir(exist_ok=True)
+        furl_file = d.parent / f"{d.name}.furl"
+        furls.write_private(str(furl_file), furl + "\n")
+        out = open(self.tmp / f"{d.name}.out", "wb")  # noqa: SIM115
+        p = self.procs.popen(PY, "-m", "buildbot_furl.cli.worker", "start", str(d),
+                             "--nodaemon", "--furl-file", str(furl_file), "--wait", str(wait),
+                             stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        self.workers[d.name] = p
+        return p
+
+    def start_pb_worker(self) -> None:
+        d = self.tmp / "worker-pbw"
+        d.mkdir()
+        assert self.pb_port is not None
+        self.pb_worker = PBWorkerService("127.0.0.1", self.pb_port, "pbw", "pbpass", str(d),
+                                         keepalive=0)
+        self.pb_worker.startService()
+
+    def bb_worker(self, name: str) -> Any:
+        assert self.master is not None
+        return self.master.workers.workers.get(name)
+
+    def connected(self, name: str) -> bool:
+        w = self.bb_worker(name)
+        return w is not None and w.conn is not None
+
+    async def wait_connected(self, name: str, timeout: float = 30) -> None:
+        ok = await wait_for(lambda: self.connected(name), timeout)
+        assert ok, f"worker {name} did not attach within {timeout} s; see {self.tmp}"
+
+    # -- builds -----------------------------------------------------------------
+    async def force(self, builder: str) -> int:
+        """Force a build on ``builder``; returns its build request id."""
+        assert self.master is not None
+        _bsid, brids = await self.master.data.control(
+            "force", {"builderNames": [builder], "reason": "test"}, ("forceschedulers", "force"))
+        return list(brids.values())[0]
+
+    async def build_of(self, brid: int, timeout: float = 30) -> dict[str, Any]:
+        assert self.master is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            builds = await self.master.data.get(
+                ("builds",), filters=[resultspec.Filter("buildrequestid", "eq", [brid])])
+            if builds:
+                return builds[-1]
+            await sleep(0.1)
+        raise AssertionError(f"build request {brid} did not start within {timeout} s")
+
+    async def finished(self, buildid: int, timeout: float = 60) -> dict[str, Any]:
+        assert self.master is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            b = await self.master.data.get(("builds", buildid))
+            if b["complete"]:
+                return b
+            await sleep(0.1)
+        raise AssertionError(f"build {buildid} did not finish within {timeout} s")
+
+    async def run_build(self, builder: str, timeout: float = 60) -> dict[str, Any]:
+        brid = await self.force(builder)
+        b = await self.build_of(brid)
+        return await self.finished(b["buildid"], timeout)
+
+    async def steps(self, buildid: int) -> list[dict[str, Any]]:
+        assert self.master is not None
+        return await self.master.data.get(("builds", buildid, "steps"))
+
+    async def logs(self, stepid: int) -> dict[str, str]:
+        assert self.master is not None
+        out = {}
+        for lg in await self.master.data.get(("steps", stepid, "logs")):
+            c = await self.master.data.get(("logs", lg["logid"], "contents"))
+            out[lg["name"]] = c["content"] if c else ""
+        return out
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await sleep(0.1)
+    return pred()
+
+
+def streams(content: str) -> dict[str, str]:
+    """A stdio log's text by stream: 'o' stdout, 'e' stderr, 'h' header."""
+    out: dict[str, list[str]] = {"o": [], "e": [], "h": []}
+    for line in content.splitlines(keepends=True):
+        if line[:1] in out:
+            out[line[:1]].append(line[1:])
+    return {k: "".join(v) for k, v in out.items()}
+
+
+def expected_stdout() -> str:
+    return "".join(f"line {i:06d} " + "x" * 80 + "\n" for i in range(BIG_LINES))
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture
+def env_factory(tmp_path: Path, procs: Procs) -> Callable[..., Env]:
+    """``Env(...)`` in this test's tmp dir; ``procs`` kills its workers by pid."""
+
+    def make(**kw: Any) -> Env:
+        return Env(tmp_path, procs, **kw)
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def running(env: Env) -> Any:
+    try:
+        yield env
+    finally:
+        await env.close()
+
+
+# -- the tests --------------------------------------------------------------------
+
+
+def test_entry_point() -> None:
+    """``from buildbot.plugins import worker; worker.FurlWorker`` (setup.py entry point)."""
+    from importlib.metadata import entry_points
+
+    if not any(ep.name == "FurlWorker" for ep in entry_points(group="buildbot.worker")):
+        pytest.skip("entry point buildbot.worker:FurlWorker not installed (pip install -e .)")
+    from buildbot.plugins import worker
+
+    assert worker.FurlWorker is FurlWorker
+
+
+def test_load_workers_and_config_errors(tmp_path: Path) -> None:
+    from buildbot.config.errors import ConfigErrors
+
+    p = tmp_path / "workers.furls"
+    tubid = "a" * 32
+    furls.write_private(str(p), f"w1 pb://{tubid}@tcp:h:1/{'s' * 20}\n"
+                                f"# a comment\nw2 pb://{tubid}@tcp:h:1/{'t' * 20}  # box\n")
+    ws = load_workers(str(p), max_builds=2)
+    assert [w.name for w in ws] == ["w1", "w2"]
+    assert all(isinstance(w, FurlWorker) and w.password is None for w in ws)
+    assert ws[0].max_builds == 2
+    # the secret is kept nowhere in the worker's config
+    assert "s" * 20 not in repr(ws[0].getConfigDict()) and "s" * 20 not in repr(vars(ws[0]))
+    assert [w.name for w in load_workers(str(tmp_path))] == ["w1", "w2"]  # a directory works
+    p.write_text("w1 not-a-furl\n")
+    with pytest.raises(ConfigErrors, match=r"workers.furls:1"):
+        load_workers(str(p))
+    with pytest.raises(ConfigErrors, match="no password"):
+        FurlWorker("w1", password="x")
+    with pytest.raises(ConfigErrors, match="malformed FURL"):
+        FurlWorker("w1", furl="pb://nope")
+
+
+@pytest_twisted.ensureDeferred
+async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) -> None:
+    """ShellCommand with 5 MB of output, FileDownload, FileUpload and
+    DirectoryUpload: SUCCESS, byte-exact files, and the same step results
+    and output as on a plain PB worker.  Then a step stopped mid-run ends
+    the same way on both."""
+    env = env_factory(with_pb=True)
+    furl = env.create_worker("fw")
+    rnd = random.Random(42)
+    source = rnd.randbytes(INPUT_SIZE)
+    (env.data / "input.bin").write_bytes(source)
+    async with running(env):
+        await env.start_master()
+        env.start_furl_worker("fw", furl)
+        env.start_pb_worker()
+        await env.wait_connected("fw")
+        await env.wait_connected("pbw")
+        conn = env.bb_worker("fw").conn
+        assert type(conn).__name__ == "FurlConnection"
+        assert conn.info["worker_commands"]["shell"]
+
+        results = {}
+        for kind in ("furl", "pb"):
+            t0 = time.monotonic()
+            b = await env.run_build(f"xfer-{kind}")
+            elapsed = time.monotonic() - t0
+            steps = await env.steps(b["buildid"])
+            assert b["results"] == SUCCESS, (kind, [(s["name"], s["state_string"]) for s in steps])
+            logs = {s["name"]: await env.logs(s["stepid"]) for s in steps}
+            results[kind] = (b, steps, logs, elapsed)
+            out = env.data / f"xfer-{kind}"
+            assert (out / "out.bin").read_bytes() == source[::-1]
+            tree = tree_files(out / "tree")
+            assert tree == {
+                "a.txt": b"hello tree\n" * 1000,
+                "sub/b.bin": random.Random(7).randbytes(1_500_000),
+                "sub/deeper/empty": b"",
+            }
+            big = streams(logs["big-output"]["stdio"])
+            assert big["o"] == expected_stdout()
+            assert big["e"] == "done on stderr\n"
+
+        _, fsteps, flogs, ftime = results["furl"]
+        _, psteps, plogs, ptime = results["pb"]
+        print(f"xfer build: furl {ftime:.2f} s, pb {ptime:.2f} s")
+
+        def summary(steps: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+            return [(s["name"], s["results"],
+                     s["state_string"].replace("worker fw ", "worker W ")
+                     .replace("worker pbw ", "worker W ")) for s in steps]
+
+        assert summary(fsteps) == summary(psteps)
+        assert flogs.keys() == plogs.keys()
+        for step in flogs:
+            assert flogs[step].keys() == plogs[step].keys(), step
+            for name in flogs[step]:
+                f, p = streams(flogs[step][name]), streams(plogs[step][name])
+                assert (f["o"], f["e"]) == (p["o"], p["e"]), (step, name)
+
+        # a step stopped mid-run
+        stopped = {}
+        for kind in ("furl", "pb"):
+            brid = await env.force(f"slow-{kind}")
+            b = await env.build_of(brid)
+
+            async def started(buildid: int = b["buildid"]) -> bool:
+                steps = await env.steps(buildid)
+                if not steps or steps[-1]["name"] != "slow":
+                    return False
+                logs = await env.logs(steps[-1]["stepid"])
+                return "started" in streams(logs.get("stdio", ""))["o"]
+
+            deadline = time.monotonic() + 20
+            while not await started():
+                assert time.monotonic() < deadline, f"slow step never started on {kind}"
+                await sleep(0.1)
+            t0 = time.monotonic()
+            assert env.master is not None
+            await env.master.data.control("stop", {"reason": "stopped by the test"},
+                                          ("builds", b["buildid"]))
+            done = await env.finished(b["buildid"], timeout=20)
+            assert time.monotonic() - t0 < 10
+            steps = await env.steps(b["buildid"])
+            stopped[kind] = (done["results"], summary(steps))
+        assert stopped["furl"] == stopped["pb"]
+        assert stopped["furl"][0] == CANCELLED, Results[stopped["furl"][0]]
+        # the worker is still attached and usable after the interrupt
+        assert env.connected("fw")
+        b = await env.run_build("quick-fw")
+        assert b["results"] == SUCCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_master_restart_worker_reattaches(env_factory: Callable[..., Env]) -> None:
+    env = env_factory()
+    furl = env.create_worker("fw")
+    (env.data / "input.bin").write_bytes(b"x")
+    async with running(env):
+        await env.start_master()
+        p = env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        assert (await env.run_build("quick-fw"))["results"] == SUCCESS
+        await env.stop_master()
+        assert p.poll() is None  # the worker waits for its master
+        await sleep(0.5)
+        await env.start_master()  # same basedir, same port, fresh database
+        t0 = time.monotonic()
+        await env.wait_connected("fw", timeout=40)
+        print(f"reattached {time.monotonic() - t0:.1f} s after the master restarted")
+        b = await env.run_build("quick-fw")
+        assert b["results"] == SUCCESS
+        hello = [s for s in await env.steps(b["buildid"]) if s["name"] == "hello"]
+        logs = await env.logs(hello[0]["stepid"])
+        assert streams(logs["stdio"])["o"] == "hello\n"
+        assert p.poll() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_second_worker_with_same_furl_is_refused(env_factory: Callable[..., Env]) -> None:
+    env = env_factory()
+    furl = env.create_worker("fw")
+    async with running(env):
+        await env.start_master()
+        first = env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        conn = env.bb_worker("fw").conn
+        second = env.start_furl_worker("fw", furl, wdir="worker-fw-again", wait=20)
+        ok = await wait_for(lambda: second.poll() is not None, 25)
+        assert ok, "the second worker was not refused"
+        assert second.returncode != 0
+        out = (env.tmp / "worker-fw-again.out").read_text()
+        assert "already attached" in out, out
+        assert first.poll() is None
+        assert env.bb_worker("fw").conn is conn  # the first one was never disturbed
+        assert (await env.run_build("quick-fw"))["results"] == SUCCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconfig_adds_worker_and_revocation_drops_it(
+        env_factory: Callable[..., Env]) -> None:
+    env = env_factory()
+    furl = env.create_worker("fw")
+    async with running(env):
+        m = await env.start_master()
+        hub = next(s for s in m.services if isinstance(s, FurlHub))
+        env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        # the admin hard-edits workers.furls, then runs 'buildbot reconfig'
+        tubid = furl.split("//", 1)[1].split("@", 1)[0]
+        furl2 = f"pb://{tubid}@tcp:127.0.0.1:{env.port}/{furls.new_swissnum()}"
+        with open(env.furls_path, "a", encoding="utf-8") as f:
+            f.write(f"fw2 {furl2}  # added by hand\n")
+        # a worker the master.cfg does not know yet is refused...
+        p2 = env.start_furl_worker("fw2", furl2, wait=0)
+        await sleep(2.5)
+        assert env.bb_worker("fw2") is None
+        assert p2.poll() is None  # ...but keeps trying
+        await m.reconfig()
+        assert env.bb_worker("fw2") is not None
+        assert any(h is hub for h in m.services)  # still the one hub
+        await env.wait_connected("fw2", timeout=40)
+        assert (await env.run_build("quick-fw2"))["results"] == SUCCESS
+        # the admin removes fw2's line: its live connection is dropped at once
+        lines = [ln for ln in env.furls_path.read_text().splitlines(keepends=True)
+                 if not ln.startswith("fw2 ")]
+        furls.write_private(str(env.furls_path), "".join(lines))
+        t0 = time.monotonic()
+        ok = await wait_for(lambda: not env.connected("fw2"), 10)
+        assert ok, "revoked worker still connected"
+        print(f"revoked worker dropped after {time.monotonic() - t0:.1f} s")
+        await sleep(1.5)
+        assert not env.connected("fw2")  # and it does not come back
+        assert env.connected("fw")
+        assert os.stat(env.furls_path).st_mode & 0o777 == 0o600
+        assert stat.S_IMODE(os.stat(env.basedir / "private").st_mode) == 0o700
+
+
+@pytest_twisted.ensureDeferred
+async def test_startup_errors_are_clear(env_factory: Callable[..., Env]) -> None:
+    # a Buildbot master dir without 'furl-master create-master'
+    env = env_factory(create=False)
+    env.extra_workers = ["fw"]
+    async with running(env):
+        await env.start_master(expect_failure=True)
+        text = env.log_text()
+        assert "has no furl-master.conf" in text and "furl-master create-master -d" in text
+        assert not any(isinstance(s, FurlHub) for s in env.master.services)
+        await env.stop_master()
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_in_use(env_factory: Callable[..., Env]) -> None:
+    import socket
+
+    env = env_factory()
+    env.create_worker("fw")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", env.port))
+        s.listen()
+        async with running(env):
+            await env.start_master(expect_failure=True)
+            assert f"cannot listen on tcp:{env.port}:interface=127.0.0.1" in env.log_text()
+            await env.stop_master()
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_furl_worker_by_reconfig_then_port_change(
+        env_factory: Callable[..., Env]) -> None:
+    """A PB-only master gets its first FurlWorker by 'buildbot reconfig'; a
+    later port change moves the listener and keeps live connections."""
+    import socket
+
+    env = env_factory(with_pb=True)
+    furl = env.create_worker("fw")
+    hidden = env.basedir / "later.furls"
+    env.furls_path.rename(hidden)
+    async with running(env):
+        m = await env.start_master()
+        assert not any(isinstance(s, FurlHub) for s in m.services)
+        hidden.rename(env.furls_path)
+        await m.reconfig()
+        hub = next(s for s in m.services if isinstance(s, FurlHub))
+        env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        old = env.port
+        env.port = free_port()
+        await m.reconfig()
+        assert hub.settings is not None and hub.settings.port.startswith(f"tcp:{env.port}:")
+        socket.create_connection(("127.0.0.1", env.port), timeout=5).close()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", old), timeout=5).close()
+        assert env.connected("fw")
+        assert (await env.run_build("quick-fw"))["results"] == SUCCESS
