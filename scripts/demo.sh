@@ -30,7 +30,7 @@ furl-worker start "$DEMO/worker"
 say furl-master list-workers -d "$DEMO/master"
 furl-master list-workers -d "$DEMO/master"
 if furl-master run --help >/dev/null 2>&1; then
-  say furl-master run -d "$DEMO/master" demo-worker -- sh -c 'echo "hello from $(hostname)"; uname -sr; echo "to stderr" >&2; exit 3'
+  say "furl-master run -d $DEMO/master demo-worker -- sh -c 'echo \"hello from \$(hostname)\"; uname -sr; echo \"to stderr\" >&2; exit 3'"
   set +e
   furl-master run -d "$DEMO/master" demo-worker -- sh -c 'echo "hello from $(hostname)"; uname -sr; echo "to stderr" >&2; exit 3'
   rc=$?
