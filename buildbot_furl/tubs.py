@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from foolscap.api import Tub
+from foolscap.broker import Broker
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -16,6 +17,25 @@ from buildbot_furl.furls import check_private_mode, write_private
 
 DEFAULT_KEEPALIVE = 30
 DEFAULT_DISCONNECT_TIMEOUT = 90
+
+
+class _PeerAwareBroker(Broker):
+    """A Broker that tells its Tub who asked for a name it does not know,
+    so refused attach attempts can be logged with the peer's address."""
+
+    def remote_getReferenceByName(self, name: Any) -> Any:
+        try:
+            return super().remote_getReferenceByName(name)
+        except KeyError:
+            observer = getattr(self.tub, "on_refused_name", None)
+            if observer is not None:
+                try:
+                    peer = self.transport.getPeer()
+                    where = f"{peer.host}:{peer.port}"
+                except Exception:
+                    where = "?"
+                observer(name.decode() if isinstance(name, bytes) else str(name), where)
+            raise
 
 
 def make_tub(
@@ -44,6 +64,7 @@ def make_tub(
         raise ConfigError(f"{cert_file}: not a valid Tub key/certificate") from None
     if cert_file is not None and cert is None:
         write_private(cert_file, tub.getCertData())
+    tub.brokerClass = _PeerAwareBroker
     tub.unsafeTracebacks = False
     tub.setOption("expose-remote-exception-types", False)
     tub.setOption("accept-gifts", False)

@@ -98,6 +98,7 @@ class WorkerRegistry:
         """Load the file (raising ConfigError if it is bad) and start watching."""
         self.reload(strict=True)
         self.tub.registerNameLookupHandler(self._lookup)
+        self.tub.on_refused_name = self.refused
         self._loop = LoopingCall(self.poll)
         self._loop.start(self.reload_interval, now=False)
 
@@ -105,19 +106,21 @@ class WorkerRegistry:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.tub.unregisterNameLookupHandler(self._lookup)
+        self.tub.on_refused_name = None
         for session in list(self.sessions.values()):
             session.drop("master shutting down")
 
     def _lookup(self, name: str) -> WorkerLogin | None:
-        login = self.logins.get(name)
-        if login is None:
-            who = self.revoked.get(_swiss_key(name))
-            if who:
-                log.info("refused attach with the revoked or rotated FURL of worker {name}",
-                         name=who)
-            else:
-                log.info("refused attach with an unknown FURL (wrong secret)")
-        return login
+        return self.logins.get(name)
+
+    def refused(self, name: str, peer: str) -> None:
+        """Log a lookup of a name we do not serve (never the name itself)."""
+        who = self.revoked.get(_swiss_key(name))
+        if who:
+            log.info("refused attach from {peer} with the revoked or rotated FURL of "
+                     "worker {name}", peer=peer, name=who)
+        else:
+            log.info("refused attach from {peer}: unknown FURL (wrong secret)", peer=peer)
 
     # -- workers.furls --------------------------------------------------------
     def _file_stamp(self) -> tuple[int, int, int] | None:
