@@ -266,7 +266,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command(context_settings={"allow_interspersed_args": True})
 @basedir_option
 @click.option("--workdir", default=None,
               help="Directory to run in, relative to the worker's directory (default: it).")
@@ -285,6 +285,7 @@ def run(ctx: click.Context, basedir: str | None, workdir: str | None, envs: tupl
 
     \b
     Example:  furl-master run w1 -- make -j4 test
+    Put '--' before COMMAND: what follows it is never read as an option.
     A remote signal N gives exit code 128+N; Ctrl-C interrupts the command.
     """
     from buildbot_furl.client import run_command
