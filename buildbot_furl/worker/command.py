@@ -76,7 +76,6 @@ class UpdateSender:
         self.paused = False
         self.failed: Exception | None = None
         self._flush_call: Any = None
-        self._idle: list[defer.Deferred[None]] = []
 
     def add(self, items: list[list[Any]]) -> None:
         for item in items:
@@ -116,7 +115,6 @@ class UpdateSender:
         if self.paused and self.unacked_bytes <= UPDATE_WINDOW // 2:
             self.paused = False
             self.resume()
-        self._check_idle()
 
     def _failed(self, f: Any) -> None:
         if self.failed is None:
@@ -127,21 +125,6 @@ class UpdateSender:
         if self.paused:
             self.paused = False
             self.resume()
-        self._check_idle()
-
-    def _check_idle(self) -> None:
-        if not self.unacked and not self.pending:
-            waiters, self._idle = self._idle, []
-            for d in waiters:
-                d.callback(None)
-
-    def drained(self) -> defer.Deferred[None]:
-        """Fires once everything added so far is confirmed (or failed)."""
-        self.flush()
-        d: defer.Deferred[None] = defer.Deferred()
-        self._idle.append(d)
-        self._check_idle()
-        return d
 
 
 class ChunkWriter:
@@ -300,7 +283,9 @@ class FurlProtocolCommand(ProtocolCommandPb):
     def protocol_complete(self, failure: Any) -> Any:
         yield self.flush_command_output()
         sender = self._get_sender()
-        yield sender.drained()
+        # no need to wait for the acknowledgements: foolscap delivers calls in
+        # order and the master applies complete only after every update
+        sender.flush()
         if self.command_ref is None:
             return
         if self._disconnect_marker is not None:
