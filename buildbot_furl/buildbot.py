@@ -25,6 +25,7 @@ patched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -38,6 +39,7 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.logger import Logger
 
 from buildbot_furl import furls
+from buildbot_furl.daemon import PidFile
 from buildbot_furl.errors import (
     ConfigError,
     DuplicateWorker,
@@ -46,9 +48,10 @@ from buildbot_furl.errors import (
     WireError,
 )
 from buildbot_furl.master import config as mconfig
+from buildbot_furl.master.admin import Admin
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.session import WorkerSession
-from buildbot_furl.tubs import listen, make_tub
+from buildbot_furl.tubs import listen, local_furl, make_tub
 
 log = Logger()
 
@@ -264,6 +267,8 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self.listener: Any = None
         self.registry: WorkerRegistry | None = None
         self.connections: dict[WorkerSession, Any] = {}  # session -> its FurlConnection
+        self.pidfile: PidFile | None = None
+        self.admin_furl: str | None = None
 
     # -- lifecycle --------------------------------------------------------------
     def startService(self) -> defer.Deferred[None]:
@@ -289,9 +294,34 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self.registry = registry
         tub.setServiceParent(self)  # starts it: we are running
         self.listener = await self._listen(settings.port)
+        self._publish_admin(settings)
         log.info("FURL workers: listening on {port} (workers dial {loc}), tubid {tubid}, "
                  "{n} worker(s) in {path}", port=settings.port, loc=",".join(settings.location),
                  tubid=tub.getTubID(), n=len(self.registry.entries), path=settings.furls_path)
+
+    def _publish_admin(self, settings: HubSettings) -> None:
+        """Let ``furl-master status/list-workers -d BASEDIR`` see live state:
+        the same admin FURL and pid-file lock a standalone master has."""
+        pidfile = PidFile(settings.paths.pidfile)
+        try:
+            pidfile.acquire()
+        except ConfigError as e:
+            log.warn("FURL workers: not publishing the admin FURL: {err}", err=str(e))
+            return
+        self.pidfile = pidfile
+        self.tub.setLocation(*settings.location)
+        admin = Admin(self.registry, settings.location, standalone=False)
+        self.admin_furl = self.tub.registerReference(admin, name=furls.new_swissnum())
+        furls.write_private(settings.paths.admin_furl,
+                            local_furl(self.admin_furl, settings.port) + "\n")
+
+    def _unpublish_admin(self) -> None:
+        if self.pidfile is None or self.settings is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.settings.paths.admin_furl)
+        self.pidfile.release()
+        self.pidfile = None
 
     async def _listen(self, port: str) -> Any:
         try:
@@ -309,6 +339,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self._unpublish_admin()
         if self.registry is not None:
             self.registry.stop()
         for conn in list(self.connections.values()):

@@ -120,3 +120,22 @@ def listen(tub: Tub, description: str) -> tuple[Any, defer.Deferred[Any]]:
     wrapper = _ReportingEndpoint(endpoint)
     listener = tub.listenOn(wrapper)
     return listener, wrapper.result
+
+
+def local_furl(furl: str, port: str) -> str:
+    """``furl`` made to dial the Tub directly on the address ``port`` listens
+    on (loopback unless it is bound to one interface): for a CLI on the same
+    host, whatever the public location says."""
+    fields = port.split(":")
+    num = fields[1]
+    opts = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
+    host = opts.get("interface", "")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    head, _, name = furl.rpartition("/")
+    tubid = head.split("@", 1)[0]
+    return f"{tubid}@tcp:{host}:{num}/{name}"

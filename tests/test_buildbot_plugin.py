@@ -10,6 +10,7 @@ buildbot-worker's own ``Worker`` service, in this process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -25,7 +26,7 @@ from unittest import mock
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, threads, reactor
 from twisted.logger import globalLogPublisher, textFileLogObserver
 from zope.interface import implementer
 
@@ -556,6 +557,35 @@ async def test_second_worker_with_same_furl_is_refused(env_factory: Callable[...
         assert first.poll() is None
         assert env.bb_worker("fw").conn is conn  # the first one was never disturbed
         assert (await env.run_build("quick-fw"))["results"] == SUCCESS
+
+
+@pytest_twisted.ensureDeferred
+async def test_furl_master_cli_sees_a_buildbot_master(env_factory: Callable[..., Env]) -> None:
+    env = env_factory()
+    furl = env.create_worker("fw")
+    env.create_worker("idle")
+    d = str(env.basedir)
+    async with running(env):
+        await env.start_master()
+        env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        # the CLI runs in a thread: this test's reactor is the master's
+        p = await threads.deferToThread(cli, "furl-master", "list-workers", "--json", "-d", d)
+        rows = {w["name"]: w for w in json.loads(p.stdout)["workers"]}
+        assert rows["fw"]["connected"] is True and rows["idle"]["connected"] is False
+        p = await threads.deferToThread(cli, "furl-master", "status", "-d", d)
+        assert p.returncode == 0 and "as part of a Buildbot master" in p.stdout
+        assert "1 of 2 worker(s) connected" in p.stdout
+        p = await threads.deferToThread(cli, "furl-master", "run", "-d", d, "fw", "--", "true")
+        assert p.returncode == 2 and "not available on a Buildbot master" in p.stderr
+        (env.basedir / "buildbot.tac").write_text("# as 'buildbot create-master' makes\n")
+        for cmd in ("start", "stop"):
+            p = await threads.deferToThread(cli, "furl-master", cmd, "-d", d)
+            assert p.returncode != 0 and f"use 'buildbot {cmd}'" in p.stderr
+        assert env.connected("fw")
+    assert not (env.basedir / "private" / "admin.furl").exists()
+    p = cli("furl-master", "status", "-d", d)
+    assert p.returncode == 3
 
 
 @pytest_twisted.ensureDeferred

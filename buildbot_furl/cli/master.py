@@ -45,6 +45,13 @@ def _load(ctx: click.Context, basedir: str | None) -> mconfig.MasterConfig:
     return mconfig.load(_basedir(ctx, basedir))
 
 
+def _not_buildbot(cfg: mconfig.MasterConfig, what: str) -> None:
+    if any(os.path.exists(os.path.join(cfg.paths.basedir, f))
+           for f in ("buildbot.tac", "master.cfg")):
+        raise Failed(f"{cfg.paths.basedir} is a Buildbot master's directory: its FURL "
+                     f"workers are served by Buildbot itself; use 'buildbot {what}' there")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @basedir_option
 @click.version_option(package_name="buildbot_furl", prog_name="furl-master")
@@ -203,6 +210,7 @@ def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
 def start(ctx: click.Context, basedir: str | None, nodaemon: bool, ready_fd: int | None) -> None:
     """Start the master (in the background unless --nodaemon)."""
     cfg = _load(ctx, basedir)
+    _not_buildbot(cfg, "start")
     mconfig.check_private(cfg.paths)
     furls.read(cfg.paths.furls, _tubid(cfg))  # refuse a bad file before going away
     if nodaemon or ready_fd is not None:
@@ -226,6 +234,7 @@ def start(ctx: click.Context, basedir: str | None, nodaemon: bool, ready_fd: int
 def stop(ctx: click.Context, basedir: str | None) -> None:
     """Stop the running master."""
     cfg = _load(ctx, basedir)
+    _not_buildbot(cfg, "stop")
     pid = daemon.stop(daemon.PidFile(cfg.paths.pidfile))
     if pid is None:
         raise Failed(f"the master in {cfg.paths.basedir} is not running")
@@ -251,7 +260,8 @@ def status(ctx: click.Context, basedir: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"running": True, **st}, indent=2))
         return
     up = time.time() - st["started"]
-    click.echo(f"running (pid {st['pid']}, up {up:.0f} s, version {st['version']}): "
+    kind = " as part of a Buildbot master" if st.get("kind") == "buildbot" else ""
+    click.echo(f"running{kind} (pid {st['pid']}, up {up:.0f} s, version {st['version']}): "
                f"{st['connected']} of {st['workers']} worker(s) connected; "
                f"location {st['location']}")
 

@@ -29,11 +29,19 @@ def _request(raw: bytes) -> dict[str, Any]:
 
 @implementer(RIAdmin)
 class Admin(Referenceable):
-    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...]) -> None:
+    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...],
+                 standalone: bool = True) -> None:
         self.registry = registry
         self.location = location
         self.started = time.time()
-        self.standalone = Standalone(registry)
+        # under Buildbot the builders own the workers: no run/put/get there
+        self.standalone = Standalone(registry) if standalone else None
+
+    def _standalone(self) -> Standalone:
+        if self.standalone is None:
+            raise BadRequest("run, put and get are not available on a Buildbot master: "
+                             "its builders own the workers (use a build instead)")
+        return self.standalone
 
     @remote_method
     def remote_status(self) -> dict[str, Any]:
@@ -45,6 +53,7 @@ class Admin(Referenceable):
             "location": ",".join(self.location),
             "workers": len(workers),
             "connected": sum(1 for w in workers if w["connected"]),
+            "kind": "standalone" if self.standalone is not None else "buildbot",
         }
 
     @remote_method
@@ -53,16 +62,16 @@ class Admin(Referenceable):
 
     @remote_method
     async def remote_run(self, worker: str, request: bytes, out: Any) -> dict[str, Any]:
-        return await self.standalone.run(worker, _request(request), out)
+        return await self._standalone().run(worker, _request(request), out)
 
     @remote_method
     def remote_interrupt(self, run_id: str) -> bool:
-        return self.standalone.interrupt(run_id)
+        return self._standalone().interrupt(run_id)
 
     @remote_method
     async def remote_put(self, worker: str, request: bytes, source: Any) -> dict[str, Any]:
-        return await self.standalone.put(worker, _request(request), source)
+        return await self._standalone().put(worker, _request(request), source)
 
     @remote_method
     async def remote_get(self, worker: str, request: bytes, sink: Any) -> dict[str, Any]:
-        return await self.standalone.get(worker, _request(request), sink)
+        return await self._standalone().get(worker, _request(request), sink)

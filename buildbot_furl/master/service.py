@@ -20,7 +20,7 @@ from buildbot_furl.logs import start_logging
 from buildbot_furl.master.admin import Admin
 from buildbot_furl.master.config import MasterConfig, check_private
 from buildbot_furl.master.registry import WorkerRegistry
-from buildbot_furl.tubs import listen, make_tub
+from buildbot_furl.tubs import listen, local_furl, make_tub
 
 log = Logger()
 
@@ -50,7 +50,7 @@ class MasterService(service.MultiService):
         self.registry.start()
         self.admin = self.make_admin()
         admin_furl = self.tub.registerReference(self.admin, name=new_swissnum())
-        admin_furl = _loopback_furl(admin_furl, self.config.port)
+        admin_furl = local_furl(admin_furl, self.config.port)
         write_private(paths.admin_furl, admin_furl + "\n")
         log.info("furl-master {version} serving {n} worker(s) on {port}, location {loc}",
                  version=__version__, n=len(self.registry.entries), port=self.config.port,
@@ -70,24 +70,6 @@ class MasterService(service.MultiService):
     def reload(self) -> None:
         if self.registry is not None:
             self.registry.reload()
-
-
-def _loopback_furl(furl: str, port: str) -> str:
-    """The admin FURL dials the master directly on the listening address
-    (loopback unless the port is bound to one interface): the CLI runs beside it."""
-    fields = port.split(":")
-    num = fields[1]
-    opts = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
-    host = opts.get("interface", "")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "[::1]"
-    elif ":" in host:
-        host = f"[{host}]"
-    head, _, name = furl.rpartition("/")
-    tubid = head.split("@", 1)[0]
-    return f"{tubid}@tcp:{host}:{num}/{name}"
 
 
 def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> int:
