@@ -214,3 +214,18 @@ def test_worker_furl_file_must_be_private(farm: Farm, tmp_path) -> None:
     p = cli("furl-worker", "start", wd)
     assert p.returncode != 0 and "already running" in p.stderr
     assert connected(farm, "w1")
+
+
+def test_dead_master_is_noticed_and_worker_comes_back(farm: Farm) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl, "--keepalive", "1", "--disconnect-timeout", "3")
+    wlog = farm.tmp / "worker-w1" / "worker.log"
+    master_pid = int((farm.mdir / "furl-master.pid").read_text())
+    os.kill(master_pid, signal.SIGSTOP)  # a hung master, or a NAT that dropped us
+    try:
+        assert farm.wait_for(lambda: "lost the connection" in wlog.read_text(), 15)
+    finally:
+        os.kill(master_pid, signal.SIGCONT)
+    assert farm.wait_for(lambda: wlog.read_text().count("attached to the master") >= 2, 30)
+    assert farm.wait_for(lambda: connected(farm, "w1"), 10)
