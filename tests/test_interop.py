@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, _env, pid_alive
+from conftest import Farm, _env, cli, pid_alive
 
 MASTER = [sys.executable, "-m", "buildbot_furl.cli.master"]
 
@@ -232,3 +232,18 @@ def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
     p = two.master("put", "w2", str(src), "trees/t1")
     assert p.returncode == 2 and "failed" in p.stderr
     assert manifest(str(landed)) == manifest(str(src))
+
+
+def test_worker_lost_mid_command_is_one_clear_line(two: Farm) -> None:
+    proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sleep", "62.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    try:
+        assert two.wait_for(lambda: _sleepers("62.5"), 10)
+        cli("furl-worker", "stop", str(wdir(two, "w1")), check=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2
+    assert err.decode().strip() == "furl-master: error: worker 'w1' disconnected during the command"
+    assert two.wait_for(lambda: not _sleepers("62.5"), 10)  # the worker killed it on its way out
