@@ -79,6 +79,10 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 ROOT = Path(__file__).resolve().parent.parent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_child import set_nodelay  # noqa: E402  (one copy, used by both ends)
+
 CHILD = Path(__file__).resolve().with_name("_bench_child.py")
 MiB = 1024 * 1024
 BUILDER = "b1"
@@ -700,18 +704,6 @@ class TlsSide(Side):
 
 SIDES = {"furl": FurlSide, "pb": PbSide, "pbtls": PbTlsSide, "tls": TlsSide,
          "pbnd": PbNoDelaySide, "pbtlsnd": PbTlsNoDelaySide}
-
-
-def set_nodelay(transport: Any) -> None:
-    """TCP_NODELAY on the TCP transport under ``transport`` (TLS included)."""
-    while transport is not None:
-        if hasattr(transport, "setTcpNoDelay"):
-            try:
-                transport.setTcpNoDelay(True)
-                return
-            except Exception:
-                pass
-        transport = getattr(transport, "transport", None)
 
 
 # -- the run -----------------------------------------------------------------
