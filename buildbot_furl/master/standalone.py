@@ -2,24 +2,24 @@
 
 The admin CLI's requests become ordinary master/worker API calls on a
 :class:`FurlConnection`: a shell command through buildbot-worker's
-``shell``, files through ``downloadFile``/``uploadFile``.  Each request
-takes one of the worker's ``SLOTS`` builders (builddir ``.``, so paths are
-relative to the worker's base directory); the master sets that builder
-list once per attach.
+``shell``, files through ``downloadFile``/``uploadFile``/``uploadDirectory``.
+Each request takes one of the worker's ``SLOTS`` builders (builddir ``.``,
+so paths are relative to the worker's base directory); the master sets
+that builder list once per attach.
 
-Files are verified end to end: a small Python snippet, run on the worker
-with the worker's own interpreter, hashes the file there.  An upload to
-the worker lands under a temporary name and is renamed into place only
-when the hashes agree.
+Files are verified end to end: ``python -m buildbot_furl.fileops``, run on
+the worker with the worker's own interpreter, hashes the file (or tree)
+there.  What is sent to the worker lands under a temporary name and is
+renamed into place only when the digests agree.
 """
 
 from __future__ import annotations
 
 import itertools
 import posixpath
-import stat as stat_mod
 import re
 import secrets
+import stat as stat_mod
 from typing import Any
 
 from twisted.internet import defer
