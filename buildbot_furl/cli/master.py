@@ -170,14 +170,14 @@ def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
                    for r in live.values()]
         show_furls = False
     out = []
-    for e in entries:
-        row: dict[str, Any] = {"name": e.name, "comment": e.comment}
+    for entry in entries:
+        row: dict[str, Any] = {"name": entry.name, "comment": entry.comment}
         if running:
-            r = live.get(e.name, {})
+            r = live.get(entry.name, {})
             row.update(connected=bool(r.get("connected")), peer=r.get("peer"),
                        last_seen=r.get("last_seen"), connected_since=r.get("connected_since"))
         if show_furls:
-            row["furl"] = str(e.furl)
+            row["furl"] = str(entry.furl)
         out.append(row)
     if as_json:
         click.echo(json.dumps({"master_running": running, "workers": out}, indent=2))
