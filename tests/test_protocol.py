@@ -120,3 +120,50 @@ def test_bad_edit_keeps_the_previous_workers(tmp_path: Any) -> None:
         f.write("broken\n")
     assert reg.reload() is False
     assert reg._lookup(swiss) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_and_malformed_attach_over_the_wire(tmp_path: Any) -> None:
+    """A peer holding a valid FURL cannot make the master decode an unbounded
+    payload, nor crash it with garbage: it gets an error and the next attach works."""
+    from foolscap.api import Referenceable
+    from zope.interface import implementer
+
+    from buildbot_furl.protocol import RIWorkerBot, call
+    from buildbot_furl.tubs import listen
+    from conftest import free_port
+
+    @implementer(RIWorkerBot)
+    class Bot(Referenceable):
+        @remote_method
+        def remote_ping(self) -> str:
+            return "pong"
+
+    reg, swiss = _registry(tmp_path)
+    port = free_port()
+    reg.tub.startService()
+    _, listening = listen(reg.tub, f"tcp:{port}:interface=127.0.0.1")
+    await listening
+    reg.tub.setLocation(f"tcp:127.0.0.1:{port}")
+    reg.tub.registerNameLookupHandler(reg._lookup)
+    client = make_tub(None)
+    client.startService()
+    try:
+        login = await client.getReference(f"pb://{reg.tubid}@tcp:127.0.0.1:{port}/{swiss}")
+        # our side checks outbound arguments too ...
+        with pytest.raises(errors.BadRequest):
+            await call(login, "attach", Bot(), b"\x00" * (MAX_PAYLOAD + 1))
+        # ... so skip that, as a hostile peer would: the master refuses it on receipt
+        with pytest.raises((errors.RemoteError, errors.ConnectionLost)):
+            await call(login, "attach", Bot(), b"\x00" * (MAX_PAYLOAD + 1), _useSchema=False)
+        assert reg.sessions == {}
+        with pytest.raises(errors.BadRequest):
+            await call(login, "attach", Bot(), b"\xc1garbage")
+        with pytest.raises(errors.RemoteError):
+            await call(login, "attach", "not a bot", encode({}), _useSchema=False)
+        login = await client.getReference(f"pb://{reg.tubid}@tcp:127.0.0.1:{port}/{swiss}")
+        reply = await call(login, "attach", Bot(), encode({"protocols": [1]}))
+        assert reply["protocol"] == 1
+    finally:
+        await client.stopService()
+        await reg.tub.stopService()
