@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -98,7 +99,7 @@ def test_update_writes_0600_atomically_and_keeps_hand_edits(tmp_path) -> None:
         f.write("# hand-written note\n")
     with furls.update(p, TUBID) as ff:
         ff.add("w1", furls.parse_furl(furl()), "x")
-    text = open(p).read()
+    text = Path(p).read_text()
     assert "# hand-written note\n" in text and text.index("hand-written") < text.index("w1 ")
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
@@ -107,12 +108,12 @@ def test_update_writes_0600_atomically_and_keeps_hand_edits(tmp_path) -> None:
 def test_failed_update_writes_nothing(tmp_path) -> None:
     p = str(tmp_path / "workers.furls")
     furls.ensure_exists(p)
-    before = open(p).read()
+    before = Path(p).read_text()
     with pytest.raises(ConfigError):
         with furls.update(p, TUBID) as ff:
             ff.add("w1", furls.parse_furl(furl()))
             ff.add("w1", furls.parse_furl(furl()))
-    assert open(p).read() == before
+    assert Path(p).read_text() == before
 
 
 def test_group_readable_file_is_refused(tmp_path) -> None:

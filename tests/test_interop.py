@@ -179,7 +179,7 @@ def test_slow_reader_backpressure_bounds_worker_memory(two: Farm) -> None:
     total = 17 * 18_000_000  # whole lines: a last partial line would get a newline
     proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sh", "-c",
                              f"yes 0123456789abcdef | head -c {total}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env())
     try:
         time.sleep(4)  # nobody reads: output must back up to the worker's process
         rss = _rss_mib(pid)
@@ -193,6 +193,7 @@ def test_slow_reader_backpressure_bounds_worker_memory(two: Farm) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
     assert got == total and proc.returncode == 0
     assert rss < 150, f"worker grew to {rss} MiB while the reader was stalled"
 
