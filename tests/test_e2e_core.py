@@ -22,12 +22,17 @@ def test_create_start_attach_and_list(farm: Farm) -> None:
     farm.start_master()
     st = farm.master("status")
     assert st.returncode == 0 and "0 of 1 worker(s) connected" in st.stdout
+    info = farm.tmp / "worker-w1" / "info"
+    info.mkdir(parents=True)
+    (info / "host").write_text("build-box-7, 16 cores\n")
     w = farm.start_worker("w1", furl)
     assert "attached" in w.stderr
     rows = farm.workers()
     assert rows["w1"]["connected"] is True
     assert rows["w1"]["peer"].startswith("127.0.0.1:")
     assert rows["w1"]["comment"] == "linux box"
+    assert rows["w1"]["host"] == "build-box-7, 16 cores"  # from the worker's info/host
+    assert "(build-box-7, 16 cores)" in farm.master("list-workers", check=True).stdout
     assert "furl" not in rows["w1"]  # hidden unless asked
     shown = farm.master("list-workers", "--show-furls", check=True).stdout
     assert furl in shown
@@ -210,7 +215,8 @@ def test_worker_furl_file_must_be_private(farm: Farm, tmp_path) -> None:
     p = cli("furl-worker", "start", wd)  # the FURL comes from DIR/master.furl
     farm.procs.track_pidfile(tmp_path / "wd" / "furl-worker.pid")
     assert p.returncode == 0, p.stderr
-    assert "running" in cli("furl-worker", "status", wd).stdout
+    st = cli("furl-worker", "status", wd)
+    assert st.returncode == 0 and "attached to the master at tcp:127.0.0.1:" in st.stdout
     p = cli("furl-worker", "start", wd)
     assert p.returncode != 0 and "already running" in p.stderr
     assert connected(farm, "w1")
@@ -225,6 +231,8 @@ def test_dead_master_is_noticed_and_worker_comes_back(farm: Farm) -> None:
     os.kill(master_pid, signal.SIGSTOP)  # a hung master, or a NAT that dropped us
     try:
         assert farm.wait_for(lambda: "lost the connection" in wlog.read_text(), 15)
+        st = cli("furl-worker", "status", str(farm.tmp / "worker-w1"))
+        assert st.returncode == 4 and "not attached" in st.stdout
     finally:
         os.kill(master_pid, signal.SIGCONT)
     assert farm.wait_for(lambda: wlog.read_text().count("attached to the master") >= 2, 30)

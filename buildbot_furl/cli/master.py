@@ -175,7 +175,8 @@ def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
         if running:
             r = live.get(entry.name, {})
             row.update(connected=bool(r.get("connected")), peer=r.get("peer"),
-                       last_seen=r.get("last_seen"), connected_since=r.get("connected_since"))
+                       last_seen=r.get("last_seen"), connected_since=r.get("connected_since"),
+                       host=r.get("host"), admin=r.get("admin"))
         if show_furls:
             row["furl"] = str(entry.furl)
         out.append(row)
@@ -190,6 +191,8 @@ def list_workers(ctx: click.Context, basedir: str | None, as_json: bool,
         if running:
             if row["connected"]:
                 parts.append(f"connected from {row['peer']} since {_when(row['connected_since'])}")
+                if row.get("host"):
+                    parts.append(f"({row['host']})")
             else:
                 parts.append(f"not connected (last seen {_when(row['last_seen'])})")
         if row["comment"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import sys
 
@@ -102,12 +104,27 @@ def stop(basedir: str) -> None:
 @cli.command()
 @click.argument("basedir", default=".", type=click.Path(file_okay=False))
 def status(basedir: str) -> None:
-    """Say whether a worker runs in BASEDIR (exit 3 if not)."""
-    pid = daemon.PidFile(wconfig.WorkerPaths(os.path.abspath(basedir)).pidfile).running_pid()
+    """Say whether a worker runs in BASEDIR and is attached (exit 3 if it
+    does not run, 4 if it runs but is not attached now)."""
+    paths = wconfig.WorkerPaths(os.path.abspath(basedir))
+    pid = daemon.PidFile(paths.pidfile).running_pid()
     if pid is None:
         click.echo("not running")
         sys.exit(3)
-    click.echo(f"running (pid {pid})")
+    try:
+        with open(paths.state, encoding="utf-8") as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        st = {}
+    since = (datetime.datetime.fromtimestamp(st["since"]).strftime("%Y-%m-%d %H:%M:%S")
+             if isinstance(st.get("since"), (int, float)) else "?")
+    if st.get("pid") == pid and st.get("state") == "attached":
+        click.echo(f"running (pid {pid}): attached to the master at {st.get('master')} "
+                   f"since {since}")
+        return
+    why = st.get("last_error") if st.get("pid") == pid else None
+    click.echo(f"running (pid {pid}): not attached" + (f" since {since}: {why}" if why else ""))
+    sys.exit(4)
 
 
 def main() -> None:

@@ -274,6 +274,15 @@ class WorkerRegistry:
                     "connected_since": s.connected_at if s else None,
                     "last_seen": time.time() if s else self.last_seen.get(name),
                     "worker_version": (s.info.get("version") if s else None),
+                    "host": _info_line(s.worker_info.get("host")) if s else None,
+                    "admin": _info_line(s.worker_info.get("admin")) if s else None,
                 }
             )
         return out
+
+
+def _info_line(value: Any) -> str | None:
+    """First line of a worker's info/ file, bounded, for display."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip().splitlines()[0][:200]

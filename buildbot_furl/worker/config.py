@@ -4,7 +4,7 @@ Layout::
 
     DIR/master.furl        the FURL (0600), written by create-worker
     DIR/info/admin, host   shown to the master, like buildbot-worker's info/
-    DIR/worker.log, DIR/furl-worker.pid
+    DIR/worker.log, DIR/furl-worker.pid, DIR/furl-worker.state
     DIR/<builddirs>        created by the master's setBuilderList
 """
 
@@ -40,6 +40,11 @@ class WorkerPaths:
     @property
     def pidfile(self) -> str:
         return os.path.join(self.basedir, "furl-worker.pid")
+
+    @property
+    def state(self) -> str:
+        """Connection state the running worker keeps up to date (JSON)."""
+        return os.path.join(self.basedir, "furl-worker.state")
 
 
 def read_furl_file(path: str) -> furls.Furl:

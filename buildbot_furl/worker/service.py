@@ -8,8 +8,10 @@ login object.  Failures are classified into one clear sentence each
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +29,7 @@ from buildbot_furl.errors import (
     IncompatibleProtocol,
     Revoked,
 )
-from buildbot_furl.furls import Furl
+from buildbot_furl.furls import Furl, write_private
 from buildbot_furl.logs import start_logging
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call, encode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
@@ -124,7 +126,21 @@ class WorkerService(service.MultiService):
         return super().stopService()
 
     def _outcome(self, ok: bool, message: str, fatal: bool = False) -> None:
+        if ok:
+            self._write_state("attached", None)
+        else:
+            self._write_state("connecting", message)
         self.on_event(ok, message, fatal)
+
+    def _write_state(self, state: str, error: str | None) -> None:
+        """Record the connection state for ``furl-worker status`` (no secret
+        in it: the master's address, never the FURL)."""
+        record = {"state": state, "since": time.time(), "pid": os.getpid(),
+                  "master": ",".join(self.furl.hints), "last_error": error}
+        try:
+            write_private(self.paths.state, json.dumps(record) + "\n")
+        except OSError as e:
+            log.warn("cannot write {path}: {err}", path=self.paths.state, err=e.strerror)
 
     def _conn_failed(self, f: Any) -> None:
         reason, fatal = describe_failure(f, self.furl)
@@ -167,6 +183,7 @@ class WorkerService(service.MultiService):
     def _disconnected(self) -> None:
         self.master = None
         log.info("lost the connection to the master; reconnecting")
+        self._write_state("connecting", "lost the connection to the master")
 
 
 def _hang_up(rref: Any) -> None:
