@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 from typing import Any
 
@@ -67,7 +66,7 @@ __all__ = ["FurlHub", "FurlWorker", "HubSettings", "furl_protocol", "hub_setting
 
 def _fingerprint(furl: furls.Furl) -> tuple[str, str]:
     """What a worker object keeps of its FURL: never the secret itself."""
-    return (furl.tubid, hashlib.sha256(furl.swissnum.encode()).hexdigest())
+    return (furl.tubid, furls.secret_digest(furl.swissnum))
 
 
 def normalize_port(port: Any) -> str:

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -38,6 +39,11 @@ HEADER = (
 def new_swissnum() -> str:
     """An unguessable 160-bit swissnum, base32 like foolscap's own."""
     return base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower().rstrip("=")
+
+
+def secret_digest(swissnum: str) -> str:
+    """A stand-in for a swissnum that may be kept and compared (never the secret)."""
+    return hashlib.sha256(swissnum.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

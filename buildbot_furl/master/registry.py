@@ -11,7 +11,6 @@ the consumer (the standalone admin, or the Buildbot plugin) through
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -60,10 +59,6 @@ class WorkerLogin(Referenceable):
     @remote_method
     async def remote_attach(self, bot: Any, info: bytes) -> dict[str, Any]:
         return await self.registry.attach(self, bot, decode(info))
-
-
-def _swiss_key(swissnum: str) -> str:
-    return hashlib.sha256(swissnum.encode()).hexdigest()
 
 
 class WorkerRegistry:
@@ -115,7 +110,7 @@ class WorkerRegistry:
 
     def refused(self, name: str, peer: str) -> None:
         """Log a lookup of a name we do not serve (never the name itself)."""
-        who = self.revoked.get(_swiss_key(name))
+        who = self.revoked.get(furls.secret_digest(name))
         if who:
             log.info("refused attach from {peer} with the revoked or rotated FURL of "
                      "worker {name}", peer=peer, name=who)
@@ -166,7 +161,7 @@ class WorkerRegistry:
         entry = self.entries.pop(name)
         self.logins.pop(entry.furl.swissnum, None)
         self.by_name.pop(name, None)
-        self.revoked[_swiss_key(entry.furl.swissnum)] = name
+        self.revoked[furls.secret_digest(entry.furl.swissnum)] = name
         log.info("worker {name} {why}: its old FURL no longer works", name=name, why=why)
         session = self.sessions.get(name)
         if session is not None:
