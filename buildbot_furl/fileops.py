@@ -61,6 +61,20 @@ def commit(part: str, final: str, expect: str) -> str:
     return digest
 
 
+def extract(tar_path: str, dest: str) -> None:
+    """Unpack a tar archive (plain, gz or bz2) into ``dest``, confined to it.
+
+    Every member is checked against tarfile's ``data`` filter before
+    anything is written (raising tarfile.FilterError for ``..``, escaping
+    links, devices ...), then extracted with that filter again.
+    """
+    with tarfile.open(tar_path, "r:*") as tf:
+        for member in tf:
+            tarfile.data_filter(member, dest)
+    with tarfile.open(tar_path, "r:*") as tf:
+        tf.extractall(dest, filter="data")
+
+
 def unpack(tar_path: str, dest: str, expect: str) -> str:
     """Extract into a temporary sibling of ``dest``; rename when it matches."""
     if os.path.lexists(dest):
@@ -70,8 +84,7 @@ def unpack(tar_path: str, dest: str, expect: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        with tarfile.open(tar_path) as tf:
-            tf.extractall(tmp, filter="data")
+        extract(tar_path, tmp)
         digest = manifest(tmp)
         if digest == expect:
             os.rename(tmp, dest)

@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 from typing import Any
 
+from buildbot_furl import fileops
 from buildbot_furl.errors import BadRequest, PathRefused
 
 
@@ -166,13 +167,7 @@ class LocalDirectoryWriter(_TempWriter):
     def _extract(self) -> None:
         assert self.tmp_path is not None
         try:
-            with tarfile.open(self.tmp_path, "r:*") as archive:
-                # first pass: refuse the archive before writing anything
-                for member in archive:
-                    tarfile.data_filter(member, self.dest_dir)
-            with tarfile.open(self.tmp_path, "r:*") as archive:
-                # second pass: the filter again, now against what is on disk
-                archive.extractall(self.dest_dir, filter="data")
+            fileops.extract(self.tmp_path, self.dest_dir)
         except tarfile.FilterError as e:
             raise PathRefused(f"refused to unpack the upload: {e}") from None
         except tarfile.TarError as e:
