@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.furls import check_private_mode, write_private
+from buildbot_furl.furls import Furl, check_private_mode, parse_furl, write_private
 
 DEFAULT_KEEPALIVE = 30
 DEFAULT_DISCONNECT_TIMEOUT = 90
@@ -127,7 +127,6 @@ def local_furl(furl: str, port: str) -> str:
     on (loopback unless it is bound to one interface): for a CLI on the same
     host, whatever the public location says."""
     fields = port.split(":")
-    num = fields[1]
     opts = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
     host = opts.get("interface", "")
     if host in ("", "0.0.0.0"):
@@ -136,6 +135,5 @@ def local_furl(furl: str, port: str) -> str:
         host = "[::1]"
     elif ":" in host:
         host = f"[{host}]"
-    head, _, name = furl.rpartition("/")
-    tubid = head.split("@", 1)[0]
-    return f"{tubid}@tcp:{host}:{num}/{name}"
+    parsed = parse_furl(furl)
+    return str(Furl(parsed.tubid, (f"tcp:{host}:{fields[1]}",), parsed.swissnum))

@@ -196,7 +196,7 @@ class WorkerRegistry:
             session = WorkerSession(name, bot, info, max(common), peer)
             self.sessions[name] = session
             self.last_seen[name] = time.time()
-            session.notify_on_disconnect(self._detached)
+            session.add_disconnect_callback(lambda: self._detached(session))
             log.info("worker {name} attached from {peer} (worker version {version}, "
                      "protocol {proto})", name=name, peer=peer,
                      version=str(info.get("version", "?"))[:40], proto=session.protocol)

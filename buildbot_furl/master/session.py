@@ -45,9 +45,6 @@ class WorkerSession:
         wi = self.info.get("worker_info")
         return wi if isinstance(wi, dict) else {}
 
-    def notify_on_disconnect(self, cb: Callable[["WorkerSession"], None]) -> None:
-        self._callbacks.append(lambda: cb(self))
-
     def add_disconnect_callback(self, cb: Callable[[], None]) -> Callable[[], None]:
         self._callbacks.append(cb)
         return cb

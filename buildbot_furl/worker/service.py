@@ -107,8 +107,6 @@ class WorkerService(service.MultiService):
         self.tub = make_tub(None, keepalive, disconnect_timeout)
         self.tub.setServiceParent(self)
         self.reconnector: _Reconnector | None = None
-        self.master: Any = None
-        self.session: str | None = None
         self.attach_count = 0
         self._attach_delay = 1.0
         #: called with (ok, message, fatal) after every connection attempt
@@ -172,8 +170,6 @@ class WorkerService(service.MultiService):
             return
         self._attach_delay = 1.0
         self.attach_count += 1
-        self.master = login
-        self.session = reply.get("session") if isinstance(reply, dict) else None
         log.info("attached to the master at {where} (protocol {proto}, master version {mv})",
                  where=",".join(self.furl.hints), proto=reply.get("protocol"),
                  mv=reply.get("master_version"))
@@ -181,7 +177,6 @@ class WorkerService(service.MultiService):
         self._outcome(True, "attached")
 
     def _disconnected(self) -> None:
-        self.master = None
         log.info("lost the connection to the master; reconnecting")
         self._write_state("connecting", "lost the connection to the master")
 
