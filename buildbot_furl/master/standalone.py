@@ -59,6 +59,15 @@ def confine(path: str) -> str:
     return norm
 
 
+def _shell_args(argv: list[str], workdir: str, env: dict[str, str],
+                max_time: float | None) -> dict[str, Any]:
+    """buildbot-worker ``shell`` arguments for a standalone command: no PTY,
+    no environment dump in the output, killed after ``max_time`` seconds."""
+    return {"workdir": workdir, "command": argv, "env": env, "want_stdout": True,
+            "want_stderr": True, "logEnviron": False, "usePTY": False, "logfiles": {},
+            "timeout": None, "maxTime": max_time}
+
+
 class _Slots:
     """The per-session pool of builders a standalone request runs under."""
 
@@ -200,11 +209,7 @@ class Standalone:
         if not isinstance(run_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id) \
                 or run_id in self._runs:
             raise BadRequest("invalid or duplicate run id")
-        args = {
-            "workdir": workdir, "command": argv, "env": env, "want_stdout": True,
-            "want_stderr": True, "logEnviron": False, "usePTY": False, "logfiles": {},
-            "timeout": None, "maxTime": timeout,
-        }
+        args = _shell_args(argv, workdir, env, timeout)
         log.info("run on worker {worker}: {n} argument(s) (run {run})", worker=worker,
                  n=len(argv), run=run_id)
         if out is not None:
@@ -230,9 +235,7 @@ class Standalone:
         _, _, session = self._conn(worker)
         python = session.worker_info.get("python") or "python3"
         argv = [python, "-m", "buildbot_furl.fileops", *args]
-        shell = {"workdir": ".", "command": argv, "env": {}, "want_stdout": True,
-                 "want_stderr": True, "logEnviron": False, "usePTY": False, "logfiles": {},
-                 "timeout": None, "maxTime": 3600}
+        shell = _shell_args(argv, ".", {}, 3600)
         collector = await self._command(worker, "shell", shell, capture=True)
         out = "".join(collector.stdout or []).strip()
         if collector.rc != 0 or not DIGEST_RE.fullmatch(out):
