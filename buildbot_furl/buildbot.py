@@ -301,7 +301,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
     def _publish_admin(self, settings: HubSettings) -> None:
         """Let ``furl-master status/list-workers -d BASEDIR`` see live state:
         the same admin FURL and pid-file lock a standalone master has."""
-        pidfile = PidFile(settings.paths.pidfile)
+        pidfile = PidFile(settings.paths.pidfile, "master")
         try:
             pidfile.acquire()
         except ConfigError as e:

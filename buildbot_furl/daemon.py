@@ -21,11 +21,17 @@ from typing import Any
 from buildbot_furl.errors import ConfigError
 
 
-class PidFile:
-    """The lock-holding pid file of a daemon."""
+def already_running(what: str, basedir: str, pid: int | None) -> str:
+    """The one wording for a second start of the same daemon."""
+    return f"the {what} in {basedir} is already running (pid {pid or '?'})"
 
-    def __init__(self, path: str) -> None:
+
+class PidFile:
+    """The lock-holding pid file of a daemon (``what``: "master", "worker")."""
+
+    def __init__(self, path: str, what: str = "daemon") -> None:
         self.path = path
+        self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -35,7 +41,8 @@ class PidFile:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise ConfigError(f"already running (pid {self.read() or '?'}, {self.path})") from None
+            raise ConfigError(already_running(self.what, os.path.dirname(self.path),
+                                              self.read())) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -69,22 +76,52 @@ class PidFile:
         return None
 
 
-def spawn(argv: list[str], log_path: str, timeout: float) -> tuple[bool, str]:
-    """Start ``argv + ['--ready-fd', N]`` detached; wait for its verdict."""
+def secret_pipe(secret: bytes) -> int:
+    """A pipe's read end, inheritable, already holding ``secret`` (and EOF).
+
+    This is how a secret reaches a child process: not its argv (``ps``
+    shows it to everyone) and not its environment (every command the child
+    runs would inherit it, and ``/proc/PID/environ`` keeps it for its life).
+    """
     r, w = os.pipe()
+    try:
+        os.write(w, secret)  # far below the pipe's buffer: never blocks
+    finally:
+        os.close(w)
+    os.set_inheritable(r, True)
+    return r
+
+
+def spawn(argv: list[str], log_path: str, timeout: float, *,
+          secret: tuple[str, bytes] | None = None,
+          env: dict[str, str] | None = None) -> tuple[bool, str]:
+    """Start ``argv + ['--ready-fd', N]`` detached; wait for its verdict.
+
+    ``secret`` is ``(option, value)``: the child gets ``option FD``, a pipe
+    from which it reads ``value``.
+    """
+    r, w = os.pipe()
+    fds = [w]
+    extra = ["--ready-fd", str(w)]
+    if secret is not None:
+        sfd = secret_pipe(secret[1])
+        fds.append(sfd)
+        extra += [secret[0], str(sfd)]
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(w)],
-            pass_fds=(w,),
+            [*argv, *extra],
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
             start_new_session=True,
             close_fds=True,
+            env=env,
         )
     finally:
-        os.close(w)
+        for fd in fds:
+            os.close(fd)
         os.close(log_fd)
     buf = b""
     deadline = time.monotonic() + timeout
@@ -138,14 +175,14 @@ def stop(pidfile: PidFile, timeout: float = 15.0) -> int | None:
     return pid
 
 
-def claim(path: str, ready_fd: int | None, prog: str) -> PidFile | None:
+def claim(path: str, ready_fd: int | None, what: str) -> PidFile | None:
     """Take the pid file for this process; on failure report it through the
     readiness pipe and return None (or raise, in the foreground)."""
-    pidfile = PidFile(path)
+    pidfile = PidFile(path, what)
     try:
         pidfile.acquire()
     except ConfigError as e:
-        report_ready(ready_fd, False, f"{prog} {e}")
+        report_ready(ready_fd, False, str(e))
         if ready_fd is None:
             raise
         return None

@@ -118,6 +118,18 @@ def quick_factory() -> BuildFactory:
     return f
 
 
+SNOOP = ('env; tr "\\0" "\\n" < /proc/$PPID/environ; tr "\\0" " " < /proc/$PPID/cmdline; '
+         'echo; ps -eo args')
+
+
+def snoop_factory() -> BuildFactory:
+    """A step that prints all a build could find out about the worker's own
+    environment and command line (and the step's environment in its header)."""
+    f = BuildFactory()
+    f.addStep(ShellCommand(name="snoop", command=["sh", "-c", SNOOP]))
+    return f
+
+
 def slow_factory() -> BuildFactory:
     f = BuildFactory()
     f.addStep(ShellCommand(name="slow", command=[PY, "-c", SLOW_SCRIPT]))
@@ -140,6 +152,7 @@ class Env:
         self.pb_worker: PBWorkerService | None = None
         self.workers: dict[str, Any] = {}  # name -> Popen
         self.extra_workers: list[Any] = []
+        self.snoop = False  # a 'snoop-NAME' builder per FURL worker (see SNOOP)
         self.failed = False
         if create:
             cli("furl-master", "create-master", "-d", str(self.basedir), "--location",
@@ -173,6 +186,9 @@ class Env:
             BuilderConfig(name=f"quick-{n}", workernames=[n], factory=quick_factory())
             for n in names
         ]
+        if self.snoop:
+            builders += [BuilderConfig(name=f"snoop-{n}", workernames=[n],
+                                       factory=snoop_factory()) for n in names]
         protocols: dict[str, Any] = {"furl": {"port": f"tcp:{self.port}:interface=127.0.0.1"}}
         if "fw" in names:
             builders += [
@@ -684,3 +700,75 @@ async def test_first_furl_worker_by_reconfig_then_port_change(
             socket.create_connection(("127.0.0.1", old), timeout=5).close()
         assert env.connected("fw")
         assert (await env.run_build("quick-fw"))["results"] == SUCCESS
+
+
+async def _db_text(master: BuildMaster) -> str:
+    """Every row of every table of the master's database, as text."""
+    import sqlalchemy as sa
+
+    def dump(conn: Any) -> str:
+        out = []
+        for table in sa.inspect(conn).get_table_names():
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
+                out.append(repr(tuple(row)))
+        return "\n".join(out)
+
+    return await master.db.pool.do(dump)
+
+
+@pytest_twisted.ensureDeferred
+async def test_furl_never_reaches_builds_logs_or_database(
+        env_factory: Callable[..., Env]) -> None:
+    """Four workers, each given its FURL another way (--furl, --furl-file,
+    $FURL_WORKER_FURL, DIR/master.furl), each runs a build that prints its
+    environment, the worker's /proc environ and cmdline, and ps: no swissnum
+    in any step log, the worker info, any table of the database or any log."""
+    env = env_factory()
+    env.snoop = True
+    ways = {"fwa": "--furl", "fwb": "--furl-file", "fwc": "env", "fwd": "master.furl"}
+    given = {name: env.create_worker(name) for name in ways}
+    secrets = [f.rsplit("/", 1)[1] for f in given.values()]
+    async with running(env):
+        m = await env.start_master()
+        for name, way in ways.items():
+            wd = env.tmp / f"worker-{name}"
+            args: list[str] = []
+            extra_env: dict[str, str] = {}
+            if way == "master.furl":
+                cli("furl-worker", "create-worker", str(wd), "--furl", given[name], check=True)
+            else:
+                wd.mkdir()
+            if way == "--furl":
+                args = ["--furl", given[name]]
+            elif way == "--furl-file":
+                ff = env.tmp / f"{name}.furl"
+                furls.write_private(str(ff), given[name] + "\n")
+                args = ["--furl-file", str(ff)]
+            elif way == "env":
+                extra_env = {"FURL_WORKER_FURL": given[name]}
+            p = await threads.deferToThread(cli, "furl-worker", "start", str(wd), *args,
+                                            "--wait", "0", env=extra_env)
+            env.procs.track_pidfile(wd / "furl-worker.pid")
+            assert p.returncode == 0, p.stderr
+        for name in ways:
+            await env.wait_connected(name)
+        seen = []
+        for name in ways:
+            b = await env.run_build(f"snoop-{name}")
+            assert b["results"] == SUCCESS
+            for step in await env.steps(b["buildid"]):
+                for text in (await env.logs(step["stepid"])).values():
+                    seen.append(text)
+        stdio = "".join(seen)
+        assert "PATH=" in stdio and "environment:" in stdio  # the snooping did work
+        workers = await m.data.get(("workers",))
+        seen.append(repr(workers))
+        seen.append(await _db_text(m))
+        seen.append(repr({n: env.bb_worker(n).worker_environ for n in ways}))
+        seen.append(env.log_text())
+        for log in env.tmp.rglob("*.log"):
+            seen.append(log.read_text(errors="replace"))
+        everything = "\n".join(seen)
+        for secret in secrets:
+            assert secret not in everything
+        assert "FURL_WORKER_FURL" not in stdio

@@ -222,7 +222,7 @@ def start(ctx: click.Context, basedir: str | None, nodaemon: bool, ready_fd: int
         sys.exit(run_master(cfg, ready_fd, to_stderr=ready_fd is None))
     pid = master_pid(cfg.paths)
     if pid is not None:
-        raise Failed(f"the master in {cfg.paths.basedir} is already running (pid {pid})")
+        raise Failed(daemon.already_running("master", cfg.paths.basedir, pid))
     argv = [sys.executable, "-m", "buildbot_furl.cli.master", "start", "-d", cfg.paths.basedir]
     ok, message = daemon.spawn(argv, cfg.paths.log, timeout=30)
     if not ok:

@@ -13,6 +13,7 @@ from buildbot_furl import daemon
 from buildbot_furl.cli.common import Failed, guarded, note
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 from buildbot_furl.worker import config as wconfig
+from buildbot_furl.worker import launch
 
 FURL_HELP = "The FURL (visible in 'ps'; prefer --furl-file or $FURL_WORKER_FURL)."
 
@@ -43,8 +44,8 @@ def cli() -> None:
 def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
                   host: str | None) -> None:
     """Create worker directory BASEDIR holding the FURL (DIR/master.furl, 0600)."""
-    parsed = wconfig.resolve_furl(None, furl, furl_file)
-    paths = wconfig.create(basedir, parsed, admin, host)
+    source = wconfig.resolve_furl(None, furl, furl_file)
+    paths = wconfig.create(basedir, source.furl, admin, host)
     note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
 
 
@@ -63,30 +64,26 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: 
               type=click.IntRange(min=0),
               help="Drop and redial after this many seconds without traffic.")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
+@click.option("--furl-fd", type=int, default=None, hidden=True)
 @guarded()
 def start(basedir: str, furl: str | None, furl_file: str | None, nodaemon: bool, wait: float,
-          keepalive: int, disconnect_timeout: int, ready_fd: int | None) -> None:
-    """Start the worker in BASEDIR (default: the current directory)."""
+          keepalive: int, disconnect_timeout: int, ready_fd: int | None,
+          furl_fd: int | None) -> None:
+    """Start the worker in BASEDIR (default: the current directory).
+
+    The FURL is read from BASEDIR/master.furl (written by create-worker or
+    set-furl) unless --furl-file, --furl or $FURL_WORKER_FURL gives one.
+    Whichever way it comes, the running worker keeps it in memory only:
+    commands it runs never see it in their environment.
+    """
     paths = wconfig.WorkerPaths(os.path.abspath(basedir))
     if not os.path.isdir(paths.basedir):
         raise Failed(f"{basedir} does not exist (create it with furl-worker create-worker)")
-    parsed = wconfig.resolve_furl(paths, furl, furl_file)
+    source = wconfig.resolve_furl(paths, furl, furl_file, furl_fd)
+    options = wconfig.WorkerOptions(wait, keepalive, disconnect_timeout)
     if nodaemon or ready_fd is not None:
-        from buildbot_furl.worker.service import run_worker
-
-        sys.exit(run_worker(paths, parsed, ready_fd, ready_fd is None, wait, keepalive,
-                            disconnect_timeout))
-    pid = daemon.PidFile(paths.pidfile).running_pid()
-    if pid is not None:
-        raise Failed(f"the worker in {paths.basedir} is already running (pid {pid})")
-    argv = [sys.executable, "-m", "buildbot_furl.cli.worker", "start", paths.basedir,
-            "--wait", str(wait), "--keepalive", str(keepalive),
-            "--disconnect-timeout", str(disconnect_timeout)]
-    # the FURL goes to the child through its environment, never its argv
-    os.environ[wconfig.ENV_FURL] = str(parsed)
-    ok, message = daemon.spawn(argv, paths.log, timeout=wait + 30)
-    if not ok:
-        raise Failed(message)
+        sys.exit(launch.run_foreground(paths, source, options, ready_fd))
+    message = launch.start_background(paths, source, options)
     note(f"furl-worker started ({message}); log: {paths.log}")
 
 

@@ -74,7 +74,7 @@ class MasterService(service.MultiService):
 
 def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; the exit code."""
-    pidfile = claim(config.paths.pidfile, ready_fd, "furl-master")
+    pidfile = claim(config.paths.pidfile, ready_fd, "master")
     if pidfile is None:
         return 1
     start_logging(config.paths.log, to_stderr=to_stderr)

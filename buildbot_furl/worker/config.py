@@ -10,6 +10,7 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import os
@@ -17,6 +18,7 @@ import socket
 
 from buildbot_furl import furls
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
 ENV_FURL = "FURL_WORKER_FURL"
 
@@ -63,29 +65,77 @@ def read_furl_file(path: str) -> furls.Furl:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def resolve_furl(paths: WorkerPaths | None, furl: str | None, furl_file: str | None) -> furls.Furl:
-    """--furl, else --furl-file, else $FURL_WORKER_FURL, else DIR/master.furl."""
+@dataclasses.dataclass(frozen=True)
+class FurlSource:
+    """A FURL and where it came from.  ``transient`` sources (the command
+    line, the environment) must not stay in a long-running worker's argv
+    or environment: every command it runs would inherit them."""
+
+    furl: furls.Furl
+    origin: str
+    transient: bool = False
+
+
+def read_furl_fd(fd: int) -> furls.Furl:
+    """Read the FURL a parent process wrote into pipe ``fd``, then close it."""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 8192:
+                raise ConfigError("--furl-fd: more data than a FURL")
+    except OSError as e:
+        raise ConfigError(f"--furl-fd: cannot read the FURL: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    try:
+        return furls.parse_furl(b"".join(chunks).decode("utf-8", "replace"))
+    except ConfigError as e:
+        raise ConfigError(f"--furl-fd: {e}") from None
+
+
+def resolve_furl(paths: WorkerPaths | None, furl: str | None, furl_file: str | None,
+                 furl_fd: int | None = None) -> FurlSource:
+    """--furl, else --furl-file, else the pipe --furl-fd, else $FURL_WORKER_FURL,
+    else DIR/master.furl.
+
+    $FURL_WORKER_FURL is removed from this process's environment whether it
+    is used or not, so no command the worker runs can inherit it.
+    """
+    env = os.environ.pop(ENV_FURL, None)
     if furl and furl_file:
         raise ConfigError("give --furl or --furl-file, not both")
     if furl:
         try:
-            return furls.parse_furl(furl)
+            return FurlSource(furls.parse_furl(furl), "--furl", transient=True)
         except ConfigError as e:
             raise ConfigError(f"--furl: {e}") from None
     if furl_file:
-        return read_furl_file(furl_file)
-    env = os.environ.get(ENV_FURL)
+        return FurlSource(read_furl_file(furl_file), f"--furl-file {furl_file}")
+    if furl_fd is not None:
+        return FurlSource(read_furl_fd(furl_fd), "its parent process")
     if env:
         try:
-            return furls.parse_furl(env)
+            return FurlSource(furls.parse_furl(env), f"${ENV_FURL}", transient=True)
         except ConfigError as e:
             raise ConfigError(f"${ENV_FURL}: {e}") from None
     if paths is not None and os.path.exists(paths.furl):
-        return read_furl_file(paths.furl)
+        return FurlSource(read_furl_file(paths.furl), paths.furl)
+    where = paths.furl if paths is not None else "DIR/master.furl"
     raise ConfigError(
-        "no FURL: give --furl, --furl-file or $FURL_WORKER_FURL, "
-        "or run furl-worker create-worker DIR --furl ... first"
+        f"no FURL: {where} does not exist; store one with "
+        "'furl-worker create-worker DIR --furl-file FILE' (or give --furl-file FILE "
+        f"or ${ENV_FURL})"
     )
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment less anything that may hold the FURL."""
+    return {k: v for k, v in os.environ.items() if k != ENV_FURL}
 
 
 def create(basedir: str, furl: furls.Furl, admin: str | None, host: str | None) -> WorkerPaths:
@@ -106,3 +156,17 @@ def create(basedir: str, furl: furls.Furl, admin: str | None, host: str | None) 
             with open(p, "w", encoding="utf-8") as f:
                 f.write(value + "\n")
     return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker process runs (the options of ``furl-worker start``)."""
+
+    wait: float = 15.0
+    keepalive: int = DEFAULT_KEEPALIVE
+    disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
+
+    def to_argv(self) -> list[str]:
+        """The same options as command-line arguments, for a child process."""
+        return ["--wait", str(self.wait), "--keepalive", str(self.keepalive),
+                "--disconnect-timeout", str(self.disconnect_timeout)]

@@ -197,7 +197,7 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     the process with that reason; with ``wait == 0`` it reports ready at
     once and keeps trying whatever happens.
     """
-    pidfile = claim(paths.pidfile, ready_fd, "furl-worker")
+    pidfile = claim(paths.pidfile, ready_fd, "worker")
     if pidfile is None:
         return 1
     start_logging(paths.log, to_stderr=to_stderr)
