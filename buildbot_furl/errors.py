@@ -75,6 +75,14 @@ class CommandFailed(WireError):
     """A remote command could not be started or failed inside the worker."""
 
 
+class CommandNotFound(WireError):
+    """The program to run does not exist on the worker (a shell's 127)."""
+
+
+class CommandNotExecutable(WireError):
+    """The program exists on the worker but cannot be run (a shell's 126)."""
+
+
 WIRE_ERRORS: dict[str, type[WireError]] = {
     cls.__name__: cls
     for cls in (
@@ -88,6 +96,8 @@ WIRE_ERRORS: dict[str, type[WireError]] = {
         PathRefused,
         ConnectionLost,
         CommandFailed,
+        CommandNotFound,
+        CommandNotExecutable,
     )
 }
 

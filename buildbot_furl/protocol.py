@@ -44,6 +44,11 @@ Seq = IntegerConstraint(maxBytes=8)
 
 log = Logger()
 
+#: the worker's confined transfer commands for standalone put/get (beside
+#: buildbot-worker's own commands; see buildbot_furl.worker.transfers)
+PUT_COMMAND = "furl.put"
+GET_COMMAND = "furl.get"
+
 
 def encode(value: Any) -> bytes:
     """msgpack-encode a value (tuples become lists)."""

@@ -214,7 +214,7 @@ def _tree(root: Path) -> None:
 
 
 def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
-    from buildbot_furl.fileops import manifest
+    from buildbot_furl.tree import manifest_path as manifest
 
     src = tmp_path / "tree"
     _tree(src)
@@ -231,7 +231,7 @@ def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
     assert sorted(os.listdir(out)) == ["t1"]
     # an existing destination directory is never overwritten by a put
     p = two.master("put", "w2", str(src), "trees/t1")
-    assert p.returncode == 2 and "failed" in p.stderr
+    assert p.returncode == 2 and "'trees/t1' already exists" in p.stderr
     assert manifest(str(landed)) == manifest(str(src))
 
 
@@ -248,3 +248,86 @@ def test_worker_lost_mid_command_is_one_clear_line(two: Farm) -> None:
     assert proc.returncode == 2
     assert err.decode().strip() == "furl-master: error: worker 'w1' disconnected during the command"
     assert two.wait_for(lambda: not _sleepers("62.5"), 10)  # the worker killed it on its way out
+
+
+def test_symlinks_cannot_lead_put_or_get_outside(two: Farm, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours\n")
+    src = tmp_path / "f.txt"
+    src.write_text("payload\n")
+    assert run(two, "w1", "ln", "-s", str(outside), "lnk").returncode == 0
+    assert run(two, "w1", "sh", "-c", "mkdir -p sub && ln -s sub inlink && "
+               "ln -s ../../outside sub/up").returncode == 0
+    for remote in ("lnk/escaped.txt", "sub/up/escaped.txt", "lnk"):
+        p = two.master("put", "w1", str(src), remote)
+        assert p.returncode == 2 and "outside" in p.stderr, (remote, p.stderr)
+    for remote in ("lnk/secret.txt", "sub/up/secret.txt"):
+        p = two.master("get", "w1", remote, str(tmp_path / "got"))
+        assert p.returncode == 2 and "outside" in p.stderr, (remote, p.stderr)
+    assert sorted(os.listdir(outside)) == ["secret.txt"] and not (tmp_path / "got").exists()
+    # a symlink that stays inside is followed
+    assert two.master("put", "w1", str(src), "inlink/in.txt").returncode == 0
+    assert (wdir(two, "w1") / "sub" / "in.txt").read_text() == "payload\n"
+    # the worker's own files: its FURL is never overwritten nor sent
+    p = two.master("put", "w1", str(src), "master.furl")
+    assert p.returncode == 2 and "worker's own files" in p.stderr
+    p = two.master("get", "w1", "./sub/../master.furl", str(tmp_path / "stolen"))
+    assert p.returncode == 2 and "never sent" in p.stderr
+
+
+def test_a_directory_swapped_for_a_symlink_mid_put_is_not_followed(
+        two: Farm, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(160):
+            f.write(os.urandom(1 << 20))
+    work = wdir(two, "w1")
+    (work / "swap").mkdir()
+    put = subprocess.Popen([*MASTER, "put", "-d", str(two.mdir), "w1", str(big),
+                            "swap/big.bin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=_env())
+    swaps = 0
+    try:
+        # as soon as the part file exists, 'swap' is replaced by a symlink
+        # to a directory outside, back and forth, until the put ends
+        deadline = time.monotonic() + 60
+        while put.poll() is None and time.monotonic() < deadline:
+            parts = [n for n in os.listdir(work / "swap") if "furl-part" in n] \
+                if (work / "swap").is_dir() and not (work / "swap").is_symlink() else []
+            if parts or swaps:
+                if (work / "swap").is_symlink():
+                    (work / "swap").unlink()
+                    (work / "swap.real").rename(work / "swap")
+                else:
+                    (work / "swap").rename(work / "swap.real")
+                    (work / "swap").symlink_to(outside)
+                swaps += 1
+            time.sleep(0.01)
+        put.communicate(timeout=60)
+    finally:
+        if put.poll() is None:
+            put.kill()
+    assert swaps > 0, "the put finished before the swap could happen"
+    assert os.listdir(outside) == [], "a write went through the swapped-in symlink"
+    landed = [p for p in (work / "swap", work / "swap.real")
+              if p.is_dir() and not p.is_symlink() and (p / "big.bin").exists()]
+    if put.returncode == 0:
+        assert len(landed) == 1 and (landed[0] / "big.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_program_that_cannot_start_is_one_line_like_a_shell(two: Farm) -> None:
+    p = run(two, "w1", "no-such-command-xyz", "arg")
+    assert p.returncode == 127
+    assert p.stderr.decode() == ("furl-master: error: no-such-command-xyz: command not found "
+                                 "on worker 'w1'\n")
+    assert p.stdout == b""
+    (wdir(two, "w1") / "notexec.sh").write_text("#!/bin/sh\necho hi\n")
+    p = run(two, "w1", "./notexec.sh")
+    assert p.returncode == 126
+    assert p.stderr.decode() == ("furl-master: error: ./notexec.sh: permission denied on "
+                                 "worker 'w1'\n")
+    # the worker is fine afterwards
+    assert run(two, "w1", "true").returncode == 0

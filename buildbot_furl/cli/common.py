@@ -1,4 +1,4 @@
-"""What both CLIs share: one-line errors, never a traceback."""
+"""What both CLIs share: one-line errors, never a traceback; exit codes."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ from typing import Any
 
 import click
 
+from buildbot_furl.cli.exits import Exit, code_for
 from buildbot_furl.errors import FurlError
-
-EXIT_ERROR = 1
-EXIT_UNAVAILABLE = 2
 
 
 class Failed(click.ClickException):
     """An error printed as one line: ``PROG: error: MESSAGE``."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+    def __init__(self, message: str, exit_code: int = Exit.ERROR) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = int(exit_code)
         ctx = click.get_current_context(silent=True)
         self.prog = (ctx.find_root().info_name if ctx else None) or "furl"
 
@@ -28,7 +26,7 @@ class Failed(click.ClickException):
         click.echo(f"{self.prog}: error: {self.format_message()}", err=True)
 
 
-def guarded(exit_code: int = EXIT_ERROR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def guarded(exit_code: int = Exit.ERROR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Turn our errors and OS errors into one clean line and an exit code."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,7 +37,7 @@ def guarded(exit_code: int = EXIT_ERROR) -> Callable[[Callable[..., Any]], Calla
             except Failed:
                 raise
             except FurlError as e:
-                raise Failed(str(e), getattr(e, "exit_code", exit_code)) from None
+                raise Failed(str(e), code_for(e, exit_code)) from None
             except PermissionError as e:
                 raise Failed(f"permission denied: {e.filename}") from None
             except OSError as e:
@@ -47,11 +45,28 @@ def guarded(exit_code: int = EXIT_ERROR) -> Callable[[Callable[..., Any]], Calla
                 raise Failed(f"{e.strerror or e}{where}") from None
             except KeyboardInterrupt:
                 click.echo("interrupted", err=True)
-                sys.exit(130)
+                sys.exit(Exit.INTERRUPTED)
 
         return wrapper
 
     return deco
+
+
+def run_main(group: click.Group, prog: str) -> None:
+    """Run a click group; a bad command line exits with Exit.USAGE (64),
+    so that 2 keeps its one meaning (the request could not be made)."""
+    try:
+        rv = group.main(prog_name=prog, standalone_mode=False)
+    except click.UsageError as e:
+        e.show()
+        sys.exit(Exit.USAGE)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(Exit.ERROR)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def note(message: str) -> None:

@@ -12,8 +12,11 @@ from typing import Any
 import click
 
 from buildbot_furl import daemon, furls
-from buildbot_furl.admin_client import MasterNotRunning, master_pid, run_with_admin
-from buildbot_furl.cli.common import EXIT_UNAVAILABLE, Failed, guarded, note
+from buildbot_furl.client.connect import MasterNotRunning, master_pid, run_with_admin
+from buildbot_furl.cli.common import Failed, guarded, note, run_main
+from buildbot_furl.cli.exits import Exit
+
+EXIT_UNAVAILABLE = Exit.UNAVAILABLE
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.master import config as mconfig
 from buildbot_furl.protocol import call
@@ -301,7 +304,7 @@ def run(ctx: click.Context, basedir: str | None, workdir: str | None, envs: tupl
     Put '--' before COMMAND: what follows it is never read as an option.
     A remote signal N gives exit code 128+N; Ctrl-C interrupts the command.
     """
-    from buildbot_furl.client import run_command
+    from buildbot_furl.client.run import RunOperation
 
     cfg = _load(ctx, basedir)
     argv = list(command)
@@ -309,8 +312,8 @@ def run(ctx: click.Context, basedir: str | None, workdir: str | None, envs: tupl
         argv = argv[1:]
     if not argv:
         raise Failed("no command given (furl-master run NAME -- CMD ARGS...)")
-    code, message = run_command(cfg.paths, name, argv, workdir, _parse_env(envs), timeout,
-                                verbose)
+    code, message = RunOperation(cfg.paths, name, argv, workdir, _parse_env(envs), timeout,
+                                 verbose).run()
     if message:
         note(f"furl-master: {message}")
     sys.exit(code)
@@ -330,10 +333,10 @@ def put(ctx: click.Context, basedir: str | None, name: str, local: str, remote: 
     The copy is checked by sha256 on the worker and only then renamed to
     REMOTE, so a failed copy never leaves a partial file there.
     """
-    from buildbot_furl.client import put_file
+    from buildbot_furl.client.files import PutOperation
 
     cfg = _load(ctx, basedir)
-    r = put_file(cfg.paths, name, local, remote, progress=sys.stderr.isatty())
+    r = PutOperation(cfg.paths, name, local, remote, progress=sys.stderr.isatty()).run()
     what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
     note(f"{local} -> {name}:{r['remote']} ({what}, verified)")
 
@@ -353,16 +356,16 @@ def get(ctx: click.Context, basedir: str | None, name: str, remote: str, local: 
     worker's file (or tree) and only then renamed to LOCAL, so a failed
     copy never leaves a partial file there.
     """
-    from buildbot_furl.client import get_file
+    from buildbot_furl.client.files import GetOperation
 
     cfg = _load(ctx, basedir)
-    r = get_file(cfg.paths, name, remote, local, progress=sys.stderr.isatty())
+    r = GetOperation(cfg.paths, name, remote, local, progress=sys.stderr.isatty()).run()
     what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
     note(f"{name}:{remote} -> {r['local']} ({what}, verified)")
 
 
 def main() -> None:
-    cli(prog_name="furl-master")
+    run_main(cli, "furl-master")
 
 
 if __name__ == "__main__":

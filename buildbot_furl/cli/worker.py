@@ -10,7 +10,7 @@ import sys
 import click
 
 from buildbot_furl import daemon
-from buildbot_furl.cli.common import Failed, guarded, note
+from buildbot_furl.cli.common import Failed, guarded, note, run_main
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 from buildbot_furl.worker import config as wconfig
 from buildbot_furl.worker import launch
@@ -125,7 +125,7 @@ def status(basedir: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="furl-worker")
+    run_main(cli, "furl-worker")
 
 
 if __name__ == "__main__":

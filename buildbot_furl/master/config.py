@@ -22,45 +22,9 @@ import re
 
 from buildbot_furl import furls
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.layout import CONF_NAME, MasterPaths
 
-CONF_NAME = "furl-master.conf"
 HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
-
-
-@dataclasses.dataclass(frozen=True)
-class MasterPaths:
-    basedir: str
-
-    def _p(self, *parts: str) -> str:
-        return os.path.join(self.basedir, *parts)
-
-    @property
-    def conf(self) -> str:
-        return self._p(CONF_NAME)
-
-    @property
-    def furls(self) -> str:
-        return self._p(furls.FILENAME)
-
-    @property
-    def private(self) -> str:
-        return self._p("private")
-
-    @property
-    def tub_pem(self) -> str:
-        return self._p("private", "tub.pem")
-
-    @property
-    def admin_furl(self) -> str:
-        return self._p("private", "admin.furl")
-
-    @property
-    def log(self) -> str:
-        return self._p("master.log")
-
-    @property
-    def pidfile(self) -> str:
-        return self._p("furl-master.pid")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,40 +2,48 @@
 
 The admin CLI's requests become ordinary master/worker API calls on a
 :class:`FurlConnection`: a shell command through buildbot-worker's
-``shell``, files through ``downloadFile``/``uploadFile``/``uploadDirectory``.
+``shell``, files through the worker's transfer commands (below).
 Each request takes one of the worker's ``SLOTS`` builders (builddir ``.``,
 so paths are relative to the worker's base directory); the master sets
 that builder list once per attach.
 
-Files are verified end to end: ``python -m buildbot_furl.fileops``, run on
-the worker with the worker's own interpreter, hashes the file (or tree)
-there.  What is sent to the worker lands under a temporary name and is
-renamed into place only when the digests agree.
+Files travel through the worker's own confined transfer commands
+(``furl.put``/``furl.get``, see :mod:`buildbot_furl.protocol`): the worker
+resolves the path beneath its directory when it opens it, and checks the
+sha256 (or tree manifest) of what it received before giving it its final
+name; for a get it reports the digests of exactly what it sent.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import posixpath
 import re
 import secrets
-import stat as stat_mod
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from buildbot_furl.errors import (
+    WIRE_ERRORS,
     BadRequest,
     CommandFailed,
+    CommandNotExecutable,
+    CommandNotFound,
     ConnectionLost,
     PathRefused,
     UnknownWorker,
+    WireError,
     WorkerNotConnected,
 )
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.session import WorkerSession
+from buildbot_furl.protocol import GET_COMMAND as GET
+from buildbot_furl.protocol import PUT_COMMAND as PUT
 from buildbot_furl.protocol import call, encode
 
 log = Logger()
@@ -43,6 +51,7 @@ log = Logger()
 SLOTS = 32
 BLOCKSIZE = 1024 * 1024
 SIGNAL_RE = re.compile(r"process killed by signal (\d+)")
+START_FAILED = "error in RunProcess._startCommand ("
 
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -90,15 +99,23 @@ class _Slots:
 
 
 class _Collector:
-    """A master-side remoteCommand: gathers updates, optionally streams them."""
+    """A master-side remoteCommand: gathers updates, optionally streams them.
 
-    def __init__(self, out: Any = None, capture: bool = False) -> None:
+    buildbot-worker reports a program it could not start (not found, not
+    executable) as a line ``error in RunProcess._startCommand (...)`` and a
+    Python traceback on stderr, then fails the command.  Before any output,
+    that line is taken as :attr:`start_error` and the traceback is not
+    passed on: the admin gets one line instead (see :meth:`Standalone.run`).
+    """
+
+    def __init__(self, out: Any = None) -> None:
         self.out = out
-        self.stdout: list[str] | None = [] if capture else None
         self.updates: dict[str, Any] = {}
         self.rc: int | None = None
         self.signal: int | None = None
         self.failure_reason: str | None = None
+        self.start_error: str | None = None
+        self.output_seen = False
         self.done: defer.Deferred[Any] = defer.Deferred()
         self.failure: Any = None
 
@@ -107,14 +124,27 @@ class _Collector:
         taken the output (that is the backpressure)."""
         return defer.Deferred.fromCoroutine(self._update(updates))
 
+    def _start_failure(self, key: str, value: str) -> bool:
+        """Swallow (and remember) a failed start's report; True if swallowed."""
+        if key != "stderr":
+            return False
+        if self.start_error is not None:
+            return True  # the traceback that follows the first line
+        if not self.output_seen and value.startswith(START_FAILED):
+            self.start_error = value[len(START_FAILED):].strip().removesuffix(")")
+            return True
+        self.output_seen = True
+        return False
+
     async def _update(self, updates: list[Any]) -> int:
         batch = []
         for upd, _num in updates:
             for key, value in upd.items():
                 if key in ("stdout", "stderr"):
+                    if self._start_failure(key, value):
+                        continue
+                    self.output_seen = True
                     batch.append([key, value])
-                    if key == "stdout" and self.stdout is not None:
-                        self.stdout.append(value)
                 elif key == "header":
                     m = SIGNAL_RE.search(value)
                     if m:
@@ -137,6 +167,19 @@ class _Collector:
         self.failure = failure
         if not self.done.called:
             self.done.callback(None)
+
+
+def start_error(program: str, worker: str, text: str) -> WireError:
+    """The one-line error for a program the worker could not start."""
+    m = re.search(r"\[Errno (\d+)\]", text)
+    code = int(m.group(1)) if m else None
+    if code == errno.ENOENT:
+        return CommandNotFound(f"{program}: command not found on worker {worker!r}")
+    if code in (errno.EACCES, errno.ENOEXEC, errno.EISDIR):
+        reason = os.strerror(code).lower()
+        return CommandNotExecutable(f"{program}: {reason} on worker {worker!r}")
+    detail = re.sub(r"^\[Errno \d+\]\s*", "", text)[:300]
+    return CommandNotExecutable(f"{program}: cannot be started on worker {worker!r}: {detail}")
 
 
 class Standalone:
@@ -165,11 +208,13 @@ class Standalone:
         return conn, slots, session
 
     async def _command(self, worker: str, command: str, args: dict[str, Any],
-                       out: Any = None, run_id: str | None = None,
-                       capture: bool = False) -> _Collector:
+                       out: Any = None, run_id: str | None = None) -> _Collector:
+        """Run ``command`` on ``worker``; its collector.  A command that fails
+        (rather than ending with an rc) raises CommandFailed, unless it failed
+        to start its program (``collector.start_error``)."""
         conn, slots, session = self._conn(worker)
         builder = await slots.take()
-        collector = _Collector(out, capture)
+        collector = _Collector(out)
         command_id = run_id or f"furl-{next(self._ids)}"
         lost: defer.Deferred[None] = defer.Deferred()
         cb = session.add_disconnect_callback(lambda: lost.called or lost.callback(None))
@@ -185,7 +230,7 @@ class Standalone:
             session.remove_disconnect_callback(cb)
             self._runs.pop(run_id or "", None)
             slots.give_back(builder)
-        if collector.failure is not None:
+        if collector.failure is not None and collector.start_error is None:
             text = getattr(collector.failure, "getErrorMessage", lambda: str(collector.failure))()
             raise CommandFailed(f"{command} failed on worker {worker!r}: {text}")
         return collector
@@ -215,6 +260,8 @@ class Standalone:
         if out is not None:
             out.notifyOnDisconnect(lambda: self.interrupt(run_id, "the admin CLI went away"))
         collector = await self._command(worker, "shell", args, out, run_id)
+        if collector.start_error is not None:
+            raise start_error(argv[0], worker, collector.start_error)
         rc = collector.rc if isinstance(collector.rc, int) else -1
         return {"rc": rc, "signal": collector.signal,
                 "failure_reason": collector.failure_reason}
@@ -229,34 +276,21 @@ class Standalone:
         return True
 
     # -- files ----------------------------------------------------------------
-    async def _fileop(self, worker: str, *args: str) -> str:
-        """Run ``python -m buildbot_furl.fileops ARGS`` on the worker, with the
-        worker's own interpreter; its one line of output."""
-        _, _, session = self._conn(worker)
-        python = session.worker_info.get("python") or "python3"
-        argv = [python, "-m", "buildbot_furl.fileops", *args]
-        shell = _shell_args(argv, ".", {}, 3600)
-        collector = await self._command(worker, "shell", shell, capture=True)
-        out = "".join(collector.stdout or []).strip()
-        if collector.rc != 0 or not DIGEST_RE.fullmatch(out):
-            raise CommandFailed(f"{args[0]} of {args[1]!r} failed on worker {worker!r}")
-        return out
-
-    async def stat(self, worker: str, path: str) -> dict[str, Any]:
-        collector = await self._command(worker, "stat", {"file": path, "workdir": "."})
-        st = collector.updates.get("stat")
-        if collector.rc != 0 or not isinstance(st, (list, tuple)) or len(st) < 7:
-            raise CommandFailed(f"{path!r} does not exist on worker {worker!r}")
-        mode = st[0]
-        kind = "file" if stat_mod.S_ISREG(mode) else "dir" if stat_mod.S_ISDIR(mode) else None
-        if kind is None:
-            raise CommandFailed(f"{path!r} on worker {worker!r} is neither a file nor a "
-                                "directory")
-        return {"kind": kind, "size": st[6], "mode": stat_mod.S_IMODE(mode)}
+    async def _transfer(self, worker: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one of the worker's confined transfer commands; its answer."""
+        collector = await self._command(worker, command, args)
+        err = collector.updates.get("furl_error")
+        if isinstance(err, dict):
+            cls = WIRE_ERRORS.get(str(err.get("class")), CommandFailed)
+            raise cls(f"worker {worker!r}: {err.get('message', 'failed')}")
+        result = collector.updates.get("furl")
+        if collector.rc != 0 or not isinstance(result, dict):
+            raise CommandFailed(f"{command} on worker {worker!r} failed (rc {collector.rc})")
+        return result
 
     async def put(self, worker: str, request: dict[str, Any], source: Any) -> dict[str, Any]:
         """Copy the CLI's file, or tarred directory, (read through ``source``)
-        to the worker; it lands under its final name only once verified."""
+        to the worker; it lands under its final name only once verified there."""
         final = confine(request.get("remote", ""))
         kind = request.get("kind", "file")
         expect = request.get("sha256")
@@ -266,46 +300,22 @@ class Standalone:
         tree = request.get("manifest")
         if kind == "dir" and not (isinstance(tree, str) and DIGEST_RE.fullmatch(tree)):
             raise BadRequest("a directory put wants the tree's manifest digest")
-        part = f"{final}.furl-part-{secrets.token_hex(4)}"
         mode = request.get("mode") if kind == "file" else None
-        args = {"workdir": ".", "workerdest": part, "reader": _Relay(source), "maxsize": None,
-                "blocksize": BLOCKSIZE, "mode": mode}
-        collector = await self._command(worker, "downloadFile", args)
-        if collector.rc not in (0, None):
-            raise CommandFailed(f"writing {final!r} on worker {worker!r} failed "
-                                f"(rc {collector.rc})")
-        if kind == "file":
-            digest = await self._fileop(worker, "commit", part, final, expect)
-            if digest != expect:
-                raise CommandFailed(f"checksum mismatch after copying to {final!r}; "
-                                    "nothing kept")
-        else:
-            digest = await self._fileop(worker, "unpack", part, final, tree)
-            if digest != tree:
-                raise CommandFailed(f"the tree unpacked at {final!r} differs from the one "
-                                    "sent; nothing kept")
-        return {"sha256": digest, "remote": final, "kind": kind}
+        args = {"path": final, "reader": _Relay(source), "kind": kind, "sha256": expect,
+                "manifest": tree, "mode": mode}
+        result = await self._transfer(worker, PUT, args)
+        return {"sha256": expect, "manifest": result.get("manifest"), "remote": final,
+                "kind": kind}
 
     async def get(self, worker: str, request: dict[str, Any], sink: Any) -> dict[str, Any]:
         """Copy a worker's file, or directory as a tar stream, to the CLI
-        (written through ``sink``); the answer carries the worker-side digest."""
+        (written through ``sink``); the answer carries the worker's digests."""
         remote = confine(request.get("remote", ""))
-        info = await self.stat(worker, remote)
-        relay = _Relay(sink)
-        if info["kind"] == "file":
-            args = {"workdir": ".", "workersrc": remote, "writer": relay, "maxsize": None,
-                    "blocksize": BLOCKSIZE, "keepstamp": False}
-            command, op = "uploadFile", "sha256"
-        else:
-            args = {"workdir": ".", "workersrc": remote, "writer": relay, "maxsize": None,
-                    "blocksize": BLOCKSIZE, "compress": None}
-            command, op = "uploadDirectory", "manifest"
-        collector = await self._command(worker, command, args)
-        if collector.rc not in (0, None):
-            raise CommandFailed(f"reading {remote!r} on worker {worker!r} failed "
-                                f"(rc {collector.rc})")
-        digest = await self._fileop(worker, op, remote)
-        return {"sha256": digest, **info}
+        result = await self._transfer(worker, GET, {"path": remote, "writer": _Relay(sink)})
+        info = {k: result.get(k) for k in ("kind", "size", "mode", "sha256", "manifest")}
+        if info["kind"] not in ("file", "dir") or not isinstance(info["sha256"], str):
+            raise CommandFailed(f"worker {worker!r} sent an incomplete answer for {remote!r}")
+        return info
 
 
 class _Relay:

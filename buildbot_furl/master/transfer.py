@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tarfile
 import tempfile
 from typing import Any
 
-from buildbot_furl import fileops
+from buildbot_furl import tree
 from buildbot_furl.errors import BadRequest, PathRefused
 
 
@@ -128,10 +127,10 @@ class LocalDirectoryWriter(_TempWriter):
     plain, gz or bz2, per its ``compress`` argument) and unpacks it into
     ``dest_dir`` on ``remote_unpack``.
 
-    Extraction uses tarfile's ``data`` filter, and a member that would land
-    outside ``dest_dir`` (``..``, absolute or escaping links), device files
-    and the like are refused with :class:`PathRefused`; the archive is
-    checked once before anything is written.
+    Extraction is :func:`buildbot_furl.tree.unpack_into`: a member that
+    would land outside ``dest_dir`` (``..``, absolute or escaping links),
+    device files and the like are refused with :class:`PathRefused`, and
+    what was written before is removed.
     """
 
     def __init__(self, dest_dir: str, compress: str | None = None,
@@ -166,12 +165,15 @@ class LocalDirectoryWriter(_TempWriter):
 
     def _extract(self) -> None:
         assert self.tmp_path is not None
+        top = os.open(self.dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            fileops.extract(self.tmp_path, self.dest_dir)
-        except tarfile.FilterError as e:
-            raise PathRefused(f"refused to unpack the upload: {e}") from None
-        except tarfile.TarError as e:
-            raise BadRequest(f"the upload is not a valid tar archive: {e}") from None
+            with open(self.tmp_path, "rb") as src:
+                tree.unpack_into(src, top)
+        except BaseException:
+            tree.empty_dir(top)
+            raise
+        finally:
+            os.close(top)
 
 
 class LocalFileReader:

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest, CommandFailed
 from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
+from buildbot_furl.worker import transfers
 from buildbot_furl.worker.command import FurlProtocolCommand
 
 log = Logger()
@@ -35,6 +36,7 @@ class FurlBot(Referenceable, BotPbLike):
     WorkerForBuilder = FurlWorkerForBuilder
 
     def __init__(self, basedir: str, **kwargs: Any) -> None:
+        transfers.register()
         BotPbLike.__init__(self, basedir, **kwargs)
         self.buffer_timeout = BUFFER_TIMEOUT
 

@@ -18,35 +18,10 @@ import socket
 
 from buildbot_furl import furls
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
 ENV_FURL = "FURL_WORKER_FURL"
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerPaths:
-    basedir: str
-
-    @property
-    def furl(self) -> str:
-        return os.path.join(self.basedir, "master.furl")
-
-    @property
-    def info(self) -> str:
-        return os.path.join(self.basedir, "info")
-
-    @property
-    def log(self) -> str:
-        return os.path.join(self.basedir, "worker.log")
-
-    @property
-    def pidfile(self) -> str:
-        return os.path.join(self.basedir, "furl-worker.pid")
-
-    @property
-    def state(self) -> str:
-        """Connection state the running worker keeps up to date (JSON)."""
-        return os.path.join(self.basedir, "furl-worker.state")
 
 
 def read_furl_file(path: str) -> furls.Furl:

@@ -1,4 +1,4 @@
-"""Reaching a running master through its admin FURL (for the CLI)."""
+"""Reaching a running master through its admin FURL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.internet.task import react
 from buildbot_furl import furls
 from buildbot_furl.daemon import PidFile
 from buildbot_furl.errors import ConfigError, FurlError
-from buildbot_furl.master.config import MasterPaths
+from buildbot_furl.layout import MasterPaths
 from buildbot_furl.tubs import make_tub
 
 T = TypeVar("T")

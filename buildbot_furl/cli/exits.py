@@ -1,0 +1,61 @@
+"""Every exit code furl-master and furl-worker use, and what it means."""
+
+from __future__ import annotations
+
+import enum
+
+from buildbot_furl.errors import CommandNotExecutable, CommandNotFound, FurlError
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    UNAVAILABLE = 2
+    NOT_RUNNING = 3
+    NOT_ATTACHED = 4
+    USAGE = 64
+    NOT_EXECUTABLE = 126
+    NOT_FOUND = 127
+    INTERRUPTED = 130
+    TIMEOUT = 137
+
+
+MEANING = {
+    Exit.OK: "success",
+    Exit.ERROR: "failed: bad input, a bad or unsafe file, a refused operation",
+    Exit.UNAVAILABLE: "the request could not be made or did not finish: no master "
+                      "answers, the worker is unknown, not connected or was lost, a path "
+                      "was refused",
+    Exit.NOT_RUNNING: "not running",
+    Exit.NOT_ATTACHED: "running, but not attached to its master now",
+    Exit.USAGE: "bad command line (unknown option, missing argument)",
+    Exit.NOT_EXECUTABLE: "the program exists on the worker but cannot be run",
+    Exit.NOT_FOUND: "the program was not found on the worker",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C)",
+    Exit.TIMEOUT: "--timeout expired: the command was killed",
+}
+
+#: errors whose exit code is theirs whatever the command
+BY_ERROR: dict[type[FurlError], Exit] = {
+    CommandNotFound: Exit.NOT_FOUND,
+    CommandNotExecutable: Exit.NOT_EXECUTABLE,
+}
+
+
+def code_for(error: FurlError, default: int) -> int:
+    for cls, code in BY_ERROR.items():
+        if isinstance(error, cls):
+            return int(code)
+    return default
+
+
+def epilog(*codes: Exit, passthrough: bool = False) -> str:
+    """The 'Exit codes' paragraph of a command's --help."""
+    lines = ["Exit codes:"]
+    if passthrough:
+        lines.append("  N    the remote command's own exit code (0-125)")
+    for c in codes:
+        lines.append(f"  {int(c):<4} {MEANING[c]}")
+    if passthrough:
+        lines.append("  128+N  the remote command was killed by signal N")
+    return "\b\n" + "\n".join(lines)

@@ -1,0 +1,246 @@
+"""``furl-master put``/``get``: files and directories, verified end to end.
+
+What is sent is hashed as it is read here and checked on the worker
+before it takes its final name there; what is received is checked here
+against the digest the worker computed over the very bytes it sent, and
+only then renamed to its final name.  A directory travels as a tar stream
+(:mod:`buildbot_furl.tree`) and is compared by its manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import tempfile
+from typing import IO, Any
+
+from foolscap.api import Referenceable
+from zope.interface import implementer
+
+from buildbot_furl import tree
+from buildbot_furl.client.connect import run_with_admin
+from buildbot_furl.client.progress import Progress
+from buildbot_furl.errors import BadRequest, FurlError
+from buildbot_furl.layout import MasterPaths
+from buildbot_furl.protocol import (
+    MAX_CHUNK,
+    RIFileReader,
+    RIFileWriter,
+    call,
+    encode,
+    remote_method,
+)
+
+
+class TransferFailed(FurlError):
+    """A put/get did not complete; nothing was left under the final name."""
+
+
+@implementer(RIFileReader)
+class LocalSource(Referenceable):
+    """What a put reads: an open file, hashed and counted as it is read."""
+
+    def __init__(self, fp: IO[bytes], progress: Progress) -> None:
+        self.fp: IO[bytes] | None = fp
+        self.progress = progress
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    @remote_method
+    def remote_read(self, length: int) -> bytes:
+        if self.fp is None:
+            return b""
+        if not isinstance(length, int) or length < 0:
+            raise BadRequest("read wants a non-negative length")
+        data = self.fp.read(min(length, MAX_CHUNK))
+        self.sha.update(data)
+        self.size += len(data)
+        self.progress.add(len(data))
+        return data
+
+    @remote_method
+    def remote_close(self) -> None:
+        self.fp = None
+
+
+@implementer(RIFileWriter)
+class LocalSink(Referenceable):
+    """What a get writes into: a temporary file beside the destination."""
+
+    def __init__(self, dest: str, progress: Progress) -> None:
+        self.dest = dest
+        self.progress = progress
+        self.dir = os.path.dirname(os.path.abspath(dest)) or "."
+        fd, self.tmp_path = tempfile.mkstemp(
+            dir=self.dir, prefix=f".{os.path.basename(dest)[:100]}.", suffix=".furl-part")
+        self.fp: IO[bytes] | None = os.fdopen(fd, "w+b")
+        self.sha = hashlib.sha256()
+        self.finished = False
+        self.is_tar = False
+
+    @remote_method
+    def remote_write(self, data: bytes) -> None:
+        if self.fp is None or self.finished:
+            raise BadRequest("write after close")
+        if not isinstance(data, bytes):
+            raise BadRequest("write wants bytes")
+        self.fp.write(data)
+        self.sha.update(data)
+        self.progress.add(len(data))
+
+    @remote_method
+    def remote_utime(self, times: bytes) -> None:
+        pass  # a get gives the file the time it arrives
+
+    @remote_method
+    def remote_unpack(self) -> None:
+        self.is_tar = True
+        self.finished = True
+
+    @remote_method
+    def remote_close(self) -> None:
+        self.finished = True
+
+    def commit(self, result: dict[str, Any]) -> None:
+        """Give the verified result its final name, or raise TransferFailed."""
+        if self.fp is None:
+            raise TransferFailed("the transfer was cancelled")
+        if not self.finished:
+            raise TransferFailed("the transfer did not finish")
+        if self.sha.hexdigest() != result.get("sha256"):
+            raise TransferFailed("checksum mismatch; nothing was kept "
+                                 "(did the file change during the copy?)")
+        self.fp.flush()
+        os.fsync(self.fp.fileno())
+        if result.get("kind") == "dir":
+            self._commit_tree(result.get("manifest"))
+            return
+        mode = result.get("mode")
+        if isinstance(mode, int):
+            os.chmod(self.tmp_path, mode & 0o7777)
+        self.fp.close()
+        self.fp = None
+        os.replace(self.tmp_path, self.dest)
+
+    def _commit_tree(self, expect: Any) -> None:
+        assert self.fp is not None
+        if os.path.lexists(self.dest):
+            raise TransferFailed(f"{self.dest} already exists; not replacing it")
+        part = f".{os.path.basename(self.dest)[:100]}.{secrets.token_hex(4)}.furl-part"
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.fp.seek(0)
+            try:
+                digest = tree.unpack(self.fp, dfd, part)
+            except (OSError, FurlError) as e:
+                raise TransferFailed(f"cannot unpack the directory: {e}") from None
+            if digest != expect:
+                tree.remove_tree(dfd, part)
+                raise TransferFailed("the unpacked tree differs from the worker's; "
+                                     "nothing kept")
+            os.rename(part, os.path.basename(self.dest), src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def cancel(self) -> None:
+        if self.fp is not None:
+            with contextlib.suppress(OSError):
+                self.fp.close()
+            self.fp = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
+
+
+class PutOperation:
+    """One ``put`` of a local file or directory to a worker."""
+
+    def __init__(self, paths: MasterPaths, worker: str, local: str, remote: str,
+                 progress: bool) -> None:
+        self.paths = paths
+        self.worker = worker
+        self.local = local
+        self.remote = remote
+        self.progress = progress
+
+    def run(self) -> dict[str, Any]:
+        """Copy it; the master's answer plus ``size``."""
+        if os.path.isdir(self.local):
+            with tempfile.TemporaryFile() as tmp:
+                try:
+                    manifest = tree.pack_path(self.local, tmp)
+                except BadRequest as e:
+                    raise TransferFailed(f"{self.local}: {e}") from None
+                size = tmp.tell()
+                tmp.seek(0)
+                return self._send(tmp, size, "dir", manifest, None)
+        try:
+            fp = open(self.local, "rb")  # noqa: SIM115 - closed below
+        except (IsADirectoryError, FileNotFoundError):
+            raise TransferFailed(f"{self.local} is not a readable file or directory") from None
+        with fp:
+            st = os.fstat(fp.fileno())
+            return self._send(fp, st.st_size, "file", None, st.st_mode & 0o777)
+
+    def _send(self, fp: IO[bytes], size: int, kind: str, manifest: str | None,
+              mode: int | None) -> dict[str, Any]:
+        # the digest the worker checks: of the bytes about to be sent
+        start = fp.tell()
+        digest = _sha256_file(fp)
+        fp.seek(start)
+        bar = Progress(f"put {os.path.basename(self.local.rstrip('/'))}", size, self.progress)
+        source = LocalSource(fp, bar)
+        request = {"remote": self.remote, "sha256": digest, "kind": kind,
+                   "manifest": manifest, "mode": mode}
+
+        async def go(admin: Any) -> dict[str, Any]:
+            return await call(admin, "put", self.worker, encode(request), source)
+
+        try:
+            result = run_with_admin(self.paths, go)
+        finally:
+            bar.finish()
+        if source.sha.hexdigest() != digest:
+            raise TransferFailed(f"{self.local} changed while it was being copied")
+        return {"size": size, **result}
+
+
+class GetOperation:
+    """One ``get`` of a worker's file or directory to a local path."""
+
+    def __init__(self, paths: MasterPaths, worker: str, remote: str, local: str,
+                 progress: bool) -> None:
+        self.paths = paths
+        self.worker = worker
+        self.remote = remote
+        if os.path.isdir(local):
+            local = os.path.join(local, os.path.basename(remote.rstrip("/")))
+        self.local = local
+        self.progress = progress
+
+    def run(self) -> dict[str, Any]:
+        parent = os.path.dirname(os.path.abspath(self.local))
+        if not os.path.isdir(parent):
+            raise TransferFailed(f"{parent} does not exist")
+        bar = Progress(f"get {os.path.basename(self.remote.rstrip('/'))}", None, self.progress)
+        sink = LocalSink(self.local, bar)
+
+        async def go(admin: Any) -> dict[str, Any]:
+            return await call(admin, "get", self.worker, encode({"remote": self.remote}),
+                              sink)
+
+        try:
+            result = run_with_admin(self.paths, go)
+            sink.commit(result)
+        finally:
+            bar.finish()
+            sink.cancel()
+        return {"local": self.local, **result}
+
+
+def _sha256_file(fp: IO[bytes]) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: fp.read(1 << 20), b""):
+        h.update(block)
+    return h.hexdigest()

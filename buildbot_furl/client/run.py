@@ -1,0 +1,98 @@
+"""``furl-master run``: a command on a worker, its output streamed here."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+from typing import Any, BinaryIO
+
+from foolscap.api import Referenceable
+from twisted.internet import defer, reactor
+from zope.interface import implementer
+
+from buildbot_furl.client.connect import run_with_admin
+from buildbot_furl.errors import BadRequest
+from buildbot_furl.layout import MasterPaths
+from buildbot_furl.protocol import RIOutput, call, decode, encode, remote_method
+
+INTERRUPTED = 130
+
+
+@implementer(RIOutput)
+class OutputSink(Referenceable):
+    """Receives a run's output and writes it to our stdout/stderr as it comes."""
+
+    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, verbose: bool = False) -> None:
+        self.streams = {"stdout": stdout, "stderr": stderr}
+        self.verbose = verbose
+
+    @remote_method
+    def remote_output(self, batch: bytes) -> None:
+        items = decode(batch)
+        if not isinstance(items, list):
+            raise BadRequest("output wants a list")
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)):
+                continue
+            key, text = item
+            if key == "header":
+                if self.verbose:
+                    self.streams["stderr"].write(text.encode("utf-8", "replace"))
+                continue
+            stream = self.streams.get(key)
+            if stream is not None:
+                stream.write(text.encode("utf-8", "surrogateescape"))
+                stream.flush()
+
+
+class RunOperation:
+    """One ``run``: its request, its output sink, and how often Ctrl-C was hit.
+
+    A remote signal N gives 128+N; the first Ctrl-C interrupts the remote
+    command (and the exit code is 130), a second one gives up waiting.
+    """
+
+    def __init__(self, paths: MasterPaths, worker: str, argv: list[str], workdir: str | None,
+                 env: dict[str, str], timeout: float | None, verbose: bool = False) -> None:
+        self.paths = paths
+        self.worker = worker
+        self.request = {"argv": argv, "workdir": workdir, "env": env, "timeout": timeout,
+                        "run_id": f"cli-{secrets.token_hex(8)}"}
+        self.timeout = timeout
+        self.sink = OutputSink(sys.stdout.buffer, sys.stderr.buffer, verbose)
+        self.interrupts = 0
+        self.admin: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            sys.stderr.write("\ninterrupting the remote command (Ctrl-C again to stop "
+                             "waiting)\n")
+            reactor.callFromThread(self._interrupt)
+        else:
+            os._exit(INTERRUPTED)
+
+    def _interrupt(self) -> None:
+        d = defer.Deferred.fromCoroutine(call(self.admin, "interrupt", self.request["run_id"]))
+        d.addErrback(lambda f: None)
+
+    async def _go(self, admin: Any) -> dict[str, Any]:
+        self.admin = admin
+        signal.signal(signal.SIGINT, self._on_sigint)
+        return await call(admin, "run", self.worker, encode(self.request), self.sink)
+
+    def run(self) -> tuple[int, str | None]:
+        """Run it; (exit code, a message for stderr or None)."""
+        result = run_with_admin(self.paths, self._go)
+        if self.interrupts:
+            return INTERRUPTED, "interrupted"
+        message = None
+        if result.get("failure_reason") in ("timeout", "timeout_without_output"):
+            message = f"the command timed out after {self.timeout:g} s and was killed"
+        if result.get("signal"):
+            sig = int(result["signal"])
+            return 128 + sig, message or f"killed by signal {sig}"
+        rc = result.get("rc")
+        return (rc if isinstance(rc, int) and 0 <= rc < 256 else 1), message

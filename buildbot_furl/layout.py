@@ -1,0 +1,77 @@
+"""Where each file of a master's and of a worker's directory lives.
+
+Shared by the daemons, the admin client and the CLI (all of which read or
+write files in these directories); it knows nothing else of either side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+CONF_NAME = "furl-master.conf"
+FURLS_NAME = "workers.furls"
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterPaths:
+    basedir: str
+
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.basedir, *parts)
+
+    @property
+    def conf(self) -> str:
+        return self._p(CONF_NAME)
+
+    @property
+    def furls(self) -> str:
+        return self._p(FURLS_NAME)
+
+    @property
+    def private(self) -> str:
+        return self._p("private")
+
+    @property
+    def tub_pem(self) -> str:
+        return self._p("private", "tub.pem")
+
+    @property
+    def admin_furl(self) -> str:
+        return self._p("private", "admin.furl")
+
+    @property
+    def log(self) -> str:
+        return self._p("master.log")
+
+    @property
+    def pidfile(self) -> str:
+        return self._p("furl-master.pid")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerPaths:
+    basedir: str
+
+    @property
+    def furl(self) -> str:
+        return os.path.join(self.basedir, "master.furl")
+
+    @property
+    def info(self) -> str:
+        return os.path.join(self.basedir, "info")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.basedir, "worker.log")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.basedir, "furl-worker.pid")
+
+    @property
+    def state(self) -> str:
+        """Connection state the running worker keeps up to date (JSON)."""
+        return os.path.join(self.basedir, "furl-worker.state")
+
+
