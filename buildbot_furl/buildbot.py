@@ -55,10 +55,15 @@ from buildbot_furl.tubs import listen, local_furl, make_tub
 log = Logger()
 
 PROTOCOL_KEY = "furl"
+LISTEN_RETRY = 10.0  # seconds between tries of a port that could not be had
 PROTOCOL_OPTIONS = frozenset({"port", "location", "furls"})
 
 __all__ = ["FurlHub", "FurlWorker", "HubSettings", "furl_protocol", "hub_settings",
            "load_workers"]
+
+
+class CannotListen(Exception):
+    """The FURL port cannot be listened on (in use, no permission)."""
 
 
 # -- configuration ---------------------------------------------------------------
@@ -268,6 +273,8 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self.connections: dict[WorkerSession, Any] = {}  # session -> its FurlConnection
         self.pidfile: PidFile | None = None
         self.admin_furl: str | None = None
+        self._listen_retry: Any = None  # a delayed call while the port cannot be had
+        self._listen_failed = False
 
     # -- lifecycle --------------------------------------------------------------
     def startService(self) -> defer.Deferred[None]:
@@ -292,11 +299,42 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self.tub = tub
         self.registry = registry
         tub.setServiceParent(self)  # starts it: we are running
-        self.listener = await self._listen(settings.port)
+        await self._try_listen()
+
+    async def _try_listen(self, announce: bool = False) -> None:
+        """Listen on the configured port.  A port that cannot be had (in use,
+        no permission) does not stop the Buildbot master: it is logged once,
+        tried again every LISTEN_RETRY seconds and at every reconfig, and the
+        FURL workers stay disconnected meanwhile."""
+        self._listen_retry = None
+        settings = self.settings
+        if settings is None or self.listener is not None or not self.running:
+            return
+        try:
+            self.listener = await self._listen(settings.port)
+        except CannotListen as e:
+            if announce or not self._listen_failed:
+                log.error("FURL workers: {err}; they stay disconnected until the port is "
+                          "free (tried again every {n:.0f} s and at every reconfig)",
+                          err=str(e), n=LISTEN_RETRY)
+            self._listen_failed = True
+            self._listen_retry = reactor.callLater(
+                LISTEN_RETRY, lambda: defer.Deferred.fromCoroutine(self._try_listen()))
+            return
+        if self._listen_failed:
+            log.info("FURL workers: the port {port} is free now", port=settings.port)
+        self._listen_failed = False
         self._publish_admin(settings)
+        assert self.registry is not None and self.tub is not None
         log.info("FURL workers: listening on {port} (workers dial {loc}), tubid {tubid}, "
                  "{n} worker(s) in {path}", port=settings.port, loc=",".join(settings.location),
-                 tubid=tub.getTubID(), n=len(self.registry.entries), path=settings.furls_path)
+                 tubid=self.tub.getTubID(), n=len(self.registry.entries),
+                 path=settings.furls_path)
+
+    def _cancel_listen_retry(self) -> None:
+        if self._listen_retry is not None and self._listen_retry.active():
+            self._listen_retry.cancel()
+        self._listen_retry = None
 
     def _publish_admin(self, settings: HubSettings) -> None:
         """Let ``furl-master status/list-workers -d BASEDIR`` see live state:
@@ -331,13 +369,15 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             await listening
         except Exception as e:
             await defer.maybeDeferred(self.tub.stopListeningOn, listener)
-            raise ConfigErrors([f"FURL workers: cannot listen on {port}: {e}"]) from None
+            why = getattr(e, "socketError", None) or e
+            raise CannotListen(f"cannot listen on {port}: {why}") from None
         return listener
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        self._cancel_listen_retry()
         self._unpublish_admin()
         if self.registry is not None:
             self.registry.stop()
@@ -362,8 +402,16 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         except ConfigError as e:
             raise ConfigErrors([str(e)]) from None
         old = self.settings
-        if new.port != old.port:
-            listener = await self._listen(new.port)
+        if self.listener is None:
+            self._cancel_listen_retry()
+            self.settings = new
+            await self._try_listen(announce=True)
+        elif new.port != old.port:
+            try:
+                listener = await self._listen(new.port)
+            except CannotListen as e:
+                raise ConfigErrors([f"FURL workers: {e}; still listening on {old.port}"]) \
+                    from None
             await defer.maybeDeferred(self.tub.stopListeningOn, self.listener)
             self.listener = listener
             log.info("FURL workers: now listening on {port}", port=new.port)

@@ -269,6 +269,16 @@ def write_private(path: str, data: str | bytes) -> None:
             os.close(dfd)
 
 
+def reserve_private(path: str) -> int:
+    """Create ``path`` empty, 0600, failing if it exists; an open descriptor
+    to write the secret into (so a secret is never written over a file
+    someone else may have made readable)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; not overwriting it") from None
+
+
 @contextlib.contextmanager
 def locked(path: str) -> Iterator[None]:
     """Hold an exclusive lock on ``path``.lock while editing ``path``."""

@@ -1,9 +1,19 @@
-"""Log set-up for the daemons: one text log file, optionally stderr too."""
+"""The daemons' log files: size-based rotation, reopened on SIGHUP.
+
+``master.log``/``worker.log`` are rotated when they reach ``max_bytes``
+(``master.log.1`` is the newest old one, up to ``keep`` of them are kept),
+and reopened by name on SIGHUP, so an external ``logrotate`` (rename, then
+``kill -HUP``) works too.  Files are created 0600.  A daemon's stdout and
+stderr follow the current file, so stray output (a warning printed by a
+library) lands in it rather than in a rotated-away one.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -13,13 +23,96 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from buildbot_furl.errors import ConfigError
 
-def start_logging(path: str, to_stderr: bool = False, level: LogLevel = LogLevel.info) -> None:
-    """Send twisted.logger events to ``path`` (created 0600), and stderr."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    f = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_KEEP = 5
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """``10M``, ``512k``, ``1G`` or a number of bytes; 0 turns rotation off."""
+    if isinstance(text, int):
+        n = text
+    else:
+        m = _SIZE_RE.match(text)
+        if not m:
+            raise ConfigError(f"bad size {text!r}: give bytes, or a number with k, M or G")
+        n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[
+            m.group(2).lower()]
+    if n < 0:
+        raise ConfigError("a log size cannot be negative")
+    if 0 < n < 64 * 1024:
+        raise ConfigError("a log size below 64k would rotate all the time (0 turns it off)")
+    return n
+
+
+class RotatingFile:
+    """A text file object for twisted.logger that rotates by size."""
+
+    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP,
+                 own_stdio: bool = False) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = max(1, keep)
+        self.own_stdio = own_stdio
+        self.fd = -1
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        old, self.fd = self.fd, fd
+        self.size = os.fstat(fd).st_size
+        if self.own_stdio:
+            for std in (1, 2):
+                os.dup2(fd, std)
+        if old >= 0:
+            os.close(old)
+
+    def reopen(self) -> None:
+        """Open the file by its name again (after an external rotation)."""
+        self._open()
+
+    def rotate(self) -> None:
+        for n in range(self.keep - 1, 0, -1):
+            src = f"{self.path}.{n}"
+            if os.path.exists(src):
+                os.replace(src, f"{self.path}.{n + 1}")
+        if os.path.exists(self.path):
+            os.replace(self.path, f"{self.path}.1")
+        self._open()
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        if self.max_bytes and self.size and self.size + len(data) > self.max_bytes:
+            try:
+                self.rotate()
+            except OSError as e:
+                sys.stderr.write(f"cannot rotate {self.path}: {e}\n")
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+
+    def flush(self) -> None:
+        pass  # every write goes straight to the file
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def start_logging(path: str, to_stderr: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
+                  keep: int = DEFAULT_KEEP, level: LogLevel = LogLevel.info) -> RotatingFile:
+    """Send twisted.logger events to ``path`` (and stderr in the foreground);
+    returns the file, whose ``reopen()`` a SIGHUP handler should call."""
+    f = RotatingFile(path, max_bytes, keep, own_stdio=not to_stderr)
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    observers = [FilteringLogObserver(textFileLogObserver(f), [predicate])]
+    observers: list[Any] = [FilteringLogObserver(textFileLogObserver(f), [predicate])]
     if to_stderr:
         observers.append(FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate]))
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    return f

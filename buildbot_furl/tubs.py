@@ -78,7 +78,10 @@ def make_tub(
 
 
 def tubid_of(cert_file: str) -> str:
-    """The TUBID a persistent key gives, without starting anything."""
+    """The TUBID of an existing key file, without starting anything."""
+    if not os.path.exists(cert_file):
+        raise ConfigError(f"{cert_file} is missing: without the master's key no FURL can be "
+                          "made or checked")
     return make_tub(cert_file).getTubID()
 
 

@@ -167,7 +167,7 @@ class Farm:
 
 
     def assert_no_secret_in_logs(self) -> None:
-        for log in self.tmp.rglob("*.log"):
+        for log in self.tmp.rglob("*.log*"):
             text = log.read_text(errors="replace")
             for secret in self.secrets:
                 assert secret not in text, f"a secret leaked into {log}"

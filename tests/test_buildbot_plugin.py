@@ -658,18 +658,36 @@ async def test_startup_errors_are_clear(env_factory: Callable[..., Env]) -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_port_in_use(env_factory: Callable[..., Env]) -> None:
+async def test_port_in_use_keeps_the_master_and_pb_workers_up(
+        env_factory: Callable[..., Env]) -> None:
+    """A FURL port already in use: the master starts anyway, PB workers work,
+    one clear log line; once the port is free a reconfig binds it and the
+    FURL worker attaches."""
     import socket
 
-    env = env_factory()
-    env.create_worker("fw")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", env.port))
-        s.listen()
+    env = env_factory(with_pb=True)
+    furl = env.create_worker("fw")
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", env.port))
+    blocker.listen()
+    try:
         async with running(env):
-            await env.start_master(expect_failure=True)
-            assert f"cannot listen on tcp:{env.port}:interface=127.0.0.1" in env.log_text()
-            await env.stop_master()
+            m = await env.start_master()
+            text = env.log_text()
+            assert text.count(f"cannot listen on tcp:{env.port}:interface=127.0.0.1") == 1
+            assert "BuildMaster startup failed" not in text and "Traceback" not in text
+            env.start_pb_worker()
+            await env.wait_connected("pbw")
+            env.start_furl_worker("fw", furl, wait=0)
+            await sleep(1)
+            assert not env.connected("fw")
+            blocker.close()
+            await m.reconfig()
+            assert "the port" in env.log_text() and "is free now" in env.log_text()
+            await env.wait_connected("fw")
+            assert (await env.run_build("quick-fw"))["results"] == SUCCESS
+    finally:
+        blocker.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -69,6 +69,21 @@ def run_main(group: click.Group, prog: str) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def dir_option(cls: type, *decls: str, envvar: str | None = None,
+               help: str = "") -> Callable[[Any], Any]:  # noqa: A002 - click's name
+    """A directory option that may be given to the group or to a command
+    (``furl-master -d DIR run ...`` or ``furl-master run -d DIR ...``); it
+    lands in the ``basedir`` of the command line's ``cls`` object."""
+
+    def store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        obj = ctx.ensure_object(cls)
+        if value is not None:
+            obj.basedir = value
+
+    return click.option(*decls, envvar=envvar, default=None, expose_value=False,
+                        callback=store, type=click.Path(file_okay=False), help=help)
+
+
 def note(message: str) -> None:
     """Human text: always stderr, so stdout stays machine-readable."""
     click.echo(message, err=True)

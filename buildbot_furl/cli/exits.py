@@ -23,9 +23,8 @@ class Exit(enum.IntEnum):
 MEANING = {
     Exit.OK: "success",
     Exit.ERROR: "failed: bad input, a bad or unsafe file, a refused operation",
-    Exit.UNAVAILABLE: "the request could not be made or did not finish: no master "
-                      "answers, the worker is unknown, not connected or was lost, a path "
-                      "was refused",
+    Exit.UNAVAILABLE: "the request could not be made or did not finish (no master\n"
+                      "       answers, unknown or lost worker, path refused)",
     Exit.NOT_RUNNING: "not running",
     Exit.NOT_ATTACHED: "running, but not attached to its master now",
     Exit.USAGE: "bad command line (unknown option, missing argument)",
@@ -57,5 +56,5 @@ def epilog(*codes: Exit, passthrough: bool = False) -> str:
     for c in codes:
         lines.append(f"  {int(c):<4} {MEANING[c]}")
     if passthrough:
-        lines.append("  128+N  the remote command was killed by signal N")
+        lines.append("  128+N the remote command was killed by signal N")
     return "\b\n" + "\n".join(lines)

@@ -1,24 +1,59 @@
-"""``furl-worker``: attach a build worker to its master with one FURL."""
+"""``furl-worker``: attach a build worker to its master with one FURL.
+
+This module only declares the command line; :mod:`.worker_cmds` does the work.
+"""
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import sys
-
 import click
 
-from buildbot_furl import daemon
-from buildbot_furl.cli.common import Failed, guarded, note, run_main
+from buildbot_furl import logs
+from buildbot_furl.cli import worker_cmds as cmds
+from buildbot_furl.cli.common import guarded, run_main
+from buildbot_furl.cli.exits import Exit, epilog
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
-from buildbot_furl.worker import config as wconfig
-from buildbot_furl.worker import launch
 
-FURL_HELP = "The FURL (visible in 'ps'; prefer --furl-file or $FURL_WORKER_FURL)."
+USUAL = (Exit.OK, Exit.ERROR, Exit.USAGE)
+FURL_HELP = "The FURL itself (shown by 'ps' for a moment: prefer --furl-file)."
+FURL_FILE_HELP = "Read the FURL from this file (mode 0600)."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _basedir(fn: click.decorators.FC) -> click.decorators.FC:
+    return click.argument("basedir", default=".", type=click.Path(file_okay=False))(fn)
+
+
+def _furl_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = click.option("--furl-file", default=None, type=click.Path(dir_okay=False),
+                      help=FURL_FILE_HELP)(fn)
+    return click.option("--furl", default=None, help=FURL_HELP)(fn)
+
+
+def _run_options(fn: click.decorators.FC) -> click.decorators.FC:
+    for opt in reversed([
+        click.option("--nodaemon", is_flag=True,
+                     help="Stay in the foreground, log to stderr too (for systemd)."),
+        click.option("--wait", default=15.0, show_default=True, type=click.FloatRange(min=0),
+                     help="Seconds to wait for the first attach before giving up; 0 starts "
+                          "without waiting and keeps trying forever (for boot scripts)."),
+        click.option("--keepalive", default=DEFAULT_KEEPALIVE, show_default=True,
+                     type=click.IntRange(min=0),
+                     help="Ping the master after this many idle seconds."),
+        click.option("--disconnect-timeout", default=DEFAULT_DISCONNECT_TIMEOUT,
+                     show_default=True, type=click.IntRange(min=0),
+                     help="Drop and redial after this many seconds without traffic."),
+        click.option("--log-size", default="10M", show_default=True, metavar="SIZE",
+                     help="Rotate worker.log at this size (k, M, G; 0: never)."),
+        click.option("--log-keep", default=logs.DEFAULT_KEEP, show_default=True,
+                     type=click.IntRange(1, 1000), help="Rotated logs to keep."),
+        click.option("--ready-fd", type=int, default=None, hidden=True),
+        click.option("--furl-fd", type=int, default=None, hidden=True),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=epilog(*USUAL))
 @click.version_option(package_name="buildbot_furl", prog_name="furl-worker")
 def cli() -> None:
     """Run a build worker that attaches to a master through one FURL.
@@ -26,102 +61,89 @@ def cli() -> None:
     \b
     Once:     furl-worker create-worker DIR --furl-file FILE
               furl-worker start DIR
-    Or:       FURL_WORKER_FURL=pb://... furl-worker start DIR
+    New FURL: furl-worker set-furl DIR --furl-file FILE
 
     The connection is encrypted, pinned to the master's key, and
-    re-established by itself (backoff up to 60 s) when it drops.
+    re-established by itself (backoff up to 60 s) when it drops.  Shell
+    completion: eval "$(_FURL_WORKER_COMPLETE=bash_source furl-worker)".
     """
 
 
-@cli.command("create-worker")
+@cli.command("create-worker", epilog=epilog(*USUAL))
 @click.argument("basedir", type=click.Path(file_okay=False))
-@click.option("--furl", default=None, help=FURL_HELP)
-@click.option("--furl-file", default=None, type=click.Path(dir_okay=False),
-              help="Read the FURL from this file (mode 0600).")
+@_furl_options
 @click.option("--admin", default=None, help="Who runs this worker (info/admin).")
 @click.option("--host", default=None, help="A description of this host (info/host).")
 @guarded()
-def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
-                  host: str | None) -> None:
-    """Create worker directory BASEDIR holding the FURL (DIR/master.furl, 0600)."""
-    source = wconfig.resolve_furl(None, furl, furl_file)
-    paths = wconfig.create(basedir, source.furl, admin, host)
-    note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+def create_worker(basedir: str, furl: str | None, furl_file: str | None,
+                  admin: str | None, host: str | None) -> None:
+    """Create worker directory BASEDIR holding the FURL (BASEDIR/master.furl, 0600).
+
+    The FURL comes from --furl-file, --furl or $FURL_WORKER_FURL.
+    """
+    cmds.create_worker(basedir, furl, furl_file, admin, host)
 
 
-@cli.command()
-@click.argument("basedir", default=".", type=click.Path(file_okay=False))
-@click.option("--furl", default=None, help=FURL_HELP)
-@click.option("--furl-file", default=None, type=click.Path(dir_okay=False),
-              help="Read the FURL from this file (mode 0600).")
-@click.option("--nodaemon", is_flag=True, help="Stay in the foreground, log to stderr too.")
+@cli.command("set-furl", epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_ATTACHED, Exit.USAGE))
+@_basedir
+@_furl_options
 @click.option("--wait", default=15.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds to wait for the first attach before giving up; 0 starts "
-                   "without waiting and keeps trying forever (for boot scripts).")
-@click.option("--keepalive", default=DEFAULT_KEEPALIVE, show_default=True,
-              type=click.IntRange(min=0), help="Ping the master after this many idle seconds.")
-@click.option("--disconnect-timeout", default=DEFAULT_DISCONNECT_TIMEOUT, show_default=True,
-              type=click.IntRange(min=0),
-              help="Drop and redial after this many seconds without traffic.")
-@click.option("--ready-fd", type=int, default=None, hidden=True)
-@click.option("--furl-fd", type=int, default=None, hidden=True)
+              help="Seconds to wait for a running worker to attach with the new FURL.")
 @guarded()
-def start(basedir: str, furl: str | None, furl_file: str | None, nodaemon: bool, wait: float,
-          keepalive: int, disconnect_timeout: int, ready_fd: int | None,
-          furl_fd: int | None) -> None:
+def set_furl(basedir: str, furl: str | None, furl_file: str | None,
+             wait: float) -> None:
+    """Store a new FURL in BASEDIR/master.furl (after the master's admin ran
+    rotate-worker), and make a running worker switch to it at once.
+
+    Exits 0 once the running worker is attached with the new FURL (or at
+    once if no worker runs), 4 if it is not attached within --wait seconds.
+    """
+    cmds.set_furl(basedir, furl, furl_file, wait)
+
+
+@cli.command(epilog=epilog(*USUAL))
+@_basedir
+@_furl_options
+@_run_options
+@guarded()
+def start(basedir: str, **options: object) -> None:
     """Start the worker in BASEDIR (default: the current directory).
 
     The FURL is read from BASEDIR/master.furl (written by create-worker or
     set-furl) unless --furl-file, --furl or $FURL_WORKER_FURL gives one.
-    Whichever way it comes, the running worker keeps it in memory only:
-    commands it runs never see it in their environment.
+    Whichever way it comes, the running worker keeps it in memory only: no
+    command it runs sees it in its environment.  SIGHUP reopens worker.log;
+    SIGUSR1 switches to the FURL in BASEDIR/master.furl.
     """
-    paths = wconfig.WorkerPaths(os.path.abspath(basedir))
-    if not os.path.isdir(paths.basedir):
-        raise Failed(f"{basedir} does not exist (create it with furl-worker create-worker)")
-    source = wconfig.resolve_furl(paths, furl, furl_file, furl_fd)
-    options = wconfig.WorkerOptions(wait, keepalive, disconnect_timeout)
-    if nodaemon or ready_fd is not None:
-        sys.exit(launch.run_foreground(paths, source, options, ready_fd))
-    message = launch.start_background(paths, source, options)
-    note(f"furl-worker started ({message}); log: {paths.log}")
+    cmds.start(basedir, **options)  # type: ignore[arg-type]
 
 
-@cli.command()
-@click.argument("basedir", default=".", type=click.Path(file_okay=False))
+@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_RUNNING, Exit.USAGE))
+@_basedir
 @guarded()
 def stop(basedir: str) -> None:
     """Stop the worker running in BASEDIR."""
-    pid = daemon.stop(daemon.PidFile(wconfig.WorkerPaths(os.path.abspath(basedir)).pidfile))
-    if pid is None:
-        raise Failed(f"no worker is running in {basedir}")
-    note(f"furl-worker stopped (pid {pid})")
+    cmds.stop(basedir)
 
 
-@cli.command()
-@click.argument("basedir", default=".", type=click.Path(file_okay=False))
-def status(basedir: str) -> None:
-    """Say whether a worker runs in BASEDIR and is attached (exit 3 if it
-    does not run, 4 if it runs but is not attached now)."""
-    paths = wconfig.WorkerPaths(os.path.abspath(basedir))
-    pid = daemon.PidFile(paths.pidfile).running_pid()
-    if pid is None:
-        click.echo("not running")
-        sys.exit(3)
-    try:
-        with open(paths.state, encoding="utf-8") as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        st = {}
-    since = (datetime.datetime.fromtimestamp(st["since"]).strftime("%Y-%m-%d %H:%M:%S")
-             if isinstance(st.get("since"), (int, float)) else "?")
-    if st.get("pid") == pid and st.get("state") == "attached":
-        click.echo(f"running (pid {pid}): attached to the master at {st.get('master')} "
-                   f"since {since}")
-        return
-    why = st.get("last_error") if st.get("pid") == pid else None
-    click.echo(f"running (pid {pid}): not attached" + (f" since {since}: {why}" if why else ""))
-    sys.exit(4)
+@cli.command(epilog=epilog(*USUAL))
+@_basedir
+@_furl_options
+@_run_options
+@guarded()
+def restart(basedir: str, **options: object) -> None:
+    """Stop the worker in BASEDIR if it runs, then start it (same options as start)."""
+    cmds.restart(basedir, **options)  # type: ignore[arg-type]
+
+
+@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_RUNNING, Exit.NOT_ATTACHED,
+                           Exit.USAGE))
+@_basedir
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@guarded()
+def status(basedir: str, as_json: bool) -> None:
+    """Say whether a worker runs in BASEDIR and is attached to its master."""
+    cmds.status(basedir, as_json)
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ class Admin(Referenceable):
             "workers": len(workers),
             "connected": sum(1 for w in workers if w["connected"]),
             "kind": "standalone" if self.standalone is not None else "buildbot",
+            "problems": [self.registry.problem] if self.registry.problem else [],
         }
 
     @remote_method

@@ -20,8 +20,9 @@ import dataclasses
 import os
 import re
 
-from buildbot_furl import furls
+from buildbot_furl import furls, logs
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 
 HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
@@ -32,9 +33,11 @@ class MasterConfig:
     paths: MasterPaths
     location: tuple[str, ...]
     port: str
-    keepalive: int = 30
-    disconnect_timeout: int = 90
+    keepalive: int = DEFAULT_KEEPALIVE
+    disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
     reload_interval: float = 1.0
+    log_size: int = logs.DEFAULT_MAX_BYTES
+    log_keep: int = logs.DEFAULT_KEEP
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -83,6 +86,9 @@ def create(basedir: str, location: str, port: str | None) -> MasterConfig:
             "# furl-master settings. location: what workers dial (goes into every FURL);\n"
             "# port: what this master listens on. Changing location needs rotate-worker\n"
             "# for every worker, since their FURLs carry it.\n"
+            "# Optional, with their defaults: keepalive = 30, disconnect_timeout = 90\n"
+            "# (seconds), reload_interval = 1 (how often workers.furls is checked, in\n"
+            "# seconds), log_size = 10M (0: never rotate master.log), log_keep = 5.\n"
         )
         cp.write(f)
     furls.ensure_exists(paths.furls)
@@ -105,14 +111,41 @@ def load(basedir: str) -> MasterConfig:
         sect = cp["master"]
         hints = parse_location(sect.get("location", ""))
         port = check_port(sect.get("port", "") or default_port(hints))
-        keepalive = sect.getint("keepalive", 30)
-        disconnect = sect.getint("disconnect_timeout", 90)
+        keepalive = sect.getint("keepalive", DEFAULT_KEEPALIVE)
+        disconnect = sect.getint("disconnect_timeout", DEFAULT_DISCONNECT_TIMEOUT)
         reload_interval = sect.getfloat("reload_interval", 1.0)
         if not 0.1 <= reload_interval <= 86400:
             raise ValueError("reload_interval must be between 0.1 and 86400 seconds")
-    except (configparser.Error, KeyError, ValueError) as e:
+        log_size = logs.parse_size(sect.get("log_size", str(logs.DEFAULT_MAX_BYTES)))
+        log_keep = sect.getint("log_keep", logs.DEFAULT_KEEP)
+        if not 1 <= log_keep <= 1000:
+            raise ValueError("log_keep must be between 1 and 1000")
+    except (configparser.Error, KeyError, ValueError, ConfigError) as e:
         raise ConfigError(f"{paths.conf}: {e}") from None
-    return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval)
+    return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval, log_size,
+                        log_keep)
+
+
+def is_buildbot_dir(paths: MasterPaths) -> bool:
+    """A Buildbot master's directory (its FURL workers are Buildbot's)."""
+    return any(os.path.exists(os.path.join(paths.basedir, f))
+               for f in ("buildbot.tac", "master.cfg"))
+
+
+def problems(paths: MasterPaths, tubid: str | None) -> list[str]:
+    """What is wrong with a master directory's secret files, in sentences
+    (what ``status`` and ``list-workers`` warn about)."""
+    found = []
+    for path in (paths.private, paths.tub_pem):
+        try:
+            furls.check_private_mode(path)
+        except ConfigError as e:
+            found.append(str(e))
+    try:
+        furls.read(paths.furls, tubid)
+    except ConfigError as e:
+        found.append(str(e))
+    return found
 
 
 def check_private(paths: MasterPaths) -> None:

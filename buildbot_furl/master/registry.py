@@ -84,7 +84,9 @@ class WorkerRegistry:
         self.sessions: dict[str, WorkerSession] = {}
         self.last_seen: dict[str, float] = {}
         self.revoked: dict[str, str] = {}  # sha256(swissnum) -> worker name
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
+        #: why the file as it is now is not applied (None: it is)
+        self.problem: str | None = None
         self._loop: LoopingCall | None = None
         self._attaching: set[str] = set()
 
@@ -118,12 +120,13 @@ class WorkerRegistry:
             log.info("refused attach from {peer}: unknown FURL (wrong secret)", peer=peer)
 
     # -- workers.furls --------------------------------------------------------
-    def _file_stamp(self) -> tuple[int, int, int] | None:
+    def _file_stamp(self) -> tuple[int, ...] | None:
+        """What changes when the file's content or its permissions change."""
         try:
             st = os.stat(self.furls_path)
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mode)
 
     def poll(self) -> None:
         """Reload if workers.furls changed since it was last read."""
@@ -139,9 +142,15 @@ class WorkerRegistry:
             self._stamp = stamp
             if strict:
                 raise
-            log.error("workers.furls not applied, keeping the previous workers: {err}", err=str(e))
+            if str(e) != self.problem:
+                log.error("workers.furls not applied, keeping the previous workers: {err}",
+                          err=str(e))
+            self.problem = str(e)
             return False
         self._stamp = stamp
+        if self.problem is not None:
+            log.info("workers.furls is fine again and applied")
+            self.problem = None
         new = {e.name: e for e in ff.entries}
         for name, entry in list(self.entries.items()):
             if name not in new or new[name].furl.swissnum != entry.furl.swissnum:

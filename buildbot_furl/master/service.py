@@ -77,7 +77,7 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
     pidfile = claim(config.paths.pidfile, ready_fd, "master")
     if pidfile is None:
         return 1
-    start_logging(config.paths.log, to_stderr=to_stderr)
+    logfile = start_logging(config.paths.log, to_stderr, config.log_size, config.log_keep)
     svc = MasterService(config)
     exit_code = [0]
 
@@ -96,7 +96,12 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
         report_ready(ready_fd, True, f"pid {os.getpid()}")
 
     def hup(signum: int, frame: Any) -> None:
-        reactor.callFromThread(svc.reload)
+        def both() -> None:
+            logfile.reopen()
+            log.info("SIGHUP: log reopened, re-reading workers.furls")
+            svc.reload()
+
+        reactor.callFromThread(both)
 
     signal.signal(signal.SIGHUP, hup)
     reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))

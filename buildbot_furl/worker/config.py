@@ -16,12 +16,17 @@ import getpass
 import os
 import socket
 
-from buildbot_furl import furls
+from buildbot_furl import furls, logs
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
 ENV_FURL = "FURL_WORKER_FURL"
+
+
+def furl_id(furl: furls.Furl) -> str:
+    """A short stand-in for a FURL in the state file (a digest, never the secret)."""
+    return furls.secret_digest(furl.swissnum)[:16]
 
 
 def read_furl_file(path: str) -> furls.Furl:
@@ -140,8 +145,11 @@ class WorkerOptions:
     wait: float = 15.0
     keepalive: int = DEFAULT_KEEPALIVE
     disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
+    log_size: int = logs.DEFAULT_MAX_BYTES
+    log_keep: int = logs.DEFAULT_KEEP
 
     def to_argv(self) -> list[str]:
         """The same options as command-line arguments, for a child process."""
         return ["--wait", str(self.wait), "--keepalive", str(self.keepalive),
-                "--disconnect-timeout", str(self.disconnect_timeout)]
+                "--disconnect-timeout", str(self.disconnect_timeout),
+                "--log-size", str(self.log_size), "--log-keep", str(self.log_keep)]

@@ -15,7 +15,8 @@ import sys
 
 from buildbot_furl import daemon
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.worker.config import FurlSource, WorkerOptions, WorkerPaths, clean_environ
+from buildbot_furl.layout import WorkerPaths
+from buildbot_furl.worker.config import FurlSource, WorkerOptions, clean_environ
 
 FURL_FD_OPTION = "--furl-fd"
 
@@ -53,5 +54,4 @@ def run_foreground(paths: WorkerPaths, source: FurlSource, options: WorkerOption
         os.execve(sys.executable, argv, clean_environ())
     from buildbot_furl.worker.service import run_worker
 
-    return run_worker(paths, source.furl, ready_fd, ready_fd is None, options.wait,
-                      options.keepalive, options.disconnect_timeout)
+    return run_worker(paths, source.furl, ready_fd, ready_fd is None, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import (
+    ConfigError,
     DuplicateWorker,
     FurlError,
     IncompatibleProtocol,
@@ -34,7 +36,8 @@ from buildbot_furl.logs import start_logging
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call, encode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
-from buildbot_furl.worker.config import WorkerPaths
+from buildbot_furl.layout import WorkerPaths
+from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
 
 log = Logger()
 
@@ -107,6 +110,7 @@ class WorkerService(service.MultiService):
         self.tub = make_tub(None, keepalive, disconnect_timeout)
         self.tub.setServiceParent(self)
         self.reconnector: _Reconnector | None = None
+        self.login: Any = None  # the master's login object while attached
         self.attach_count = 0
         self._attach_delay = 1.0
         #: called with (ok, message, fatal) after every connection attempt
@@ -114,14 +118,41 @@ class WorkerService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self._start_connecting()
+
+    def _start_connecting(self) -> None:
         self.reconnector = _Reconnector(str(self.furl), self._connected, self._conn_failed)
         self.tub.reconnectors.append(self.reconnector)
         self.reconnector.startConnecting(self.tub)
 
-    def stopService(self) -> Any:
+    def _stop_connecting(self) -> None:
         if self.reconnector is not None:
             self.reconnector.stopConnecting()
+            if self.reconnector in self.tub.reconnectors:
+                self.tub.reconnectors.remove(self.reconnector)
+            self.reconnector = None
+        if self.login is not None:
+            _hang_up(self.login)
+            self.login = None
+
+    def stopService(self) -> Any:
+        self._stop_connecting()
         return super().stopService()
+
+    def switch_furl(self, furl: Furl) -> bool:
+        """Leave the current FURL for ``furl`` (after ``furl-worker set-furl``):
+        hang up, then dial the new one.  False if it is the same FURL."""
+        if str(furl) == str(self.furl):
+            log.info("the FURL in {path} is the one in use; nothing to switch",
+                     path=self.paths.furl)
+            return False
+        log.info("switching to a new FURL (master at {where})", where=",".join(furl.hints))
+        self._stop_connecting()
+        self.furl = furl
+        self._attach_delay = 1.0
+        self._write_state("connecting", None)
+        self._start_connecting()
+        return True
 
     def _outcome(self, ok: bool, message: str, fatal: bool = False) -> None:
         if ok:
@@ -134,7 +165,8 @@ class WorkerService(service.MultiService):
         """Record the connection state for ``furl-worker status`` (no secret
         in it: the master's address, never the FURL)."""
         record = {"state": state, "since": time.time(), "pid": os.getpid(),
-                  "master": ",".join(self.furl.hints), "last_error": error}
+                  "master": ",".join(self.furl.hints), "last_error": error,
+                  "furl_id": furl_id(self.furl)}
         try:
             write_private(self.paths.state, json.dumps(record) + "\n")
         except OSError as e:
@@ -170,6 +202,7 @@ class WorkerService(service.MultiService):
             return
         self._attach_delay = 1.0
         self.attach_count += 1
+        self.login = login
         log.info("attached to the master at {where} (protocol {proto}, master version {mv})",
                  where=",".join(self.furl.hints), proto=reply.get("protocol"),
                  mv=reply.get("master_version"))
@@ -177,6 +210,9 @@ class WorkerService(service.MultiService):
         self._outcome(True, "attached")
 
     def _disconnected(self) -> None:
+        self.login = None
+        if self.reconnector is None:
+            return  # we hung up ourselves (stop, or a new FURL)
         log.info("lost the connection to the master; reconnecting")
         self._write_state("connecting", "lost the connection to the master")
 
@@ -188,64 +224,94 @@ def _hang_up(rref: Any) -> None:
         pass
 
 
+class _Startup:
+    """The first attach of a starting worker: it decides what ``start``
+    reports (attached, or the reason it gave up) within ``wait`` seconds."""
+
+    def __init__(self, ready_fd: int | None, wait: float) -> None:
+        self.ready_fd = ready_fd
+        self.wait = wait
+        self.decided = wait <= 0
+        self.last = "no answer from the master"
+        self.exit_code = 0
+        self.timer: Any = reactor.callLater(wait, self._waited) if wait > 0 else None
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+    def give_up(self, message: str) -> None:
+        self.decided = True
+        log.error("giving up: {msg}", msg=message)
+        report_ready(self.ready_fd, False, message)
+        self.exit_code = 1
+        self._cancel_timer()
+        reactor.stop()
+
+    def event(self, ok: bool, message: str, fatal: bool) -> None:
+        if self.decided:
+            return
+        if ok:
+            self.decided = True
+            self._cancel_timer()
+            report_ready(self.ready_fd, True, f"pid {os.getpid()}, attached")
+        elif fatal:
+            self.give_up(message)
+        else:
+            self.last = message
+
+    def _waited(self) -> None:
+        if not self.decided:
+            self.give_up(f"{self.last} (gave up after {self.wait:.0f} s; use --wait 0 to keep "
+                         "trying)")
+
+    def started(self) -> None:
+        if self.wait <= 0:
+            report_ready(self.ready_fd, True, f"pid {os.getpid()}, connecting")
+
+
+def _switch_to_stored_furl(svc: WorkerService) -> None:
+    """SIGUSR1 (from ``furl-worker set-furl``): use DIR/master.furl now."""
+    try:
+        furl = read_furl_file(svc.paths.furl)
+    except ConfigError as e:
+        log.error("SIGUSR1: not switching FURL: {err}", err=str(e))
+        return
+    svc.switch_furl(furl)
+
+
 def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: bool,
-               wait: float, keepalive: int, disconnect_timeout: int) -> int:
+               options: WorkerOptions) -> int:
     """Run the worker in this process until SIGTERM/SIGINT; the exit code.
 
-    Start-up waits up to ``wait`` seconds for the first attach: a fatal
-    failure (unknown FURL, wrong master) or no attach in that time ends
-    the process with that reason; with ``wait == 0`` it reports ready at
-    once and keeps trying whatever happens.
+    Start-up waits up to ``options.wait`` seconds for the first attach: a
+    fatal failure (unknown FURL, wrong master) or no attach in that time
+    ends the process with that reason; with a wait of 0 it reports ready at
+    once and keeps trying whatever happens.  SIGHUP reopens the log file;
+    SIGUSR1 switches to the FURL in DIR/master.furl.
     """
     pidfile = claim(paths.pidfile, ready_fd, "worker")
     if pidfile is None:
         return 1
-    start_logging(paths.log, to_stderr=to_stderr)
+    logfile = start_logging(paths.log, to_stderr, options.log_size, options.log_keep)
     os.chdir(paths.basedir)
-    svc = WorkerService(paths, furl, keepalive, disconnect_timeout)
-    state = {"decided": wait <= 0, "last": "no answer from the master", "code": 0}
+    svc = WorkerService(paths, furl, options.keepalive, options.disconnect_timeout)
+    startup = _Startup(ready_fd, options.wait)
+    svc.on_event = startup.event
 
-    def give_up(message: str) -> None:
-        state["decided"] = True
-        log.error("giving up: {msg}", msg=message)
-        report_ready(ready_fd, False, message)
-        state["code"] = 1
-        if timer.active():
-            timer.cancel()
-        reactor.stop()
+    def hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(logfile.reopen)
 
-    def event(ok: bool, message: str, fatal: bool) -> None:
-        if state["decided"]:
-            return
-        if ok:
-            state["decided"] = True
-            if timer.active():
-                timer.cancel()
-            report_ready(ready_fd, True, f"pid {os.getpid()}, attached")
-        elif fatal:
-            give_up(message)
-        else:
-            state["last"] = message
+    def usr1(signum: int, frame: Any) -> None:
+        reactor.callFromThread(_switch_to_stored_furl, svc)
 
-    def waited() -> None:
-        if not state["decided"]:
-            give_up(f"{state['last']} (gave up after {wait:.0f} s; use --wait 0 to keep trying)")
+    signal.signal(signal.SIGHUP, hup)
+    signal.signal(signal.SIGUSR1, usr1)
 
     def start() -> None:
         svc.startService()
-        if wait <= 0:
-            report_ready(ready_fd, True, f"pid {os.getpid()}, connecting")
+        startup.started()
 
-    svc.on_event = event
-    timer = reactor.callLater(max(wait, 0), waited) if wait > 0 else _NoTimer()
     reactor.callWhenRunning(start)
     run_reactor(pidfile, svc)
-    return int(state["code"])
-
-
-class _NoTimer:
-    def active(self) -> bool:
-        return False
-
-    def cancel(self) -> None:
-        pass
+    return startup.exit_code

@@ -1,0 +1,164 @@
+"""What each ``furl-worker`` command does, given the parsed command line."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+
+from buildbot_furl import daemon, furls, logs
+from buildbot_furl.cli.common import Failed, note
+from buildbot_furl.cli.exits import Exit
+from buildbot_furl.errors import ConfigError
+from buildbot_furl.layout import WorkerPaths
+from buildbot_furl.worker import config as wconfig
+from buildbot_furl.worker import launch
+
+
+def _paths(basedir: str, must_exist: bool = True) -> WorkerPaths:
+    paths = WorkerPaths(os.path.abspath(basedir))
+    if must_exist and not os.path.isdir(paths.basedir):
+        raise Failed(f"{basedir} does not exist (create it with: furl-worker create-worker "
+                     f"{basedir} --furl-file FILE)")
+    return paths
+
+
+def _pidfile(paths: WorkerPaths) -> daemon.PidFile:
+    return daemon.PidFile(paths.pidfile, "worker")
+
+
+def _state(paths: WorkerPaths) -> dict[str, Any]:
+    try:
+        with open(paths.state, encoding="utf-8") as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return st if isinstance(st, dict) else {}
+
+
+def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
+                  host: str | None) -> None:
+    source = wconfig.resolve_furl(None, furl, furl_file)
+    paths = wconfig.create(basedir, source.furl, admin, host)
+    note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+
+
+def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float) -> None:
+    paths = _paths(basedir)
+    if not (furl or furl_file or os.environ.get(wconfig.ENV_FURL)):
+        raise Failed("give the new FURL with --furl-file FILE (or --furl, or "
+                     f"${wconfig.ENV_FURL})", Exit.USAGE)
+    source = wconfig.resolve_furl(None, furl, furl_file)
+    furls.write_private(paths.furl, f"{source.furl}\n")
+    note(f"stored the new FURL in {paths.furl} (mode 0600)")
+    pid = _pidfile(paths).running_pid()
+    if pid is None:
+        note(f"no worker runs in {paths.basedir}; it will use the new FURL when started "
+             f"(furl-worker start {basedir})")
+        return
+    want = wconfig.furl_id(source.furl)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + wait
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        st = _state(paths)
+        if st.get("pid") == pid and st.get("furl_id") == want and st.get("state") == "attached":
+            note(f"the worker (pid {pid}) switched to the new FURL and is attached to the "
+                 f"master at {st.get('master')}")
+            return
+        time.sleep(0.1)
+    why = st.get("last_error") if st.get("furl_id") == want else None
+    raise Failed(f"the worker (pid {pid}) is not attached with the new FURL after {wait:g} s"
+                 + (f": {why}" if why else "") + f" (see {paths.log})", Exit.NOT_ATTACHED)
+
+
+def _options(options: dict[str, Any]) -> tuple[wconfig.WorkerOptions, dict[str, Any]]:
+    """(WorkerOptions, the FURL and pipe options) from start's keywords."""
+    try:
+        size = logs.parse_size(options.pop("log_size"))
+    except ConfigError as e:
+        raise Failed(f"--log-size: {e}", Exit.USAGE) from None
+    opts = wconfig.WorkerOptions(options.pop("wait"), options.pop("keepalive"),
+                                 options.pop("disconnect_timeout"), size,
+                                 options.pop("log_keep"))
+    return opts, options
+
+
+def start(basedir: str, **kw: Any) -> None:
+    paths = _paths(basedir)
+    options, rest = _options(kw)
+    source = wconfig.resolve_furl(paths, rest["furl"], rest["furl_file"], rest["furl_fd"])
+    _mention_stored_furl(paths, source)
+    if rest["nodaemon"] or rest["ready_fd"] is not None:
+        sys.exit(launch.run_foreground(paths, source, options, rest["ready_fd"]))
+    message = launch.start_background(paths, source, options)
+    note(f"furl-worker started ({message}); log: {paths.log}")
+
+
+def _mention_stored_furl(paths: WorkerPaths, source: wconfig.FurlSource) -> None:
+    """A FURL given to start that is not the stored one: say how to keep it
+    (else the next start without it uses the old one)."""
+    if source.origin in (paths.furl, "its parent process") or not os.path.exists(paths.furl):
+        return
+    try:
+        stored = wconfig.read_furl_file(paths.furl)
+    except ConfigError:
+        return
+    if str(stored) != str(source.furl):
+        note(f"note: {paths.furl} holds another FURL; this start uses the one from "
+             f"{source.origin}. To keep it: furl-worker set-furl {paths.basedir} "
+             "--furl-file FILE")
+
+
+def stop(basedir: str) -> None:
+    paths = _paths(basedir, must_exist=False)
+    pid = daemon.stop(_pidfile(paths))
+    if pid is None:
+        raise Failed(f"no worker is running in {basedir}", Exit.NOT_RUNNING)
+    note(f"furl-worker stopped (pid {pid})")
+
+
+def restart(basedir: str, **kw: Any) -> None:
+    paths = _paths(basedir)
+    options, rest = _options(dict(kw))
+    wconfig.resolve_furl(paths, rest["furl"], rest["furl_file"], None)  # check it first
+    pid = daemon.stop(_pidfile(paths))
+    if pid is not None:
+        note(f"furl-worker stopped (pid {pid})")
+    start(basedir, **kw)
+
+
+def status(basedir: str, as_json: bool) -> None:
+    paths = _paths(basedir, must_exist=False)
+    pid = _pidfile(paths).running_pid()
+    st = _state(paths)
+    mine = pid is not None and st.get("pid") == pid
+    attached = mine and st.get("state") == "attached"
+    since = st.get("since") if mine and isinstance(st.get("since"), (int, float)) else None
+    record = {"running": pid is not None, "pid": pid, "attached": attached,
+              "master": st.get("master") if mine else None, "since": since,
+              "last_error": st.get("last_error") if mine and not attached else None}
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    elif pid is None:
+        click.echo("not running")
+    else:
+        when = datetime.datetime.fromtimestamp(since).strftime("%Y-%m-%d %H:%M:%S") \
+            if since else "?"
+        if attached:
+            click.echo(f"running (pid {pid}): attached to the master at {record['master']} "
+                       f"since {when}")
+        else:
+            why = record["last_error"]
+            click.echo(f"running (pid {pid}): not attached"
+                       + (f" since {when}: {why}" if why else ""))
+    if pid is None:
+        sys.exit(Exit.NOT_RUNNING)
+    if not attached:
+        sys.exit(Exit.NOT_ATTACHED)
