@@ -70,6 +70,7 @@ MASTER_EXPECTED = {
 WORKER_EXPECTED = {
     **COMMON,
     "User": "furl-worker",
+    "ExecReload": "/bin/kill -HUP $MAINPID",
     "WorkingDirectory": "/srv/furl-workers/%i",
     "KillMode": "control-group",
     "UMask": "0022",
