@@ -32,7 +32,7 @@ HEADER = (
     "# workers.furls: one worker per line, NAME FURL [# comment].\n"
     "# Each FURL is a secret: whoever holds it can attach as that worker.\n"
     "# Edit by hand or with furl-master create-worker / revoke-worker / rotate-worker;\n"
-    "# a running master picks up changes within 2 seconds (or at once on SIGHUP).\n"
+    "# a running master applies changes within about a second (at once on SIGHUP).\n"
 )
 
 

@@ -63,9 +63,9 @@ furl-master create-master -d "$MASTER" --location "tcp:127.0.0.1:$PORT" \
 say cp examples/buildbot-master.cfg "$MASTER/master.cfg"
 cp "$HERE/buildbot-master.cfg" "$MASTER/master.cfg"
 
-say 'furl-master create-worker -d '"$MASTER"' demo-worker > furl.txt'
-( umask 077; furl-master create-worker -d "$MASTER" demo-worker --comment "buildbot demo" \
-    > "$DEMO/furl.txt" )
+say 'furl-master create-worker -d '"$MASTER"' demo-worker -o furl.txt'
+furl-master create-worker -d "$MASTER" demo-worker --comment "buildbot demo" \
+    -o "$DEMO/furl.txt"
 echo "FURL: $(sed 's#/[^/]*$#/<secret>#' "$DEMO/furl.txt")"
 
 export BUILDBOT_CHANGE_PORT="$CHANGE_PORT"  # master.cfg's optional PBChangeSource
