@@ -33,6 +33,7 @@ import hashlib
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from buildbot_worker.commands import registry
@@ -125,9 +126,16 @@ class PutCommand(_Transfer):
                                       not 0 <= self.mode <= 0o7777):
             raise ValueError("mode must be a permission number")
 
-    async def _read(self, length: int) -> bytes:
-        self._check_interrupted()
-        return await self.protocol_command.protocol_update_read_file(self.reader, length)
+    async def _receive(self, write: Callable[[bytes], Any]) -> str:
+        """Read everything the master sends, passing it to ``write``; its sha256."""
+        h = hashlib.sha256()
+        while True:
+            self._check_interrupted()
+            data = await self.protocol_command.protocol_update_read_file(self.reader, MAX_CHUNK)
+            if not data:
+                return h.hexdigest()
+            h.update(data)
+            write(data)
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -149,14 +157,7 @@ class PutCommand(_Transfer):
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dest.dir_fd)
         try:
-            h = hashlib.sha256()
-            while True:
-                data = await self._read(MAX_CHUNK)
-                if not data:
-                    break
-                h.update(data)
-                _write_all(fd, data)
-            digest = h.hexdigest()
+            digest = await self._receive(lambda data: _write_all(fd, data))
             if digest != self.sha256:
                 raise CommandFailed(f"checksum mismatch after copying to {self.path!r}; "
                                     "nothing kept")
@@ -185,14 +186,7 @@ class PutCommand(_Transfer):
             raise CommandFailed(f"{self.path!r} already exists; not replacing it with "
                                 "a directory")
         with tempfile.TemporaryFile() as tmp:  # unnamed: nothing to swap
-            h = hashlib.sha256()
-            while True:
-                data = await self._read(MAX_CHUNK)
-                if not data:
-                    break
-                h.update(data)
-                tmp.write(data)
-            if h.hexdigest() != self.sha256:
+            if await self._receive(tmp.write) != self.sha256:
                 raise CommandFailed(f"checksum mismatch in the archive for {self.path!r}; "
                                     "nothing kept")
             tmp.seek(0)
