@@ -154,7 +154,7 @@ def build_tls(cfg: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def build_furl(cfg: dict[str, Any]) -> tuple[Any, Any]:
-    from buildbot_furl.furls import parse_furl
+    from buildbot_furl.furl import parse_furl
     from buildbot_furl.worker.config import WorkerPaths
     from buildbot_furl.worker.service import WorkerService
 

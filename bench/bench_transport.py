@@ -443,7 +443,8 @@ class FurlSide(RpcSide):
     async def setup(self, n: int) -> None:
         from foolscap.util import allocate_tcp_port
 
-        from buildbot_furl import furls
+        from buildbot_furl import furlsfile
+        from buildbot_furl.furl import Furl, new_swissnum
         from buildbot_furl.master.registry import WorkerRegistry
         from buildbot_furl.tubs import make_tub
 
@@ -455,9 +456,9 @@ class FurlSide(RpcSide):
         tubid = self.tub.getTubID()
         path = str(self.tmp / "workers.furls")
         self.furls: dict[str, str] = {}
-        with furls.update(path, tubid) as ff:
+        with furlsfile.update(path, tubid) as ff:
             for i in range(n):
-                furl = furls.Furl(tubid, (f"tcp:127.0.0.1:{port}",), furls.new_swissnum())
+                furl = Furl(tubid, (f"tcp:127.0.0.1:{port}",), new_swissnum())
                 ff.add(f"w{i}", furl)
                 self.furls[f"w{i}"] = str(furl)
         self.registry = WorkerRegistry(self.tub, path, on_attach=self._on_attach,
@@ -716,11 +717,11 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    import OpenSSL
     import buildbot
     import buildbot_worker
     import foolscap
     import msgpack
+    import OpenSSL
     import twisted
 
     return {

@@ -37,7 +37,7 @@ from buildbot.worker import Worker
 from twisted.internet import defer, endpoints, reactor
 from twisted.logger import Logger
 
-from buildbot_furl import furls
+from buildbot_furl import furlsfile
 from buildbot_furl.daemon import PidFile
 from buildbot_furl.errors import (
     ConfigError,
@@ -46,10 +46,12 @@ from buildbot_furl.errors import (
     UnknownWorker,
     WireError,
 )
+from buildbot_furl.furl import Furl, new_swissnum, parse_furl, secret_digest
 from buildbot_furl.master import config as mconfig
 from buildbot_furl.master.admin import Admin
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.session import WorkerSession
+from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import listen, local_furl, make_tub
 
 log = Logger()
@@ -69,9 +71,9 @@ class CannotListen(Exception):
 # -- configuration ---------------------------------------------------------------
 
 
-def _fingerprint(furl: furls.Furl) -> tuple[str, str]:
+def _fingerprint(furl: Furl) -> tuple[str, str]:
     """What a worker object keeps of its FURL: never the secret itself."""
-    return (furl.tubid, furls.secret_digest(furl.swissnum))
+    return (furl.tubid, secret_digest(furl.swissnum))
 
 
 def normalize_port(port: Any) -> str:
@@ -182,12 +184,12 @@ def load_workers(path: str, **worker_kwargs: Any) -> list[FurlWorker]:
     """
     path = os.path.expanduser(path)
     if os.path.isdir(path):
-        path = os.path.join(path, furls.FILENAME)
+        path = os.path.join(path, furlsfile.FILENAME)
     if not os.path.exists(path):
         config_error(f"{path} does not exist (make it with: furl-master create-master -d DIR)")
         return []
     try:
-        ff = furls.read(path)
+        ff = furlsfile.read(path)
     except ConfigError as e:
         config_error(str(e))
         return []
@@ -207,13 +209,13 @@ class FurlWorker(Worker):
     alone (``furl`` only lets the master warn when the two disagree).
     """
 
-    def __init__(self, name: str, furl: str | furls.Furl | None = None, **kwargs: Any) -> None:
+    def __init__(self, name: str, furl: str | Furl | None = None, **kwargs: Any) -> None:
         if kwargs.pop("password", None) is not None:
             config_error(f"FurlWorker {name!r}: takes no password (its FURL is its credential)")
         self.furl_fingerprint: tuple[str, str] | None = None
         if furl is not None:
             try:
-                parsed = furl if isinstance(furl, furls.Furl) else furls.parse_furl(str(furl))
+                parsed = furl if isinstance(furl, Furl) else parse_furl(str(furl))
             except ConfigError as e:
                 config_error(f"FurlWorker {name!r}: {e}")
             else:
@@ -287,7 +289,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         try:
             settings = hub_settings(self.master.basedir, self.master.config.protocols)
             mconfig.check_private(settings.paths)
-            furls.check_private_mode(settings.furls_path)
+            check_private_mode(settings.furls_path)
             tub = make_tub(settings.paths.tub_pem, settings.keepalive,
                            settings.disconnect_timeout)
             registry = WorkerRegistry(tub, settings.furls_path, on_attach=self._on_attach,
@@ -348,8 +350,8 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self.pidfile = pidfile
         self.tub.setLocation(*settings.location)
         admin = Admin(self.registry, settings.location, standalone=False)
-        self.admin_furl = self.tub.registerReference(admin, name=furls.new_swissnum())
-        furls.write_private(settings.paths.admin_furl,
+        self.admin_furl = self.tub.registerReference(admin, name=new_swissnum())
+        write_private(settings.paths.admin_furl,
                             local_furl(self.admin_furl, settings.port) + "\n")
 
     def _unpublish_admin(self) -> None:

@@ -20,7 +20,8 @@ from foolscap.ipb import DeadReferenceError
 from foolscap.schema import ChoiceOf, Nothing
 from foolscap.slicers.unicode import UnicodeConstraint
 from foolscap.tokens import RemoteException, Violation
-from twisted.internet import defer, error as terror
+from twisted.internet import defer
+from twisted.internet import error as terror
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 

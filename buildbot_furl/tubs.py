@@ -13,7 +13,8 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.furls import Furl, check_private_mode, parse_furl, write_private
+from buildbot_furl.furl import Furl, parse_furl
+from buildbot_furl.privatefiles import check_private_mode, write_private
 
 DEFAULT_KEEPALIVE = 30
 DEFAULT_DISCONNECT_TIMEOUT = 90

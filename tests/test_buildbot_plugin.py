@@ -26,10 +26,6 @@ from unittest import mock
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, threads, reactor
-from twisted.logger import globalLogPublisher, textFileLogObserver
-from zope.interface import implementer
-
 from buildbot.config import BuilderConfig
 from buildbot.config.master import MasterConfig
 from buildbot.data import resultspec
@@ -42,6 +38,9 @@ from buildbot.steps.shell import ShellCommand
 from buildbot.steps.transfer import DirectoryUpload, FileDownload, FileUpload
 from buildbot.worker import Worker
 from buildbot_worker.pb import Worker as PBWorkerService
+from twisted.internet import defer, reactor, threads
+from twisted.logger import globalLogPublisher, textFileLogObserver
+from zope.interface import implementer
 
 with warnings.catch_warnings():
     # buildbot.util.ssl star-imports twisted.internet.ssl (Twisted 26.10 deprecation)
@@ -49,9 +48,12 @@ with warnings.catch_warnings():
                             category=DeprecationWarning)
     from buildbot.schedulers.forcesched import ForceScheduler
 
-from buildbot_furl import furls
-from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
 from conftest import Procs, cli, free_port
+
+from buildbot_furl import furlsfile
+from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
+from buildbot_furl.furl import new_swissnum
+from buildbot_furl.privatefiles import write_private
 
 pytestmark = [
     # every in-memory master start runs alembic, which warns about its own config
@@ -175,7 +177,7 @@ class Env:
                    check=True).stdout.strip()
 
     def furl_names(self) -> list[str]:
-        return [e.name for e in furls.read(str(self.furls_path)).entries]
+        return [e.name for e in furlsfile.read(str(self.furls_path)).entries]
 
     def config(self) -> dict[str, Any]:
         fws = load_workers(str(self.basedir)) if self.furls_path.exists() else []
@@ -272,7 +274,7 @@ class Env:
         d = self.tmp / (wdir or f"worker-{name}")
         d.mkdir(exist_ok=True)
         furl_file = d.parent / f"{d.name}.furl"
-        furls.write_private(str(furl_file), furl + "\n")
+        write_private(str(furl_file), furl + "\n")
         out = open(self.tmp / f"{d.name}.out", "wb")  # noqa: SIM115
         p = self.procs.popen(PY, "-m", "buildbot_furl.cli.worker", "start", str(d),
                              "--nodaemon", "--furl-file", str(furl_file), "--wait", str(wait),
@@ -420,7 +422,7 @@ def test_load_workers_and_config_errors(tmp_path: Path) -> None:
 
     p = tmp_path / "workers.furls"
     tubid = "a" * 32
-    furls.write_private(str(p), f"w1 pb://{tubid}@tcp:h:1/{'s' * 20}\n"
+    write_private(str(p), f"w1 pb://{tubid}@tcp:h:1/{'s' * 20}\n"
                                 f"# a comment\nw2 pb://{tubid}@tcp:h:1/{'t' * 20}  # box\n")
     ws = load_workers(str(p), max_builds=2)
     assert [w.name for w in ws] == ["w1", "w2"]
@@ -616,7 +618,7 @@ async def test_reconfig_adds_worker_and_revocation_drops_it(
         await env.wait_connected("fw")
         # the admin hard-edits workers.furls, then runs 'buildbot reconfig'
         tubid = furl.split("//", 1)[1].split("@", 1)[0]
-        furl2 = f"pb://{tubid}@tcp:127.0.0.1:{env.port}/{furls.new_swissnum()}"
+        furl2 = f"pb://{tubid}@tcp:127.0.0.1:{env.port}/{new_swissnum()}"
         with open(env.furls_path, "a", encoding="utf-8") as f:
             f.write(f"fw2 {furl2}  # added by hand\n")
         # a worker the master.cfg does not know yet is refused...
@@ -632,7 +634,7 @@ async def test_reconfig_adds_worker_and_revocation_drops_it(
         # the admin removes fw2's line: its live connection is dropped at once
         lines = [ln for ln in env.furls_path.read_text().splitlines(keepends=True)
                  if not ln.startswith("fw2 ")]
-        furls.write_private(str(env.furls_path), "".join(lines))
+        write_private(str(env.furls_path), "".join(lines))
         t0 = time.monotonic()
         ok = await wait_for(lambda: not env.connected("fw2"), 10)
         assert ok, "revoked worker still connected"
@@ -760,7 +762,7 @@ async def test_furl_never_reaches_builds_logs_or_database(
                 args = ["--furl", given[name]]
             elif way == "--furl-file":
                 ff = env.tmp / f"{name}.furl"
-                furls.write_private(str(ff), given[name] + "\n")
+                write_private(str(ff), given[name] + "\n")
                 args = ["--furl-file", str(ff)]
             elif way == "env":
                 extra_env = {"FURL_WORKER_FURL": given[name]}

@@ -73,7 +73,7 @@ def test_every_documented_command_and_option_exists() -> None:
     assert seen > 40  # the docs do show the commands
 
 
-@pytest.mark.parametrize("path", DOCS + [ROOT / "buildbot_furl" / "furls.py",
+@pytest.mark.parametrize("path", DOCS + [ROOT / "buildbot_furl" / "furlsfile.py",
                                          ROOT / "buildbot_furl" / "cli" / "master.py"],
                          ids=lambda p: p.name)
 def test_one_reload_delay(path: Path) -> None:

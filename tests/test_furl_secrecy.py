@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import Farm, _env, cli
 
 SNOOP = ('env; echo ---; tr "\\0" "\\n" < /proc/$PPID/environ; echo ---; '

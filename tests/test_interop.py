@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Farm, _env, cli, pid_alive
 
 MASTER = [sys.executable, "-m", "buildbot_furl.cli.master"]

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Farm, cli
 
 from buildbot_furl import logs
 from buildbot_furl.errors import ConfigError
-from conftest import Farm, cli
 
 
 def test_rotation_keeps_a_few_files_of_bounded_size(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from buildbot_furl import errors, furls
+from buildbot_furl import errors, furlsfile
+from buildbot_furl.furl import Furl, new_swissnum
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.protocol import (
     MAX_PAYLOAD,
@@ -84,9 +85,9 @@ def _registry(tmp_path: Any) -> tuple[WorkerRegistry, str]:
     tub = make_tub(str(tmp_path / "tub.pem"))
     path = str(tmp_path / "workers.furls")
     tubid = tub.getTubID()
-    swiss = furls.new_swissnum()
-    with furls.update(path, tubid) as ff:
-        ff.add("w1", furls.Furl(tubid, ("tcp:127.0.0.1:9",), swiss))
+    swiss = new_swissnum()
+    with furlsfile.update(path, tubid) as ff:
+        ff.add("w1", Furl(tubid, ("tcp:127.0.0.1:9",), swiss))
     reg = WorkerRegistry(tub, path)
     reg.reload(strict=True)
     return reg, swiss
@@ -106,8 +107,8 @@ async def test_attach_negotiates_and_refuses(tmp_path: Any) -> None:
     with pytest.raises(errors.DuplicateWorker):
         await reg.attach(login, FakeBot(), {"protocols": [1]})
     # rotation: the old login object is dead even for a holder of it
-    with furls.update(reg.furls_path, reg.tubid) as ff:
-        ff.replace_furl("w1", furls.Furl(reg.tubid, ("tcp:127.0.0.1:9",), furls.new_swissnum()))
+    with furlsfile.update(reg.furls_path, reg.tubid) as ff:
+        ff.replace_furl("w1", Furl(reg.tubid, ("tcp:127.0.0.1:9",), new_swissnum()))
     reg.reload()
     assert reg._lookup(swiss) is None
     with pytest.raises(errors.Revoked):
@@ -126,12 +127,12 @@ def test_bad_edit_keeps_the_previous_workers(tmp_path: Any) -> None:
 async def test_oversized_and_malformed_attach_over_the_wire(tmp_path: Any) -> None:
     """A peer holding a valid FURL cannot make the master decode an unbounded
     payload, nor crash it with garbage: it gets an error and the next attach works."""
+    from conftest import free_port
     from foolscap.api import Referenceable
     from zope.interface import implementer
 
     from buildbot_furl.protocol import RIWorkerBot, call
     from buildbot_furl.tubs import listen
-    from conftest import free_port
 
     @implementer(RIWorkerBot)
     class Bot(Referenceable):

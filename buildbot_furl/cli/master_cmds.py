@@ -13,12 +13,14 @@ from typing import Any
 
 import click
 
-from buildbot_furl import daemon, furls
+from buildbot_furl import daemon, furlsfile
 from buildbot_furl.cli.common import Failed, note
 from buildbot_furl.cli.exits import Exit
 from buildbot_furl.client.connect import MasterNotRunning, master_pid, run_with_admin
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.furl import Furl, new_swissnum
 from buildbot_furl.master import config as mconfig
+from buildbot_furl.privatefiles import reserve_private
 from buildbot_furl.protocol import call
 from buildbot_furl.tubs import make_tub, tubid_of
 
@@ -55,7 +57,7 @@ def _reserved(output: str | None) -> Any:
     if output is None:
         yield None
         return
-    fd = furls.reserve_private(output)
+    fd = reserve_private(output)
     try:
         yield fd
     except BaseException:
@@ -66,7 +68,7 @@ def _reserved(output: str | None) -> Any:
     os.close(fd)
 
 
-def _emit(furl: furls.Furl, fd: int | None, output: str | None) -> None:
+def _emit(furl: Furl, fd: int | None, output: str | None) -> None:
     if fd is None:
         click.echo(str(furl))
     else:
@@ -102,11 +104,11 @@ def create_master(cfg: MasterCli, location: str, port: str | None) -> None:
 
 def create_worker(cfg: MasterCli, name: str, comment: str, output: str | None) -> None:
     conf = cfg.config()
-    furls.check_name(name)
+    furlsfile.check_name(name)
     tubid = cfg.tubid()
-    furl = furls.Furl(tubid, conf.location, furls.new_swissnum())
+    furl = Furl(tubid, conf.location, new_swissnum())
     with _reserved(output) as fd:
-        with furls.update(conf.paths.furls, tubid) as ff:
+        with furlsfile.update(conf.paths.furls, tubid) as ff:
             ff.add(name, furl, comment)
         _emit(furl, fd, output)
     note(f"worker {name!r} added to {conf.paths.furls}; give that FURL to its admin "
@@ -115,7 +117,7 @@ def create_worker(cfg: MasterCli, name: str, comment: str, output: str | None) -
 
 def revoke_worker(cfg: MasterCli, name: str) -> None:
     conf = cfg.config()
-    with furls.update(conf.paths.furls, cfg.tubid()) as ff:
+    with furlsfile.update(conf.paths.furls, cfg.tubid()) as ff:
         ff.remove(name)
     note(f"worker {name!r} revoked")
 
@@ -123,9 +125,9 @@ def revoke_worker(cfg: MasterCli, name: str) -> None:
 def rotate_worker(cfg: MasterCli, name: str, output: str | None) -> None:
     conf = cfg.config()
     tubid = cfg.tubid()
-    furl = furls.Furl(tubid, conf.location, furls.new_swissnum())
+    furl = Furl(tubid, conf.location, new_swissnum())
     with _reserved(output) as fd:
-        with furls.update(conf.paths.furls, tubid) as ff:
+        with furlsfile.update(conf.paths.furls, tubid) as ff:
             ff.replace_furl(name, furl)
         _emit(furl, fd, output)
     note(f"worker {name!r} has a new FURL; the old one no longer works. On the worker: "
@@ -179,13 +181,13 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
             running = False
     problems = _problems(conf, running_problems)
     try:
-        entries = furls.read(conf.paths.furls).entries
+        entries = furlsfile.read(conf.paths.furls).entries
     except ConfigError:
         if not running:
             _warn(problems, running)
             raise
         # the running master keeps serving its last good list: show that one
-        entries = [furls.Entry(r["name"], furls.Furl("", (), ""), r.get("comment", ""))
+        entries = [furlsfile.Entry(r["name"], Furl("", (), ""), r.get("comment", ""))
                    for r in live.values()]
         show_furls = False
     out = []
@@ -259,7 +261,7 @@ def start(cfg: MasterCli, nodaemon: bool, ready_fd: int | None) -> None:
     conf = cfg.config()
     _not_buildbot(conf, "start")
     mconfig.check_private(conf.paths)
-    furls.read(conf.paths.furls, cfg.tubid())  # refuse a bad file before going away
+    furlsfile.read(conf.paths.furls, cfg.tubid())  # refuse a bad file before going away
     if nodaemon or ready_fd is not None:
         from buildbot_furl.master.service import run_master
 
@@ -287,7 +289,7 @@ def restart(cfg: MasterCli) -> None:
     conf = cfg.config()
     _not_buildbot(conf, "restart")
     mconfig.check_private(conf.paths)
-    furls.read(conf.paths.furls, cfg.tubid())  # a bad file: keep the running one running
+    furlsfile.read(conf.paths.furls, cfg.tubid())  # a bad file: keep the running one running
     pid = daemon.stop(daemon.PidFile(conf.paths.pidfile, "master"))
     if pid is not None:
         note(f"furl-master stopped (pid {pid})")

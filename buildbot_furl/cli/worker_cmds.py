@@ -12,11 +12,12 @@ from typing import Any
 
 import click
 
-from buildbot_furl import daemon, furls, logs
+from buildbot_furl import daemon, logs
 from buildbot_furl.cli.common import Failed, note
 from buildbot_furl.cli.exits import Exit
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import WorkerPaths
+from buildbot_furl.privatefiles import write_private
 from buildbot_furl.worker import config as wconfig
 from buildbot_furl.worker import launch
 
@@ -55,7 +56,7 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
         raise Failed("give the new FURL with --furl-file FILE (or --furl, or "
                      f"${wconfig.ENV_FURL})", Exit.USAGE)
     source = wconfig.resolve_furl(None, furl, furl_file)
-    furls.write_private(paths.furl, f"{source.furl}\n")
+    write_private(paths.furl, f"{source.furl}\n")
     note(f"stored the new FURL in {paths.furl} (mode 0600)")
     pid = _pidfile(paths).running_pid()
     if pid is None:

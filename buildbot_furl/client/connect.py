@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 from twisted.internet import defer
 from twisted.internet.task import react
 
-from buildbot_furl import furls
 from buildbot_furl.daemon import PidFile
 from buildbot_furl.errors import ConfigError, FurlError
 from buildbot_furl.layout import MasterPaths
+from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import make_tub
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ def admin_furl(paths: MasterPaths) -> str:
     if PidFile(paths.pidfile).running_pid() is None:
         raise MasterNotRunning(f"the master in {paths.basedir} is not running "
                                "(start it with: furl-master start)")
-    furls.check_private_mode(paths.admin_furl)
+    check_private_mode(paths.admin_furl)
     try:
         with open(paths.admin_furl, encoding="utf-8") as f:
             return f.read().strip()

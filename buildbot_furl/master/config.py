@@ -20,10 +20,11 @@ import dataclasses
 import os
 import re
 
-from buildbot_furl import furls, logs
+from buildbot_furl import furlsfile, logs
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 from buildbot_furl.layout import CONF_NAME, MasterPaths
+from buildbot_furl.privatefiles import check_private_mode
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
 HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
 
@@ -91,7 +92,7 @@ def create(basedir: str, location: str, port: str | None) -> MasterConfig:
             "# seconds), log_size = 10M (0: never rotate master.log), log_keep = 5.\n"
         )
         cp.write(f)
-    furls.ensure_exists(paths.furls)
+    furlsfile.ensure_exists(paths.furls)
     return MasterConfig(paths, hints, port)
 
 
@@ -138,11 +139,11 @@ def problems(paths: MasterPaths, tubid: str | None) -> list[str]:
     found = []
     for path in (paths.private, paths.tub_pem):
         try:
-            furls.check_private_mode(path)
+            check_private_mode(path)
         except ConfigError as e:
             found.append(str(e))
     try:
-        furls.read(paths.furls, tubid)
+        furlsfile.read(paths.furls, tubid)
     except ConfigError as e:
         found.append(str(e))
     return found
@@ -150,6 +151,6 @@ def problems(paths: MasterPaths, tubid: str | None) -> list[str]:
 
 def check_private(paths: MasterPaths) -> None:
     """Refuse to run when secrets are readable by group or others."""
-    furls.check_private_mode(paths.private)
-    furls.check_private_mode(paths.tub_pem)
-    furls.check_private_mode(paths.furls)
+    check_private_mode(paths.private)
+    check_private_mode(paths.tub_pem)
+    check_private_mode(paths.furls)

@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from buildbot_furl import __version__, furls
+from buildbot_furl import __version__, furlsfile
 from buildbot_furl.errors import (
     ConfigError,
     DuplicateWorker,
@@ -30,6 +30,7 @@ from buildbot_furl.errors import (
     Revoked,
     WireError,
 )
+from buildbot_furl.furl import secret_digest
 from buildbot_furl.master.session import WorkerSession, peer_of
 from buildbot_furl.protocol import (
     PROTOCOL_VERSIONS,
@@ -80,7 +81,7 @@ class WorkerRegistry:
         self.reload_interval = reload_interval
         self.logins: dict[str, WorkerLogin] = {}  # swissnum -> login
         self.by_name: dict[str, WorkerLogin] = {}
-        self.entries: dict[str, furls.Entry] = {}
+        self.entries: dict[str, furlsfile.Entry] = {}
         self.sessions: dict[str, WorkerSession] = {}
         self.last_seen: dict[str, float] = {}
         self.revoked: dict[str, str] = {}  # sha256(swissnum) -> worker name
@@ -112,7 +113,7 @@ class WorkerRegistry:
 
     def refused(self, name: str, peer: str) -> None:
         """Log a lookup of a name we do not serve (never the name itself)."""
-        who = self.revoked.get(furls.secret_digest(name))
+        who = self.revoked.get(secret_digest(name))
         if who:
             log.info("refused attach from {peer} with the revoked or rotated FURL of "
                      "worker {name}", peer=peer, name=who)
@@ -137,7 +138,7 @@ class WorkerRegistry:
         """Re-read workers.furls and apply it; a bad file keeps the old state."""
         stamp = self._file_stamp()
         try:
-            ff = furls.read(self.furls_path, self.tubid)
+            ff = furlsfile.read(self.furls_path, self.tubid)
         except ConfigError as e:
             self._stamp = stamp
             if strict:
@@ -170,7 +171,7 @@ class WorkerRegistry:
         entry = self.entries.pop(name)
         self.logins.pop(entry.furl.swissnum, None)
         self.by_name.pop(name, None)
-        self.revoked[furls.secret_digest(entry.furl.swissnum)] = name
+        self.revoked[secret_digest(entry.furl.swissnum)] = name
         log.info("worker {name} {why}: its old FURL no longer works", name=name, why=why)
         session = self.sessions.get(name)
         if session is not None:

@@ -15,11 +15,12 @@ from twisted.logger import Logger
 from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.furls import new_swissnum, write_private
+from buildbot_furl.furl import new_swissnum
 from buildbot_furl.logs import start_logging
 from buildbot_furl.master.admin import Admin
 from buildbot_furl.master.config import MasterConfig, check_private
 from buildbot_furl.master.registry import WorkerRegistry
+from buildbot_furl.privatefiles import write_private
 from buildbot_furl.tubs import listen, local_furl, make_tub
 
 log = Logger()

@@ -21,7 +21,7 @@ import tempfile
 from typing import Any
 
 from buildbot_furl import tree
-from buildbot_furl.errors import BadRequest, PathRefused
+from buildbot_furl.errors import BadRequest
 
 
 def _default_mode() -> int:

@@ -16,22 +16,24 @@ import getpass
 import os
 import socket
 
-from buildbot_furl import furls, logs
+from buildbot_furl import logs
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.furl import Furl, parse_furl, secret_digest
 from buildbot_furl.layout import WorkerPaths
+from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
 ENV_FURL = "FURL_WORKER_FURL"
 
 
-def furl_id(furl: furls.Furl) -> str:
+def furl_id(furl: Furl) -> str:
     """A short stand-in for a FURL in the state file (a digest, never the secret)."""
-    return furls.secret_digest(furl.swissnum)[:16]
+    return secret_digest(furl.swissnum)[:16]
 
 
-def read_furl_file(path: str) -> furls.Furl:
+def read_furl_file(path: str) -> Furl:
     """Read a FURL from a file that must not be readable by group or others."""
-    furls.check_private_mode(path)
+    check_private_mode(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read().strip()
@@ -40,7 +42,7 @@ def read_furl_file(path: str) -> furls.Furl:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        return furls.parse_furl(text)
+        return parse_furl(text)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -51,12 +53,12 @@ class FurlSource:
     line, the environment) must not stay in a long-running worker's argv
     or environment: every command it runs would inherit them."""
 
-    furl: furls.Furl
+    furl: Furl
     origin: str
     transient: bool = False
 
 
-def read_furl_fd(fd: int) -> furls.Furl:
+def read_furl_fd(fd: int) -> Furl:
     """Read the FURL a parent process wrote into pipe ``fd``, then close it."""
     chunks = []
     try:
@@ -73,7 +75,7 @@ def read_furl_fd(fd: int) -> furls.Furl:
         with contextlib.suppress(OSError):
             os.close(fd)
     try:
-        return furls.parse_furl(b"".join(chunks).decode("utf-8", "replace"))
+        return parse_furl(b"".join(chunks).decode("utf-8", "replace"))
     except ConfigError as e:
         raise ConfigError(f"--furl-fd: {e}") from None
 
@@ -91,7 +93,7 @@ def resolve_furl(paths: WorkerPaths | None, furl: str | None, furl_file: str | N
         raise ConfigError("give --furl or --furl-file, not both")
     if furl:
         try:
-            return FurlSource(furls.parse_furl(furl), "--furl", transient=True)
+            return FurlSource(parse_furl(furl), "--furl", transient=True)
         except ConfigError as e:
             raise ConfigError(f"--furl: {e}") from None
     if furl_file:
@@ -100,7 +102,7 @@ def resolve_furl(paths: WorkerPaths | None, furl: str | None, furl_file: str | N
         return FurlSource(read_furl_fd(furl_fd), "its parent process")
     if env:
         try:
-            return FurlSource(furls.parse_furl(env), f"${ENV_FURL}", transient=True)
+            return FurlSource(parse_furl(env), f"${ENV_FURL}", transient=True)
         except ConfigError as e:
             raise ConfigError(f"${ENV_FURL}: {e}") from None
     if paths is not None and os.path.exists(paths.furl):
@@ -118,14 +120,14 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != ENV_FURL}
 
 
-def create(basedir: str, furl: furls.Furl, admin: str | None, host: str | None) -> WorkerPaths:
+def create(basedir: str, furl: Furl, admin: str | None, host: str | None) -> WorkerPaths:
     """Make a worker directory holding the FURL and info files."""
     paths = WorkerPaths(os.path.abspath(basedir))
     if os.path.exists(paths.furl):
         raise ConfigError(f"{paths.furl} already exists: {basedir} is already a worker")
     os.makedirs(paths.basedir, exist_ok=True)
     os.makedirs(paths.info, exist_ok=True)
-    furls.write_private(paths.furl, f"{furl}\n")
+    write_private(paths.furl, f"{furl}\n")
     defaults = {
         "admin": admin or f"{getpass.getuser()} <{getpass.getuser()}@{socket.gethostname()}>",
         "host": host or socket.gethostname(),

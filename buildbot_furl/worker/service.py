@@ -17,9 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from foolscap.reconnector import Reconnector
-from foolscap.tokens import BananaError, NegotiationError, RemoteException, RemoteNegotiationError
+from foolscap.tokens import (
+    BananaError,
+    NegotiationError,
+    RemoteException,
+    RemoteNegotiationError,
+)
 from twisted.application import service
-from twisted.internet import defer, error as terror, reactor
+from twisted.internet import defer, reactor
+from twisted.internet import error as terror
 from twisted.logger import Logger
 
 from buildbot_furl import __version__
@@ -31,12 +37,13 @@ from buildbot_furl.errors import (
     IncompatibleProtocol,
     Revoked,
 )
-from buildbot_furl.furls import Furl, write_private
+from buildbot_furl.furl import Furl
+from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.logs import start_logging
+from buildbot_furl.privatefiles import write_private
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call, encode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
-from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
 
 log = Logger()

@@ -9,73 +9,26 @@ the swissnum in it is a secret.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import os
 import re
-import secrets
-import stat
 from collections.abc import Iterator
 
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.furl import Furl, parse_furl
+from buildbot_furl.layout import FURLS_NAME
+from buildbot_furl.privatefiles import check_private_mode, write_private
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-TUBID_RE = re.compile(r"^[a-z2-7]{32}$")
-SWISSNUM_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-HINT_RE = re.compile(r"^[^\s,/@]+$")
-FURL_RE = re.compile(r"^pb://([^@/\s]+)@([^/\s]*)/([^/\s]+)$")
-FILENAME = "workers.furls"
+FILENAME = FURLS_NAME
 HEADER = (
     "# workers.furls: one worker per line, NAME FURL [# comment].\n"
     "# Each FURL is a secret: whoever holds it can attach as that worker.\n"
     "# Edit by hand or with furl-master create-worker / revoke-worker / rotate-worker;\n"
     "# a running master applies changes within about a second (at once on SIGHUP).\n"
 )
-
-
-def new_swissnum() -> str:
-    """An unguessable 160-bit swissnum, base32 like foolscap's own."""
-    return base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower().rstrip("=")
-
-
-def secret_digest(swissnum: str) -> str:
-    """A stand-in for a swissnum that may be kept and compared (never the secret)."""
-    return hashlib.sha256(swissnum.encode()).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class Furl:
-    """A parsed ``pb://TUBID@HINTS/SWISSNUM``; ``str()`` gives it back."""
-
-    tubid: str
-    hints: tuple[str, ...]
-    swissnum: str
-
-    def __str__(self) -> str:
-        return f"pb://{self.tubid}@{','.join(self.hints)}/{self.swissnum}"
-
-    def __repr__(self) -> str:  # never show the swissnum by accident
-        return f"Furl(tubid={self.tubid!r}, hints={self.hints!r}, swissnum=<secret>)"
-
-
-def parse_furl(text: str) -> Furl:
-    """Parse a FURL; raise ConfigError with a message that omits the secret."""
-    text = text.strip()
-    m = FURL_RE.match(text)
-    if not m:
-        raise ConfigError("malformed FURL (expected pb://TUBID@HOST:PORT/SWISSNUM)")
-    tubid, hints, swissnum = m.groups()
-    if not TUBID_RE.match(tubid):
-        raise ConfigError("malformed FURL: the TUBID is not 32 base32 characters")
-    hint_list = tuple(h for h in hints.split(",")) if hints else ()
-    if not hint_list or any(not HINT_RE.match(h) for h in hint_list):
-        raise ConfigError("malformed FURL: it has no usable connection hint (HOST:PORT)")
-    if not SWISSNUM_RE.match(swissnum):
-        raise ConfigError("malformed FURL: the secret part after the last '/' is not valid")
-    return Furl(tubid, hint_list, swissnum)
 
 
 def check_name(name: str) -> str:
@@ -121,9 +74,6 @@ class FurlsFile:
             if e.name == name:
                 return e
         return None
-
-    def by_name(self) -> dict[str, Entry]:
-        return {e.name: e for e in self.entries}
 
     def render(self) -> str:
         return "".join(x.render() if isinstance(x, Entry) else x for x in self.lines)
@@ -213,23 +163,6 @@ def parse(text: str, path: str = FILENAME, tubid: str | None = None) -> FurlsFil
     return FurlsFile(path, lines)
 
 
-# -- file access -------------------------------------------------------------
-
-
-def check_private_mode(path: str, what: str = "file") -> None:
-    """Refuse a secret-holding file or directory that group or others can read."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if st.st_mode & 0o077:
-        want = "700" if stat.S_ISDIR(st.st_mode) else "600"
-        raise ConfigError(
-            f"{path} holds secrets but is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with: chmod {want} {path}"
-        )
-
-
 def read(path: str, tubid: str | None = None) -> FurlsFile:
     """Read and parse ``path``; a missing file reads as empty."""
     check_private_mode(path)
@@ -243,40 +176,6 @@ def read(path: str, tubid: str | None = None) -> FurlsFile:
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     return parse(text, path, tubid)
-
-
-def write_private(path: str, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 (temp, fsync, rename)."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def reserve_private(path: str) -> int:
-    """Create ``path`` empty, 0600, failing if it exists; an open descriptor
-    to write the secret into (so a secret is never written over a file
-    someone else may have made readable)."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"{path} already exists; not overwriting it") from None
 
 
 @contextlib.contextmanager

@@ -8,23 +8,25 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from buildbot_furl import furls
+from buildbot_furl import furlsfile
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.furl import new_swissnum, parse_furl
 
 TUBID = "a" * 32
 OTHER = "b" * 32
 
 
 def furl(swiss: str | None = None, tubid: str = TUBID) -> str:
-    return f"pb://{tubid}@tcp:127.0.0.1:9990/{swiss or furls.new_swissnum()}"
+    return f"pb://{tubid}@tcp:127.0.0.1:9990/{swiss or new_swissnum()}"
 
 
 def test_parse_keeps_comments_blank_lines_and_order() -> None:
     a, b = furl(), furl()
     text = f"# header\n\nw1 {a}  # first one\n   # indented comment\nw2 {b}\n"
-    ff = furls.parse(text, "x.furls", TUBID)
+    ff = furlsfile.parse(text, "x.furls", TUBID)
     assert [e.name for e in ff.entries] == ["w1", "w2"]
     assert ff.get("w1").comment == "first one"
     assert str(ff.get("w2").furl) == b
@@ -42,34 +44,34 @@ def test_parse_keeps_comments_blank_lines_and_order() -> None:
 ])
 def test_errors_name_file_and_line(line: str, needle: str) -> None:
     with pytest.raises(ConfigError) as ei:
-        furls.parse(f"# c\n{line}\n", "workers.furls", TUBID)
+        furlsfile.parse(f"# c\n{line}\n", "workers.furls", TUBID)
     msg = str(ei.value)
     assert msg.startswith("workers.furls:2: ")
     assert needle in msg
 
 
 def test_errors_never_echo_the_secret() -> None:
-    secret = furls.new_swissnum()
+    secret = new_swissnum()
     for bad in (f"w1 pb://{OTHER}@tcp:h:1/{secret}", f"w1 pb://xx@tcp:h:1/{secret}",
                 f"w!1 pb://{TUBID}@tcp:h:1/{secret}"):
         with pytest.raises(ConfigError) as ei:
-            furls.parse(bad + "\n", "f", TUBID)
+            furlsfile.parse(bad + "\n", "f", TUBID)
         assert secret not in str(ei.value)
 
 
 def test_duplicate_name_and_duplicate_furl_refused() -> None:
     a = furl()
     with pytest.raises(ConfigError, match="duplicate worker name 'w1' .first on line 1"):
-        furls.parse(f"w1 {a}\nw1 {furl()}\n", "f")
+        furlsfile.parse(f"w1 {a}\nw1 {furl()}\n", "f")
     with pytest.raises(ConfigError, match="same FURL as line 1"):
-        furls.parse(f"w1 {a}\nw2 {a}\n", "f")
+        furlsfile.parse(f"w1 {a}\nw2 {a}\n", "f")
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.text())
 def test_any_text_parses_or_fails_cleanly(text: str) -> None:
     try:
-        ff = furls.parse(text, "f")
+        ff = furlsfile.parse(text, "f")
     except ConfigError as e:
         assert str(e).startswith("f:")
         return
@@ -78,27 +80,27 @@ def test_any_text_parses_or_fails_cleanly(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.from_regex(furls.NAME_RE, fullmatch=True),
+@given(st.lists(st.tuples(st.from_regex(furlsfile.NAME_RE, fullmatch=True),
                           st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]),
                                   max_size=30)),
                 max_size=8, unique_by=lambda t: t[0]))
 def test_added_entries_round_trip(rows: list[tuple[str, str]]) -> None:
-    ff = furls.FurlsFile("f", [])
+    ff = furlsfile.FurlsFile("f", [])
     for name, comment in rows:
-        ff.add(name, furls.parse_furl(furl()), comment.replace("#", ""))
-    again = furls.parse(ff.render(), "f", TUBID)
+        ff.add(name, parse_furl(furl()), comment.replace("#", ""))
+    again = furlsfile.parse(ff.render(), "f", TUBID)
     assert [(e.name, str(e.furl)) for e in again.entries] == [
         (e.name, str(e.furl)) for e in ff.entries]
 
 
 def test_update_writes_0600_atomically_and_keeps_hand_edits(tmp_path) -> None:
     p = str(tmp_path / "workers.furls")
-    furls.ensure_exists(p)
+    furlsfile.ensure_exists(p)
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
     with open(p, "a") as f:
         f.write("# hand-written note\n")
-    with furls.update(p, TUBID) as ff:
-        ff.add("w1", furls.parse_furl(furl()), "x")
+    with furlsfile.update(p, TUBID) as ff:
+        ff.add("w1", parse_furl(furl()), "x")
     text = Path(p).read_text()
     assert "# hand-written note\n" in text and text.index("hand-written") < text.index("w1 ")
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
@@ -107,12 +109,12 @@ def test_update_writes_0600_atomically_and_keeps_hand_edits(tmp_path) -> None:
 
 def test_failed_update_writes_nothing(tmp_path) -> None:
     p = str(tmp_path / "workers.furls")
-    furls.ensure_exists(p)
+    furlsfile.ensure_exists(p)
     before = Path(p).read_text()
     with pytest.raises(ConfigError):
-        with furls.update(p, TUBID) as ff:
-            ff.add("w1", furls.parse_furl(furl()))
-            ff.add("w1", furls.parse_furl(furl()))
+        with furlsfile.update(p, TUBID) as ff:
+            ff.add("w1", parse_furl(furl()))
+            ff.add("w1", parse_furl(furl()))
     assert Path(p).read_text() == before
 
 
@@ -121,18 +123,18 @@ def test_group_readable_file_is_refused(tmp_path) -> None:
     p.write_text("")
     os.chmod(p, 0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        furls.read(str(p))
+        furlsfile.read(str(p))
 
 
 def _adder(path: str, prefix: str, n: int) -> None:
     for i in range(n):
-        with furls.update(path, TUBID) as ff:
-            ff.add(f"{prefix}{i}", furls.parse_furl(furl()))
+        with furlsfile.update(path, TUBID) as ff:
+            ff.add(f"{prefix}{i}", parse_furl(furl()))
 
 
 def test_concurrent_writers_lose_nothing(tmp_path) -> None:
     p = str(tmp_path / "workers.furls")
-    furls.ensure_exists(p)
+    furlsfile.ensure_exists(p)
     ctx = multiprocessing.get_context("fork")
     workers = [ctx.Process(target=_adder, args=(p, f"p{k}-", 25)) for k in range(4)]
     for w in workers:
@@ -140,5 +142,5 @@ def test_concurrent_writers_lose_nothing(tmp_path) -> None:
     for w in workers:
         w.join(60)
         assert w.exitcode == 0
-    names = {e.name for e in furls.read(p, TUBID).entries}
+    names = {e.name for e in furlsfile.read(p, TUBID).entries}
     assert names == {f"p{k}-{i}" for k in range(4) for i in range(25)}
