@@ -42,6 +42,10 @@ class Furl:
     def __str__(self) -> str:
         return f"pb://{self.tubid}@{','.join(self.hints)}/{self.swissnum}"
 
+    def fingerprint(self) -> tuple[str, str]:
+        """(TUBID, digest of the secret): what may be kept and compared."""
+        return (self.tubid, secret_digest(self.swissnum))
+
     def __repr__(self) -> str:  # never show the swissnum by accident
         return f"Furl(tubid={self.tubid!r}, hints={self.hints!r}, swissnum=<secret>)"
 

@@ -19,7 +19,12 @@ from buildbot_furl.protocol import (
     remote_method,
     unwrap,
 )
+from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.tubs import make_tub
+
+
+def _info(protocols: list[int]) -> AttachInfo:
+    return AttachInfo(tuple(protocols), "test", {})
 
 
 class Thing:
@@ -99,20 +104,20 @@ async def test_attach_negotiates_and_refuses(tmp_path: Any) -> None:
     login = reg._lookup(swiss)
     assert login is not None and reg._lookup("x" * 32) is None
     with pytest.raises(errors.IncompatibleProtocol):
-        await reg.attach(login, FakeBot(), {"protocols": [99]})
-    reply = await reg.attach(login, FakeBot(), {"protocols": [0, *PROTOCOL_VERSIONS]})
+        await reg.attach(login, FakeBot(), _info([99]))
+    reply = await reg.attach(login, FakeBot(), _info([0, *PROTOCOL_VERSIONS]))
     assert reply["protocol"] == max(PROTOCOL_VERSIONS) and len(reply["session"]) == 32
     assert reg.sessions["w1"].peer == "127.0.0.1:4242"
     # the first connection still answers pings: a second one is refused
     with pytest.raises(errors.DuplicateWorker):
-        await reg.attach(login, FakeBot(), {"protocols": [1]})
+        await reg.attach(login, FakeBot(), _info([1]))
     # rotation: the old login object is dead even for a holder of it
     with furlsfile.update(reg.furls_path, reg.tubid) as ff:
         ff.replace_furl("w1", Furl(reg.tubid, ("tcp:127.0.0.1:9",), new_swissnum()))
     reg.reload()
     assert reg._lookup(swiss) is None
     with pytest.raises(errors.Revoked):
-        await reg.attach(login, FakeBot(), {"protocols": [1]})
+        await reg.attach(login, FakeBot(), _info([1]))
 
 
 def test_bad_edit_keeps_the_previous_workers(tmp_path: Any) -> None:

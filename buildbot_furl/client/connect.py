@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.task import react
@@ -12,6 +12,7 @@ from twisted.internet.task import react
 from buildbot_furl.daemon import PidFile
 from buildbot_furl.errors import ConfigError, FurlError
 from buildbot_furl.layout import MasterPaths
+from buildbot_furl.protocol import RIAdmin
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import make_tub
 
@@ -58,32 +59,55 @@ async def connect(paths: MasterPaths, timeout: float = 10.0) -> tuple[Any, Any]:
     return tub, ref
 
 
-def run_with_admin(paths: MasterPaths, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``fn(admin_ref)`` under a reactor; return its result or raise."""
-    box: dict[str, Any] = {}
+class NotAvailable(FurlError):
+    """The running master does not offer this (a Buildbot master: no run/put/get)."""
 
-    async def main(reactor: Any) -> None:
-        tub, ref = await connect(paths)
+
+def require_standalone(admin: Any) -> None:
+    """A Buildbot master publishes status only: its builders own the workers."""
+    tracker = getattr(admin, "tracker", None)
+    if getattr(tracker, "interfaceName", None) != RIAdmin.__remote_name__:
+        raise NotAvailable("run, put and get are not available on a Buildbot master: its "
+                           "builders own the workers (use a build instead)")
+
+
+class _AdminCall(Generic[T]):
+    """One call of ``fn(admin_ref)`` under its own reactor run."""
+
+    def __init__(self, paths: MasterPaths, fn: Callable[[Any], Awaitable[T]]) -> None:
+        self.paths = paths
+        self.fn = fn
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    async def _main(self) -> None:
+        tub, ref = await connect(self.paths)
         try:
-            box["result"] = await fn(ref)
+            self.result = await self.fn(ref)
         except BaseException as e:  # handed back to the synchronous caller
-            box["error"] = e
+            self.error = e
         finally:
             await tub.stopService()
 
-    def entry(reactor: Any) -> defer.Deferred[None]:
-        d = defer.Deferred.fromCoroutine(main(reactor))
-        d.addErrback(lambda f: box.setdefault("error", f.value))
+    def _entry(self, reactor: Any) -> defer.Deferred[None]:
+        d = defer.Deferred.fromCoroutine(self._main())
+        d.addErrback(lambda f: setattr(self, "error", self.error or f.value))
         return d
 
-    try:
-        react(entry)
-    except SystemExit as e:
-        if e.code not in (0, None) and "error" not in box:
-            raise
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    def run(self) -> T:
+        try:
+            react(self._entry)
+        except SystemExit as e:
+            if e.code not in (0, None) and self.error is None:
+                raise
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+
+def run_with_admin(paths: MasterPaths, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(admin_ref)`` under a reactor; return its result or raise."""
+    return _AdminCall(paths, fn).run()
 
 
 def master_pid(paths: MasterPaths) -> int | None:

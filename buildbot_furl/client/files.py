@@ -20,18 +20,12 @@ from foolscap.api import Referenceable
 from zope.interface import implementer
 
 from buildbot_furl import tree
-from buildbot_furl.client.connect import run_with_admin
+from buildbot_furl.client.connect import require_standalone, run_with_admin
 from buildbot_furl.client.progress import Progress
 from buildbot_furl.errors import BadRequest, FurlError
 from buildbot_furl.layout import MasterPaths
-from buildbot_furl.protocol import (
-    MAX_CHUNK,
-    RIFileReader,
-    RIFileWriter,
-    call,
-    encode,
-    remote_method,
-)
+from buildbot_furl.protocol import MAX_CHUNK, RIFileReader, RIFileWriter, call, remote_method
+from buildbot_furl.protocol.messages import FileInfo, GetRequest, PutRequest
 
 
 class TransferFailed(FurlError):
@@ -103,23 +97,22 @@ class LocalSink(Referenceable):
     def remote_close(self) -> None:
         self.finished = True
 
-    def commit(self, result: dict[str, Any]) -> None:
+    def commit(self, info: FileInfo) -> None:
         """Give the verified result its final name, or raise TransferFailed."""
         if self.fp is None:
             raise TransferFailed("the transfer was cancelled")
         if not self.finished:
             raise TransferFailed("the transfer did not finish")
-        if self.sha.hexdigest() != result.get("sha256"):
+        if self.sha.hexdigest() != info.sha256:
             raise TransferFailed("checksum mismatch; nothing was kept "
                                  "(did the file change during the copy?)")
         self.fp.flush()
         os.fsync(self.fp.fileno())
-        if result.get("kind") == "dir":
-            self._commit_tree(result.get("manifest"))
+        if info.kind == "dir":
+            self._commit_tree(info.manifest)
             return
-        mode = result.get("mode")
-        if isinstance(mode, int):
-            os.chmod(self.tmp_path, mode & 0o7777)
+        if info.mode is not None:
+            os.chmod(self.tmp_path, info.mode & 0o7777)
         self.fp.close()
         self.fp = None
         os.replace(self.tmp_path, self.dest)
@@ -191,11 +184,11 @@ class PutOperation:
         fp.seek(start)
         bar = Progress(f"put {os.path.basename(self.local.rstrip('/'))}", size, self.progress)
         source = LocalSource(fp, bar)
-        request = {"remote": self.remote, "sha256": digest, "kind": kind,
-                   "manifest": manifest, "mode": mode}
+        request = PutRequest(self.remote, kind, digest, manifest, mode)
 
         async def go(admin: Any) -> dict[str, Any]:
-            return await call(admin, "put", self.worker, encode(request), source)
+            require_standalone(admin)
+            return await call(admin, "put", self.worker, request.to_wire(), source)
 
         try:
             result = run_with_admin(self.paths, go)
@@ -226,17 +219,19 @@ class GetOperation:
         bar = Progress(f"get {os.path.basename(self.remote.rstrip('/'))}", None, self.progress)
         sink = LocalSink(self.local, bar)
 
-        async def go(admin: Any) -> dict[str, Any]:
-            return await call(admin, "get", self.worker, encode({"remote": self.remote}),
-                              sink)
+        async def go(admin: Any) -> FileInfo:
+            require_standalone(admin)
+            answer = await call(admin, "get", self.worker, GetRequest(self.remote).to_wire(),
+                                sink)
+            return FileInfo.from_wire(answer)
 
         try:
-            result = run_with_admin(self.paths, go)
-            sink.commit(result)
+            info = run_with_admin(self.paths, go)
+            sink.commit(info)
         finally:
             bar.finish()
             sink.cancel()
-        return {"local": self.local, **result}
+        return {"local": self.local, **info.to_wire()}
 
 
 def _sha256_file(fp: IO[bytes]) -> str:

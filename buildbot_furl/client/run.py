@@ -12,10 +12,10 @@ from foolscap.api import Referenceable
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
-from buildbot_furl.client.connect import run_with_admin
-from buildbot_furl.errors import BadRequest
+from buildbot_furl.client.connect import require_standalone, run_with_admin
 from buildbot_furl.layout import MasterPaths
-from buildbot_furl.protocol import RIOutput, call, decode, encode, remote_method
+from buildbot_furl.protocol import RIOutput, call, remote_method
+from buildbot_furl.protocol.messages import RunAnswer, RunRequest, decode_output
 
 INTERRUPTED = 130
 
@@ -30,13 +30,7 @@ class OutputSink(Referenceable):
 
     @remote_method
     def remote_output(self, batch: bytes) -> None:
-        items = decode(batch)
-        if not isinstance(items, list):
-            raise BadRequest("output wants a list")
-        for item in items:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)):
-                continue
-            key, text = item
+        for key, text in decode_output(batch):
             if key == "header":
                 if self.verbose:
                     self.streams["stderr"].write(text.encode("utf-8", "replace"))
@@ -58,8 +52,8 @@ class RunOperation:
                  env: dict[str, str], timeout: float | None, verbose: bool = False) -> None:
         self.paths = paths
         self.worker = worker
-        self.request = {"argv": argv, "workdir": workdir, "env": env, "timeout": timeout,
-                        "run_id": f"cli-{secrets.token_hex(8)}"}
+        self.request = RunRequest(argv, f"cli-{secrets.token_hex(8)}", workdir or ".", env,
+                                  timeout)
         self.timeout = timeout
         self.sink = OutputSink(sys.stdout.buffer, sys.stderr.buffer, verbose)
         self.interrupts = 0
@@ -75,13 +69,15 @@ class RunOperation:
             os._exit(INTERRUPTED)
 
     def _interrupt(self) -> None:
-        d = defer.Deferred.fromCoroutine(call(self.admin, "interrupt", self.request["run_id"]))
+        d = defer.Deferred.fromCoroutine(call(self.admin, "interrupt", self.request.run_id))
         d.addErrback(lambda f: None)
 
-    async def _go(self, admin: Any) -> dict[str, Any]:
+    async def _go(self, admin: Any) -> RunAnswer:
+        require_standalone(admin)
         self.admin = admin
         signal.signal(signal.SIGINT, self._on_sigint)
-        return await call(admin, "run", self.worker, encode(self.request), self.sink)
+        answer = await call(admin, "run", self.worker, self.request.to_wire(), self.sink)
+        return RunAnswer.from_wire(answer)
 
     def run(self) -> tuple[int, str | None]:
         """Run it; (exit code, a message for stderr or None)."""
@@ -89,10 +85,8 @@ class RunOperation:
         if self.interrupts:
             return INTERRUPTED, "interrupted"
         message = None
-        if result.get("failure_reason") in ("timeout", "timeout_without_output"):
+        if result.failure_reason in ("timeout", "timeout_without_output"):
             message = f"the command timed out after {self.timeout:g} s and was killed"
-        if result.get("signal"):
-            sig = int(result["signal"])
-            return 128 + sig, message or f"killed by signal {sig}"
-        rc = result.get("rc")
-        return (rc if isinstance(rc, int) and 0 <= rc < 256 else 1), message
+        if result.signal:
+            return 128 + result.signal, message or f"killed by signal {result.signal}"
+        return (result.rc if 0 <= result.rc < 256 else 1), message

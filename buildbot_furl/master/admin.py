@@ -1,7 +1,13 @@
 """The admin capability: what the CLI may ask of a running master.
 
 Published at ``private/admin.furl`` (0600) with a fresh swissnum at every
-start; holding that file is the permission, there is no password.
+start; holding that file is the permission, there is no password.  Each
+kind of master publishes the object that fits it:
+
+* :class:`AdminStatus` (``RIAdminStatus``): status and the worker list.
+  A Buildbot master publishes this only: its builders own the workers.
+* :class:`StandaloneAdmin` (``RIAdmin``): the same, plus run, interrupt,
+  put and get, carried out by :class:`~buildbot_furl.master.standalone.Standalone`.
 """
 
 from __future__ import annotations
@@ -14,34 +20,21 @@ from foolscap.api import Referenceable
 from zope.interface import implementer
 
 from buildbot_furl import __version__
-from buildbot_furl.errors import BadRequest
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.standalone import Standalone
-from buildbot_furl.protocol import RIAdmin, decode, remote_method
+from buildbot_furl.protocol import RIAdmin, RIAdminStatus, remote_method
+from buildbot_furl.protocol.messages import GetRequest, PutRequest, RunRequest
 
 
-def _request(raw: bytes) -> dict[str, Any]:
-    req = decode(raw)
-    if not isinstance(req, dict):
-        raise BadRequest("the request must be a map")
-    return req
+class _Status(Referenceable):
+    """What both admin objects answer: status and the worker list."""
 
+    kind = ""
 
-@implementer(RIAdmin)
-class Admin(Referenceable):
-    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...],
-                 standalone: bool = True) -> None:
+    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...]) -> None:
         self.registry = registry
         self.location = location
         self.started = time.time()
-        # under Buildbot the builders own the workers: no run/put/get there
-        self.standalone = Standalone(registry) if standalone else None
-
-    def _standalone(self) -> Standalone:
-        if self.standalone is None:
-            raise BadRequest("run, put and get are not available on a Buildbot master: "
-                             "its builders own the workers (use a build instead)")
-        return self.standalone
 
     @remote_method
     def remote_status(self) -> dict[str, Any]:
@@ -53,7 +46,7 @@ class Admin(Referenceable):
             "location": ",".join(self.location),
             "workers": len(workers),
             "connected": sum(1 for w in workers if w["connected"]),
-            "kind": "standalone" if self.standalone is not None else "buildbot",
+            "kind": self.kind,
             "problems": [self.registry.problem] if self.registry.problem else [],
         }
 
@@ -61,18 +54,35 @@ class Admin(Referenceable):
     def remote_listWorkers(self) -> list[dict[str, Any]]:
         return self.registry.describe()
 
+
+@implementer(RIAdminStatus)
+class AdminStatus(_Status):
+    kind = "buildbot"
+
+
+@implementer(RIAdmin)
+class StandaloneAdmin(_Status):
+    kind = "standalone"
+
+    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...],
+                 standalone: Standalone) -> None:
+        super().__init__(registry, location)
+        self.standalone = standalone
+
     @remote_method
     async def remote_run(self, worker: str, request: bytes, out: Any) -> dict[str, Any]:
-        return await self._standalone().run(worker, _request(request), out)
+        answer = await self.standalone.run(worker, RunRequest.from_wire(request), out)
+        return answer.to_wire()
 
     @remote_method
     def remote_interrupt(self, run_id: str) -> bool:
-        return self._standalone().interrupt(run_id)
+        return self.standalone.interrupt(run_id)
 
     @remote_method
     async def remote_put(self, worker: str, request: bytes, source: Any) -> dict[str, Any]:
-        return await self._standalone().put(worker, _request(request), source)
+        return await self.standalone.put(worker, PutRequest.from_wire(request), source)
 
     @remote_method
     async def remote_get(self, worker: str, request: bytes, sink: Any) -> dict[str, Any]:
-        return await self._standalone().get(worker, _request(request), sink)
+        info = await self.standalone.get(worker, GetRequest.from_wire(request), sink)
+        return info.to_wire()

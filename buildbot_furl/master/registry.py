@@ -32,13 +32,8 @@ from buildbot_furl.errors import (
 )
 from buildbot_furl.furl import secret_digest
 from buildbot_furl.master.session import WorkerSession, peer_of
-from buildbot_furl.protocol import (
-    PROTOCOL_VERSIONS,
-    RIWorkerLogin,
-    call,
-    decode,
-    remote_method,
-)
+from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
+from buildbot_furl.protocol.messages import AttachInfo
 
 log = Logger()
 
@@ -59,7 +54,7 @@ class WorkerLogin(Referenceable):
 
     @remote_method
     async def remote_attach(self, bot: Any, info: bytes) -> dict[str, Any]:
-        return await self.registry.attach(self, bot, decode(info))
+        return await self.registry.attach(self, bot, AttachInfo.from_wire(info))
 
 
 class WorkerRegistry:
@@ -178,16 +173,14 @@ class WorkerRegistry:
             session.drop(f"FURL {why}")
 
     # -- attach ---------------------------------------------------------------
-    async def attach(self, login: WorkerLogin, bot: Any, info: Any) -> dict[str, Any]:
+    async def attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         name = login.name
         peer = peer_of(bot)
         if self.by_name.get(name) is not login:
             log.info("refused attach of worker {name} from {peer}: FURL revoked", name=name,
                      peer=peer)
             raise Revoked(f"the FURL of worker {name!r} has been revoked or rotated")
-        if not isinstance(info, dict):
-            info = {}
-        theirs = info.get("protocols") or []
+        theirs = list(info.protocols)
         common = [v for v in PROTOCOL_VERSIONS if v in theirs]
         if not common:
             log.info("refused attach of worker {name} from {peer}: no common protocol "
@@ -209,7 +202,7 @@ class WorkerRegistry:
             session.add_disconnect_callback(lambda: self._detached(session))
             log.info("worker {name} attached from {peer} (worker version {version}, "
                      "protocol {proto})", name=name, peer=peer,
-                     version=str(info.get("version", "?"))[:40], proto=session.protocol)
+                     version=info.version, proto=session.protocol)
             if self.on_attach is not None:
                 try:
                     await defer.maybeDeferred(self.on_attach, session)
@@ -278,7 +271,6 @@ class WorkerRegistry:
                     "peer": s.peer if s else None,
                     "connected_since": s.connected_at if s else None,
                     "last_seen": time.time() if s else self.last_seen.get(name),
-                    "worker_version": (s.info.get("version") if s else None),
                     "host": _info_line(s.worker_info.get("host")) if s else None,
                     "admin": _info_line(s.worker_info.get("admin")) if s else None,
                 }

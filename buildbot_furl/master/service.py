@@ -1,76 +1,78 @@
-"""The standalone furl-master daemon: Tub, worker registry, admin FURL."""
+"""The standalone ``furl-master`` daemon: a master host plus what only it has.
+
+On top of :class:`~buildbot_furl.master.host.MasterHost`: the pid file, the
+daemon's log and signals (SIGHUP: reopen the log and re-read
+workers.furls), and the admin object that can run commands and move files
+(:class:`~buildbot_furl.master.admin.StandaloneAdmin`).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, reactor
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.furl import new_swissnum
 from buildbot_furl.logs import start_logging
-from buildbot_furl.master.admin import Admin
-from buildbot_furl.master.config import MasterConfig, check_private
-from buildbot_furl.master.registry import WorkerRegistry
-from buildbot_furl.privatefiles import write_private
-from buildbot_furl.tubs import listen, local_furl, make_tub
+from buildbot_furl.master.admin import StandaloneAdmin
+from buildbot_furl.master.config import MasterConfig
+from buildbot_furl.master.host import CannotListen, HostSettings, MasterHost
+from buildbot_furl.master.standalone import Standalone
 
 log = Logger()
 
 
 class MasterService(service.MultiService):
-    """Listens on the configured port and serves every FURL in workers.furls."""
+    """A standalone master: serves every FURL in workers.furls, and the CLI."""
 
     def __init__(self, config: MasterConfig) -> None:
         super().__init__()
         self.config = config
-        self.tub: Any = None
-        self.registry: WorkerRegistry | None = None
-        self.admin: Admin | None = None
-        #: fires once the port listens, or fails (port in use, no permission)
-        self.listening: defer.Deferred[Any] | None = None
+        self.host = MasterHost(HostSettings.from_config(config))
+        self.host.setServiceParent(self)
 
-    def startService(self) -> None:
-        paths = self.config.paths
-        check_private(paths)
-        self.tub = make_tub(paths.tub_pem, self.config.keepalive, self.config.disconnect_timeout)
-        self.tub.setServiceParent(self)
-        super().startService()
-        _, self.listening = listen(self.tub, self.config.port)
-        self.tub.setLocation(*self.config.location)
-        self.registry = WorkerRegistry(self.tub, paths.furls,
-                                       reload_interval=self.config.reload_interval)
-        self.registry.start()
-        self.admin = self.make_admin()
-        admin_furl = self.tub.registerReference(self.admin, name=new_swissnum())
-        admin_furl = local_furl(admin_furl, self.config.port)
-        write_private(paths.admin_furl, admin_furl + "\n")
+    async def start(self) -> None:
+        """Start, listen and publish the admin FURL; ConfigError or
+        CannotListen if that cannot be done."""
+        self.startService()
+        await self.host.listen()
+        registry = self.host.registry
+        assert registry is not None
+        self.host.publish_admin(StandaloneAdmin(registry, self.config.location,
+                                                Standalone(registry)))
         log.info("furl-master {version} serving {n} worker(s) on {port}, location {loc}",
-                 version=__version__, n=len(self.registry.entries), port=self.config.port,
+                 version=__version__, n=len(registry.entries), port=self.config.port,
                  loc=",".join(self.config.location))
 
-    def make_admin(self) -> Admin:
-        assert self.registry is not None
-        return Admin(self.registry, self.config.location)
-
-    def stopService(self) -> defer.Deferred[None]:
-        with contextlib.suppress(OSError):
-            os.unlink(self.config.paths.admin_furl)
-        if self.registry is not None:
-            self.registry.stop()
-        return defer.maybeDeferred(super().stopService)
-
     def reload(self) -> None:
-        if self.registry is not None:
-            self.registry.reload()
+        if self.host.registry is not None:
+            self.host.registry.reload()
+
+
+class _Startup:
+    """Start-up of the daemon: report the verdict through the readiness pipe."""
+
+    def __init__(self, svc: MasterService, ready_fd: int | None) -> None:
+        self.svc = svc
+        self.ready_fd = ready_fd
+        self.exit_code = 0
+
+    async def run(self) -> None:
+        try:
+            await self.svc.start()
+        except (ConfigError, CannotListen) as e:
+            log.error("cannot start: {msg}", msg=str(e))
+            report_ready(self.ready_fd, False, str(e))
+            self.exit_code = 1
+            reactor.stop()
+            return
+        report_ready(self.ready_fd, True, f"pid {os.getpid()}")
 
 
 def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> int:
@@ -80,31 +82,17 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
         return 1
     logfile = start_logging(config.paths.log, to_stderr, config.log_size, config.log_keep)
     svc = MasterService(config)
-    exit_code = [0]
+    startup = _Startup(svc, ready_fd)
 
-    async def start() -> None:
-        try:
-            svc.startService()
-            await svc.listening
-        except (ConfigError, CannotListenError) as e:
-            msg = str(e) if isinstance(e, ConfigError) else (
-                f"cannot listen on {config.port}: {e.socketError}")
-            log.error("cannot start: {msg}", msg=msg)
-            report_ready(ready_fd, False, msg)
-            exit_code[0] = 1
-            reactor.stop()
-            return
-        report_ready(ready_fd, True, f"pid {os.getpid()}")
+    def on_hup() -> None:
+        logfile.reopen()
+        log.info("SIGHUP: log reopened, re-reading workers.furls")
+        svc.reload()
 
     def hup(signum: int, frame: Any) -> None:
-        def both() -> None:
-            logfile.reopen()
-            log.info("SIGHUP: log reopened, re-reading workers.furls")
-            svc.reload()
-
-        reactor.callFromThread(both)
+        reactor.callFromThread(on_hup)
 
     signal.signal(signal.SIGHUP, hup)
-    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(startup.run()))
     run_reactor(pidfile, svc)
-    return exit_code[0]
+    return startup.exit_code

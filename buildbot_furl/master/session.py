@@ -9,6 +9,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from buildbot_furl.protocol.messages import AttachInfo
+
 log = Logger()
 
 
@@ -26,7 +28,7 @@ class WorkerSession:
     """A worker's attachment.  ``drop()`` severs the TCP connection itself:
     foolscap keeps a held reference working until its connection goes."""
 
-    def __init__(self, name: str, bot: Any, info: dict[str, Any], protocol: int,
+    def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int,
                  peer: str) -> None:
         self.name = name
         self.bot = bot
@@ -42,8 +44,9 @@ class WorkerSession:
 
     @property
     def worker_info(self) -> dict[str, Any]:
-        wi = self.info.get("worker_info")
-        return wi if isinstance(wi, dict) else {}
+        """What the worker said of itself (buildbot-worker's getWorkerInfo
+        less its environment)."""
+        return self.info.worker_info
 
     def add_disconnect_callback(self, cb: Callable[[], None]) -> Callable[[], None]:
         self._callbacks.append(cb)

@@ -21,14 +21,12 @@ import itertools
 import os
 import posixpath
 import re
-import secrets
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from buildbot_furl.errors import (
-    WIRE_ERRORS,
     BadRequest,
     CommandFailed,
     CommandNotExecutable,
@@ -42,9 +40,18 @@ from buildbot_furl.errors import (
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.session import WorkerSession
-from buildbot_furl.protocol import GET_COMMAND as GET
-from buildbot_furl.protocol import PUT_COMMAND as PUT
-from buildbot_furl.protocol import call, encode
+from buildbot_furl.protocol import GET_COMMAND, PUT_COMMAND, call, encode
+from buildbot_furl.protocol.messages import (
+    TRANSFER_ERROR,
+    TRANSFER_RESULT,
+    FileInfo,
+    GetRequest,
+    PutRequest,
+    RunAnswer,
+    RunRequest,
+    encode_output,
+    raise_transfer_error,
+)
 
 log = Logger()
 
@@ -53,7 +60,6 @@ BLOCKSIZE = 1024 * 1024
 SIGNAL_RE = re.compile(r"process killed by signal (\d+)")
 START_FAILED = "error in RunProcess._startCommand ("
 
-DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def confine(path: str) -> str:
@@ -158,7 +164,7 @@ class _Collector:
                     self.updates[key] = value
         if batch and self.out is not None:
             try:
-                await call(self.out, "output", encode(batch))
+                await call(self.out, "output", encode_output(batch))
             except Exception:
                 pass  # the CLI went away; the disconnect handler interrupts us
         return 0
@@ -236,35 +242,20 @@ class Standalone:
         return collector
 
     # -- run ------------------------------------------------------------------
-    async def run(self, worker: str, request: dict[str, Any], out: Any) -> dict[str, Any]:
-        argv = request.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise BadRequest("run wants a non-empty argument list")
-        env = request.get("env") or {}
-        if not isinstance(env, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise BadRequest("env must map names to strings")
-        timeout = request.get("timeout")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise BadRequest("timeout must be a positive number of seconds")
-        workdir = request.get("workdir") or "."
-        if not isinstance(workdir, str):
-            raise BadRequest("workdir must be a string")
-        run_id = request.get("run_id") or f"run-{secrets.token_hex(6)}"
-        if not isinstance(run_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id) \
-                or run_id in self._runs:
-            raise BadRequest("invalid or duplicate run id")
-        args = _shell_args(argv, workdir, env, timeout)
+    async def run(self, worker: str, request: RunRequest, out: Any) -> RunAnswer:
+        if request.run_id in self._runs:
+            raise BadRequest("duplicate run id")
+        args = _shell_args(request.argv, request.workdir, request.env, request.timeout)
         log.info("run on worker {worker}: {n} argument(s) (run {run})", worker=worker,
-                 n=len(argv), run=run_id)
+                 n=len(request.argv), run=request.run_id)
         if out is not None:
-            out.notifyOnDisconnect(lambda: self.interrupt(run_id, "the admin CLI went away"))
-        collector = await self._command(worker, "shell", args, out, run_id)
+            out.notifyOnDisconnect(
+                lambda: self.interrupt(request.run_id, "the admin CLI went away"))
+        collector = await self._command(worker, "shell", args, out, request.run_id)
         if collector.start_error is not None:
-            raise start_error(argv[0], worker, collector.start_error)
+            raise start_error(request.argv[0], worker, collector.start_error)
         rc = collector.rc if isinstance(collector.rc, int) else -1
-        return {"rc": rc, "signal": collector.signal,
-                "failure_reason": collector.failure_reason}
+        return RunAnswer(rc, collector.signal, collector.failure_reason)
 
     def interrupt(self, run_id: str, why: str = "interrupted by the admin") -> bool:
         found = self._runs.get(run_id)
@@ -279,43 +270,33 @@ class Standalone:
     async def _transfer(self, worker: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run one of the worker's confined transfer commands; its answer."""
         collector = await self._command(worker, command, args)
-        err = collector.updates.get("furl_error")
-        if isinstance(err, dict):
-            cls = WIRE_ERRORS.get(str(err.get("class")), CommandFailed)
-            raise cls(f"worker {worker!r}: {err.get('message', 'failed')}")
-        result = collector.updates.get("furl")
+        raise_transfer_error(collector.updates.get(TRANSFER_ERROR), worker)
+        result = collector.updates.get(TRANSFER_RESULT)
         if collector.rc != 0 or not isinstance(result, dict):
             raise CommandFailed(f"{command} on worker {worker!r} failed (rc {collector.rc})")
         return result
 
-    async def put(self, worker: str, request: dict[str, Any], source: Any) -> dict[str, Any]:
+    async def put(self, worker: str, request: PutRequest, source: Any) -> dict[str, Any]:
         """Copy the CLI's file, or tarred directory, (read through ``source``)
         to the worker; it lands under its final name only once verified there."""
-        final = confine(request.get("remote", ""))
-        kind = request.get("kind", "file")
-        expect = request.get("sha256")
-        if kind not in ("file", "dir") or not isinstance(expect, str) \
-                or not DIGEST_RE.fullmatch(expect):
-            raise BadRequest("put wants kind 'file' or 'dir' and the sha256 of what is sent")
-        tree = request.get("manifest")
-        if kind == "dir" and not (isinstance(tree, str) and DIGEST_RE.fullmatch(tree)):
-            raise BadRequest("a directory put wants the tree's manifest digest")
-        mode = request.get("mode") if kind == "file" else None
-        args = {"path": final, "reader": _Relay(source), "kind": kind, "sha256": expect,
-                "manifest": tree, "mode": mode}
-        result = await self._transfer(worker, PUT, args)
-        return {"sha256": expect, "manifest": result.get("manifest"), "remote": final,
-                "kind": kind}
+        final = confine(request.remote)
+        args = {"path": final, "reader": _Relay(source), "kind": request.kind,
+                "sha256": request.sha256, "manifest": request.manifest, "mode": request.mode}
+        result = await self._transfer(worker, PUT_COMMAND, args)
+        return {"sha256": request.sha256, "manifest": result.get("manifest"), "remote": final,
+                "kind": request.kind}
 
-    async def get(self, worker: str, request: dict[str, Any], sink: Any) -> dict[str, Any]:
+    async def get(self, worker: str, request: GetRequest, sink: Any) -> FileInfo:
         """Copy a worker's file, or directory as a tar stream, to the CLI
         (written through ``sink``); the answer carries the worker's digests."""
-        remote = confine(request.get("remote", ""))
-        result = await self._transfer(worker, GET, {"path": remote, "writer": _Relay(sink)})
-        info = {k: result.get(k) for k in ("kind", "size", "mode", "sha256", "manifest")}
-        if info["kind"] not in ("file", "dir") or not isinstance(info["sha256"], str):
-            raise CommandFailed(f"worker {worker!r} sent an incomplete answer for {remote!r}")
-        return info
+        remote = confine(request.remote)
+        result = await self._transfer(worker, GET_COMMAND,
+                                      {"path": remote, "writer": _Relay(sink)})
+        try:
+            return FileInfo.from_wire(result)
+        except BadRequest:
+            raise CommandFailed(f"worker {worker!r} sent an incomplete answer for "
+                                f"{remote!r}") from None
 
 
 class _Relay:

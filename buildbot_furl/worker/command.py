@@ -25,6 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from buildbot_furl.protocol import MAX_CHUNK, call, encode
+from buildbot_furl.protocol.messages import (
+    encode_failure,
+    encode_updates,
+    items_size,
+    update_items,
+)
 
 log = Logger()
 
@@ -32,32 +38,6 @@ BATCH_BYTES = 256 * 1024
 UPDATE_WINDOW = 4 * 1024 * 1024
 CHUNK = MAX_CHUNK
 FILE_WINDOW = 4
-
-
-def update_items(message: list[tuple[str, Any]]) -> list[list[Any]]:
-    """BufferManager messages -> ``[key, value]`` pairs as Buildbot sees them."""
-    items: list[list[Any]] = []
-    for key, value in message:
-        if key in ("stdout", "stderr", "header"):
-            items.append([key, value[0]])
-        elif key == "log":
-            logname, data = value
-            items.append([key, [logname, data[0]]])
-        else:
-            items.append([key, value])
-    return items
-
-
-def _size(items: list[list[Any]]) -> int:
-    n = 0
-    for _key, value in items:
-        if isinstance(value, str):
-            n += len(value)
-        elif isinstance(value, list) and value and isinstance(value[-1], str):
-            n += len(value[-1])
-        else:
-            n += 64
-    return n + 16
 
 
 class UpdateSender:
@@ -79,7 +59,7 @@ class UpdateSender:
 
     def add(self, items: list[list[Any]]) -> None:
         for item in items:
-            size = _size([item])
+            size = items_size([item])
             if self.pending and self.pending_bytes + size > BATCH_BYTES:
                 self.flush()
             self.pending.append(item)
@@ -104,7 +84,8 @@ class UpdateSender:
         if self.unacked_bytes > UPDATE_WINDOW and not self.paused:
             self.paused = True
             self.pause()
-        d = defer.Deferred.fromCoroutine(call(self.status, "update", seq, encode(batch)))
+        d = defer.Deferred.fromCoroutine(
+            call(self.status, "update", seq, encode_updates(batch)))
         d.addCallbacks(self._acked, self._failed, callbackArgs=(seq,))
 
     def _acked(self, highest: Any, seq: int) -> None:
@@ -296,7 +277,7 @@ class FurlProtocolCommand(ProtocolCommandPb):
             kind = getattr(failure.type, "__name__", str(failure.type))
             text = f"{kind}: {failure.getErrorMessage()}"
         yield defer.Deferred.fromCoroutine(
-            call(self.command_ref, "complete", sender.seq + 1, encode(text))
+            call(self.command_ref, "complete", sender.seq + 1, encode_failure(text))
         )
 
     # -- uploads --------------------------------------------------------------

@@ -41,7 +41,8 @@ from buildbot_furl.furl import Furl
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
-from buildbot_furl.protocol import PROTOCOL_VERSIONS, call, encode
+from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
+from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
@@ -188,13 +189,9 @@ class WorkerService(service.MultiService):
         defer.Deferred.fromCoroutine(self._attach(login))
 
     async def _attach(self, login: Any) -> None:
-        info = {
-            "protocols": list(PROTOCOL_VERSIONS),
-            "version": __version__,
-            "worker_info": self.bot.attach_info(),
-        }
+        info = AttachInfo(PROTOCOL_VERSIONS, __version__, self.bot.attach_info())
         try:
-            reply = await call(login, "attach", self.bot, encode(info))
+            reply = await call(login, "attach", self.bot, info.to_wire())
         except Exception as e:
             reason = str(e) if isinstance(e, FurlError) else f"attach failed: {e}"
             fatal = isinstance(e, FATAL)

@@ -44,6 +44,7 @@ from buildbot_furl import tree
 from buildbot_furl.confine import Resolved, Root
 from buildbot_furl.errors import BadRequest, CommandFailed, PathRefused, WireError
 from buildbot_furl.protocol import GET_COMMAND, MAX_CHUNK, PUT_COMMAND
+from buildbot_furl.protocol.messages import TRANSFER_ERROR, TRANSFER_RESULT, transfer_error
 
 #: the worker's own files in its directory: never written by a put
 PRIVATE_NAMES = ("master.furl", "furl-worker.pid", "furl-worker.state", "furl-worker.conf",
@@ -76,19 +77,19 @@ class _Transfer(Command):
 
     def _fail(self, e: Exception) -> None:
         if isinstance(e, WireError):
-            cls, msg = type(e).__name__, str(e)
+            error = e
         elif isinstance(e, FileNotFoundError):
-            cls, msg = "CommandFailed", f"{self.path!r} does not exist"
+            error = CommandFailed(f"{self.path!r} does not exist")
         elif isinstance(e, NotADirectoryError):
-            cls, msg = "CommandFailed", f"{self.path!r}: a part of it is not a directory"
+            error = CommandFailed(f"{self.path!r}: a part of it is not a directory")
         elif isinstance(e, IsADirectoryError):
-            cls, msg = "CommandFailed", f"{self.path!r} is a directory"
+            error = CommandFailed(f"{self.path!r} is a directory")
         elif isinstance(e, OSError):
-            cls, msg = "CommandFailed", f"{self.path!r}: {e.strerror or e}"
+            error = CommandFailed(f"{self.path!r}: {e.strerror or e}")
         else:
-            cls, msg = "CommandFailed", f"{type(e).__name__}: {e}"
+            error = CommandFailed(f"{type(e).__name__}: {e}")
         self.rc = 1
-        self.sendStatus([("furl_error", {"class": cls, "message": msg}), ("rc", 1)])
+        self.sendStatus([(TRANSFER_ERROR, transfer_error(error)), ("rc", 1)])
 
     def _check_interrupted(self) -> None:
         if self.interrupted:
@@ -104,7 +105,7 @@ class _Transfer(Command):
         except Exception as e:  # noqa: BLE001 - every failure is reported to the master
             self._fail(e)
             return
-        self.sendStatus([("furl", result), ("rc", 0)])
+        self.sendStatus([(TRANSFER_RESULT, result), ("rc", 0)])
 
     async def run(self) -> dict[str, Any]:
         raise NotImplementedError

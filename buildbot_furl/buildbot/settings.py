@@ -1,0 +1,100 @@
+"""``c['protocols']['furl']`` in master.cfg, and ``furl-master.conf`` beside it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from buildbot.config.errors import error as config_error
+from twisted.internet import endpoints, reactor
+
+from buildbot_furl.errors import ConfigError
+from buildbot_furl.layout import CONF_NAME, MasterPaths
+from buildbot_furl.master import config as mconfig
+from buildbot_furl.master.host import HostSettings
+
+PROTOCOL_KEY = "furl"
+PROTOCOL_OPTIONS = frozenset({"port", "location", "furls"})
+
+
+def normalize_port(port: Any) -> str:
+    """``c['protocols']['furl']['port']`` (int or endpoint string) -> endpoint."""
+    if isinstance(port, bool) or port is None:
+        raise ConfigError("c['protocols']['furl'] needs a 'port' (e.g. 9990 or 'tcp:9990')")
+    if isinstance(port, int):
+        if not 0 < port < 65536:
+            raise ConfigError(f"c['protocols']['furl']['port']: {port} is not a TCP port")
+        return f"tcp:{port}"
+    if isinstance(port, str) and port.strip():
+        port = port.strip()
+        if port.isdigit():
+            return normalize_port(int(port))
+        try:
+            endpoints.serverFromString(reactor, port)  # parse only: nothing listens yet
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(
+                f"c['protocols']['furl']['port']: {port!r} is not a Twisted endpoint ({e})"
+            ) from None
+        return port
+    raise ConfigError(
+        f"c['protocols']['furl']['port'] must be an int or an endpoint string, not {port!r}"
+    )
+
+
+def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
+    """Read ``c['protocols']['furl']`` and ``BASEDIR/furl-master.conf``.
+
+    Raises ConfigError with a sentence for the admin.
+    """
+    opts = protocols.get(PROTOCOL_KEY)
+    if not isinstance(opts, dict):
+        raise ConfigError(
+            "FurlWorker needs c['protocols']['furl'] = {'port': PORT} in master.cfg"
+        )
+    unknown = sorted(set(opts) - PROTOCOL_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"c['protocols']['furl']: unknown option(s) {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(PROTOCOL_OPTIONS))})"
+        )
+    port = normalize_port(opts.get("port"))
+    paths = MasterPaths(os.path.abspath(basedir))
+    conf: mconfig.MasterConfig | None = None
+    if os.path.exists(paths.conf):
+        conf = mconfig.load(paths.basedir)
+    if opts.get("location"):
+        if not isinstance(opts["location"], str):
+            raise ConfigError("c['protocols']['furl']['location'] must be a string")
+        location = mconfig.parse_location(opts["location"])
+    elif conf is not None:
+        location = conf.location
+    else:
+        raise ConfigError(
+            f"{paths.basedir} has no {CONF_NAME}: run "
+            f"'furl-master create-master -d {paths.basedir} --location tcp:HOST:PORT' "
+            "there first (it makes the master's key and workers.furls)"
+        )
+    furls_path = opts.get("furls") or paths.furls
+    if not isinstance(furls_path, str):
+        raise ConfigError("c['protocols']['furl']['furls'] must be a path")
+    furls_path = os.path.join(paths.basedir, os.path.expanduser(furls_path))
+    if not os.path.exists(paths.tub_pem):
+        raise ConfigError(
+            f"{paths.tub_pem} is missing: the master's key is made by "
+            f"'furl-master create-master -d {paths.basedir} --location tcp:HOST:PORT'"
+        )
+    if conf is not None:
+        return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
+                            conf.disconnect_timeout, conf.reload_interval)
+    return HostSettings(paths, port, location, os.path.abspath(furls_path))
+
+
+def furl_protocol(basedir: str, **options: Any) -> dict[str, Any]:
+    """``c['protocols']['furl']`` with the port of ``BASEDIR/furl-master.conf``,
+    so that the port is written down in one place only."""
+    try:
+        conf = mconfig.load(basedir)
+    except ConfigError as e:
+        config_error(str(e))
+        return {}
+    return {"port": conf.port, **options}

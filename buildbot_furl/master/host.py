@@ -1,0 +1,131 @@
+"""What every master runs, standalone or inside Buildbot: one place.
+
+:class:`MasterHost` checks the master's secret files, builds its Tub from
+``private/tub.pem``, listens, sets the location, starts the registry of
+``workers.furls`` and publishes the admin capability at
+``private/admin.furl`` (removed again at stop).  The standalone daemon
+(:mod:`buildbot_furl.master.service`) and the Buildbot plugin
+(:mod:`buildbot_furl.buildbot.hub`) each add only what is theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+
+from buildbot_furl.errors import FurlError
+from buildbot_furl.furl import new_swissnum
+from buildbot_furl.layout import MasterPaths
+from buildbot_furl.master.config import MasterConfig, check_private
+from buildbot_furl.master.registry import AttachHook, DetachHook, WorkerRegistry
+from buildbot_furl.privatefiles import check_private_mode, write_private
+from buildbot_furl.tubs import (
+    DEFAULT_DISCONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE,
+    listen,
+    local_furl,
+    make_tub,
+)
+
+
+class CannotListen(FurlError):
+    """The port cannot be listened on (in use, no permission)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSettings:
+    """Where a master's files are, where it listens, what workers dial."""
+
+    paths: MasterPaths
+    port: str
+    location: tuple[str, ...]
+    furls_path: str = ""  # default: paths.furls
+    keepalive: int = DEFAULT_KEEPALIVE
+    disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
+    reload_interval: float = 1.0
+
+    @property
+    def workers_file(self) -> str:
+        return self.furls_path or self.paths.furls
+
+    @classmethod
+    def from_config(cls, config: MasterConfig) -> HostSettings:
+        return cls(config.paths, config.port, config.location, "", config.keepalive,
+                   config.disconnect_timeout, config.reload_interval)
+
+
+class MasterHost(service.MultiService):
+    """The Tub, the listener, the worker registry and the admin capability."""
+
+    def __init__(self, settings: HostSettings, on_attach: AttachHook | None = None,
+                 on_detach: DetachHook | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.on_attach = on_attach
+        self.on_detach = on_detach
+        self.tub: Any = None
+        self.registry: WorkerRegistry | None = None
+        self.listener: Any = None
+        self._admin_written = False
+
+    def startService(self) -> None:
+        """Check the files, make the Tub and load workers.furls; raises
+        ConfigError (and starts nothing) when any of that is wrong."""
+        s = self.settings
+        check_private(s.paths)
+        check_private_mode(s.workers_file)
+        tub = make_tub(s.paths.tub_pem, s.keepalive, s.disconnect_timeout)
+        tub.setLocation(*s.location)
+        registry = WorkerRegistry(tub, s.workers_file, on_attach=self.on_attach,
+                                  on_detach=self.on_detach, reload_interval=s.reload_interval)
+        registry.start()  # reads workers.furls: a bad file stops us here
+        self.tub, self.registry = tub, registry
+        tub.setServiceParent(self)
+        super().startService()
+
+    async def listen(self, port: str | None = None) -> None:
+        """Listen on ``port`` (default: the settings'), then stop listening
+        on the previous port, if any.  CannotListen leaves things as they were."""
+        port = port or self.settings.port
+        listener, listening = listen(self.tub, port)
+        try:
+            await listening
+        except Exception as e:
+            await defer.maybeDeferred(self.tub.stopListeningOn, listener)
+            why = getattr(e, "socketError", None) or e
+            raise CannotListen(f"cannot listen on {port}: {why}") from None
+        old, self.listener = self.listener, listener
+        if old is not None:
+            await defer.maybeDeferred(self.tub.stopListeningOn, old)
+        if port != self.settings.port:
+            self.settings = dataclasses.replace(self.settings, port=port)
+            if self._admin_written:
+                self._write_admin_furl()
+
+    def publish_admin(self, admin: Any) -> None:
+        """Register ``admin`` under a fresh secret and write its FURL, made to
+        dial the listening port directly, to ``private/admin.furl`` (0600)."""
+        self._admin_furl = self.tub.registerReference(admin, name=new_swissnum())
+        self._write_admin_furl()
+
+    def _write_admin_furl(self) -> None:
+        write_private(self.settings.paths.admin_furl,
+                      local_furl(self._admin_furl, self.settings.port) + "\n")
+        self._admin_written = True
+
+    def unpublish_admin(self) -> None:
+        if self._admin_written:
+            with contextlib.suppress(OSError):
+                os.unlink(self.settings.paths.admin_furl)
+            self._admin_written = False
+
+    def stopService(self) -> defer.Deferred[None]:
+        self.unpublish_admin()
+        if self.registry is not None:
+            self.registry.stop()
+        return defer.maybeDeferred(super().stopService)

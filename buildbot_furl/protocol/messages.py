@@ -1,0 +1,329 @@
+"""The shape of every structured message, defined once for both ends.
+
+Each sender builds its message with a function (or dataclass) here and
+each receiver takes it apart with the matching one, which checks every
+field and raises :class:`~buildbot_furl.errors.BadRequest` for anything
+out of shape.  The foolscap constraints in :mod:`.interfaces` have already
+bounded the sizes by then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+from buildbot_furl.errors import WIRE_ERRORS, BadRequest, CommandFailed, WireError
+from buildbot_furl.protocol.envelope import decode, encode
+from buildbot_furl.protocol.interfaces import MAX_NAME, MAX_TEXT
+
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TEXT_KEYS = ("stdout", "stderr", "header")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _map(raw: bytes, what: str) -> dict[str, Any]:
+    value = decode(raw)
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a map")
+    return value
+
+
+# -- names and texts passed as call arguments -------------------------------------
+
+
+def name_arg(value: Any, what: str) -> str:
+    """A builder name, command id, ... as the ``Name`` constraint allows it."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_NAME:
+        raise BadRequest(f"{what} is longer than {MAX_NAME} characters")
+    return text
+
+
+def text_arg(value: Any) -> str:
+    """A free text (a message, a reason), cut to what ``Text`` allows."""
+    return (value if isinstance(value, str) else str(value))[:MAX_TEXT]
+
+
+# -- command updates: worker -> master (RICommandStatus) --------------------------
+
+
+def update_items(message: list[tuple[str, Any]]) -> list[list[Any]]:
+    """buildbot-worker's BufferManager messages -> the wire's ``[key, value]``
+    pairs (as Buildbot's steps see them, less the tuples msgpack cannot keep)."""
+    items: list[list[Any]] = []
+    for key, value in message:
+        if key in TEXT_KEYS:
+            items.append([key, value[0]])
+        elif key == "log":
+            logname, data = value
+            items.append([key, [logname, data[0]]])
+        else:
+            items.append([key, value])
+    return items
+
+
+def items_size(items: list[list[Any]]) -> int:
+    """About how many bytes a batch of items takes (for batching and windows)."""
+    n = 16
+    for _key, value in items:
+        if isinstance(value, str):
+            n += len(value)
+        elif isinstance(value, list) and value and isinstance(value[-1], str):
+            n += len(value[-1])
+        else:
+            n += 64
+    return n
+
+
+def _update(item: Any) -> dict[str, Any]:
+    """One wire item -> Buildbot's ``{key: value}``, checked."""
+    if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
+        raise BadRequest("an update must be a [key, value] pair with a str key")
+    key, value = item
+    if key in TEXT_KEYS:
+        if not isinstance(value, str):
+            raise BadRequest(f"update {key!r} must carry text")
+    elif key == "log":
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, str) for v in value)):
+            raise BadRequest("update 'log' must carry [logname, text]")
+        value = (value[0], value[1])
+    elif key == "rc":
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise BadRequest("update 'rc' must carry an integer")
+    elif key == "elapsed":
+        if not _is_number(value):
+            raise BadRequest("update 'elapsed' must carry a number")
+    elif key == "stat":
+        # the worker sends tuple(os.stat(...)); steps index it with stat.ST_*
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            raise BadRequest("update 'stat' must carry a list of numbers")
+        value = tuple(value)
+    elif key == "files" and not isinstance(value, list):
+        raise BadRequest("update 'files' must carry a list")
+    return {key: value}
+
+
+def encode_updates(items: list[list[Any]]) -> bytes:
+    return encode(items)
+
+
+def decode_updates(raw: Any) -> list[dict[str, Any]]:
+    """A batch from the wire -> a list of Buildbot's ``{key: value}`` updates."""
+    if not isinstance(raw, bytes):
+        raise BadRequest("an update batch must be bytes")
+    batch = decode(raw)
+    if not isinstance(batch, list):
+        raise BadRequest("an update batch must be a list")
+    return [_update(item) for item in batch]
+
+
+def check_seq(seq: Any) -> int:
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise BadRequest("a sequence number must be a non-negative integer")
+    return seq
+
+
+def encode_failure(text: str | None) -> bytes:
+    """A command's failure (None: it did not fail), as ``complete`` sends it."""
+    return encode(text)
+
+
+def decode_failure(raw: Any) -> str | None:
+    if not isinstance(raw, bytes):
+        raise BadRequest("a completion must be bytes")
+    text = decode(raw)
+    if text is not None and not isinstance(text, str):
+        raise BadRequest("a command's failure must be text or nil")
+    return text
+
+
+# -- the confined transfer commands' answers (as updates) --------------------------
+
+TRANSFER_RESULT = "furl"
+TRANSFER_ERROR = "furl_error"
+
+
+def transfer_error(error: WireError) -> dict[str, str]:
+    return {"class": type(error).__name__, "message": str(error)}
+
+
+def raise_transfer_error(value: Any, worker: str) -> None:
+    """Raise the typed error a transfer command reported, if it did."""
+    if isinstance(value, dict):
+        cls = WIRE_ERRORS.get(str(value.get("class")), CommandFailed)
+        raise cls(f"worker {worker!r}: {str(value.get('message', 'failed'))[:MAX_TEXT]}")
+
+
+# -- attach ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachInfo:
+    """What a worker says about itself when it attaches."""
+
+    protocols: tuple[int, ...]
+    version: str
+    worker_info: dict[str, Any]
+
+    def to_wire(self) -> bytes:
+        return encode({"protocols": list(self.protocols), "version": self.version,
+                       "worker_info": self.worker_info})
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> AttachInfo:
+        info = decode(raw)
+        if not isinstance(info, dict):
+            info = {}
+        protocols = info.get("protocols")
+        if not isinstance(protocols, list):
+            protocols = []
+        wi = info.get("worker_info")
+        return cls(tuple(p for p in protocols if isinstance(p, int) and not isinstance(p, bool)),
+                   str(info.get("version", "?"))[:40], wi if isinstance(wi, dict) else {})
+
+
+# -- admin: run -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    argv: list[str]
+    run_id: str
+    workdir: str = "."
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    timeout: float | None = None
+
+    def to_wire(self) -> bytes:
+        return encode(dataclasses.asdict(self))
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> RunRequest:
+        req = _map(raw, "a run request")
+        argv = req.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise BadRequest("run wants a non-empty argument list")
+        env = req.get("env") or {}
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise BadRequest("env must map names to strings")
+        timeout = req.get("timeout")
+        if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+            raise BadRequest("timeout must be a positive number of seconds")
+        workdir = req.get("workdir") or "."
+        if not isinstance(workdir, str):
+            raise BadRequest("workdir must be a string")
+        run_id = req.get("run_id")
+        if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+            raise BadRequest("invalid run id")
+        return cls(argv, run_id, workdir, env, timeout)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAnswer:
+    rc: int
+    signal: int | None = None
+    failure_reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> RunAnswer:
+        if not isinstance(value, dict):
+            raise BadRequest("malformed run answer")
+        rc, sig, why = value.get("rc"), value.get("signal"), value.get("failure_reason")
+        return cls(rc if isinstance(rc, int) else -1, sig if isinstance(sig, int) else None,
+                   why if isinstance(why, str) else None)
+
+
+def encode_output(items: list[list[str]]) -> bytes:
+    """A run's output for the CLI: ``[[stream, text], ...]``."""
+    return encode(items)
+
+
+def decode_output(raw: bytes) -> list[tuple[str, str]]:
+    items = decode(raw)
+    if not isinstance(items, list):
+        raise BadRequest("output wants a list")
+    return [(item[0], item[1]) for item in items
+            if isinstance(item, list) and len(item) == 2
+            and isinstance(item[0], str) and isinstance(item[1], str)]
+
+
+# -- admin: put and get -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PutRequest:
+    remote: str
+    kind: str  # "file" or "dir"
+    sha256: str  # of the bytes sent (a tar stream for "dir")
+    manifest: str | None = None  # of the tree, for "dir"
+    mode: int | None = None
+
+    def to_wire(self) -> bytes:
+        return encode(dataclasses.asdict(self))
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> PutRequest:
+        req = _map(raw, "a put request")
+        remote, kind, sha = req.get("remote"), req.get("kind", "file"), req.get("sha256")
+        if not isinstance(remote, str):
+            raise BadRequest("put wants a remote path")
+        if kind not in ("file", "dir") or not isinstance(sha, str) or not DIGEST_RE.fullmatch(sha):
+            raise BadRequest("put wants kind 'file' or 'dir' and the sha256 of what is sent")
+        manifest = req.get("manifest")
+        if kind == "dir" and not (isinstance(manifest, str) and DIGEST_RE.fullmatch(manifest)):
+            raise BadRequest("a directory put wants the tree's manifest digest")
+        mode = req.get("mode") if kind == "file" else None
+        if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
+            raise BadRequest("mode must be a permission number")
+        return cls(remote, kind, sha, manifest if kind == "dir" else None, mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class GetRequest:
+    remote: str
+
+    def to_wire(self) -> bytes:
+        return encode(dataclasses.asdict(self))
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> GetRequest:
+        req = _map(raw, "a get request")
+        if not isinstance(req.get("remote"), str):
+            raise BadRequest("get wants a remote path")
+        return cls(req["remote"])
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """What a get (or a put) answers about what moved."""
+
+    kind: str
+    sha256: str
+    size: int | None = None
+    mode: int | None = None
+    manifest: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> FileInfo:
+        if not isinstance(value, dict):
+            raise BadRequest("malformed transfer answer")
+        kind, sha = value.get("kind"), value.get("sha256")
+        if kind not in ("file", "dir") or not isinstance(sha, str) or not DIGEST_RE.fullmatch(sha):
+            raise BadRequest("incomplete transfer answer")
+        size, mode, manifest = value.get("size"), value.get("mode"), value.get("manifest")
+        return cls(kind, sha, size if isinstance(size, int) else None,
+                   mode if isinstance(mode, int) else None,
+                   manifest if isinstance(manifest, str) else None)
