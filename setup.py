@@ -9,7 +9,6 @@ setup(
     license="GPL-2.0-only",
     python_requires=">=3.11",
     packages=find_packages(include=["buildbot_furl", "buildbot_furl.*"]),
-    scripts=["bin/furl-master", "bin/furl-worker"],
     install_requires=[
         "foolscap>=24.9.0",
         "twisted>=24.11",

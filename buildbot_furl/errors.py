@@ -1,4 +1,4 @@
-"""Typed errors, and how they cross the wire (seed 004).
+"""Typed errors, and how they cross the wire.
 
 Every remote method answers with an envelope: ``["ok", value]`` or
 ``["error", class_name, {str: str}]``.  The caller raises the matching

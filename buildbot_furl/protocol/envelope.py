@@ -1,4 +1,4 @@
-"""Answers as envelopes, and calls that raise our typed errors (seed discussion 004).
+"""Answers as envelopes, and calls that raise our typed errors.
 
 Every remote method answers ``["ok", value]`` or ``["error", class_name,
 {str: str}]``; the caller raises the matching local exception class again
