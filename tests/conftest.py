@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,19 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a CLI or daemon a test starts: ours, less any
+    FURL_* variable, with the checkout on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FURL_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
 
 
+PROGRAMS = {"furl-master": "buildbot_furl.cli.master", "furl-worker": "buildbot_furl.cli.worker"}
+
+
 def cli(prog: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
         check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run ``furl-master``/``furl-worker`` as a new process."""
-    mod = {"furl-master": "buildbot_furl.cli.master", "furl-worker": "buildbot_furl.cli.worker"}[prog]
-    p = subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True,
-                       env=_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run([sys.executable, "-m", PROGRAMS[prog], *args], capture_output=True,
+                       text=True,
+                       env=child_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
     if check and p.returncode != 0:
         raise AssertionError(f"{prog} {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
     return p
@@ -70,9 +76,9 @@ class Procs:
             return pid
         return None
 
-    def popen(self, *args: str, env: dict[str, str] | None = None, **kw: object
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kw: Any
               ) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(list(args), env=_env(env), stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+        p = subprocess.Popen(list(args), env=child_env(env), stdin=subprocess.DEVNULL, **kw)
         self.popens.append(p)
         self.pids.add(p.pid)
         return p
@@ -118,9 +124,27 @@ class Farm:
         self.port = free_port()
         self.mdir = tmp / "master"
         self.secrets: set[str] = set()  # swissnums handed out: never in a log
+        self.furls: dict[str, str] = {}  # worker name -> the FURL create_worker made
 
-    def master(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return cli("furl-master", *args, "-d", str(self.mdir), **kw)  # type: ignore[arg-type]
+    def master(self, *args: str, timeout: float = 60,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+        return cli("furl-master", *args, "-d", str(self.mdir), timeout=timeout, check=check)
+
+    def run(self, worker: str, *cmd: str, options: tuple[str, ...] = (),
+            timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        """``furl-master run [OPTIONS] WORKER -- CMD``; output as bytes."""
+        return subprocess.run([sys.executable, "-m", PROGRAMS["furl-master"], "run", "-d",
+                               str(self.mdir), *options, worker, "--", *cmd],
+                              capture_output=True, env=child_env(), timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def run_popen(self, worker: str, *cmd: str, **kw: Any) -> subprocess.Popen[bytes]:
+        """The same, started in the background (killed at the end by pid)."""
+        return self.procs.popen(sys.executable, "-m", PROGRAMS["furl-master"], "run", "-d",
+                                str(self.mdir), worker, "--", *cmd, **kw)
+
+    def wdir(self, worker: str) -> Path:
+        return self.tmp / f"worker-{worker}"
 
     def create(self) -> None:
         self.master("create-master", "--location", f"tcp:127.0.0.1:{self.port}",
@@ -140,6 +164,7 @@ class Farm:
         p = self.master("create-worker", name, check=True)
         furl = p.stdout.strip()
         self.secrets.add(furl.rsplit("/", 1)[1])
+        self.furls[name] = furl
         return furl
 
     def start_worker(self, name: str, furl: str, *extra: str,
@@ -157,10 +182,10 @@ class Farm:
         p = self.master("list-workers", "--json", check=True)
         return {w["name"]: w for w in json.loads(p.stdout)["workers"]}
 
-    def wait_for(self, pred: object, timeout: float = 10.0) -> bool:
+    def wait_for(self, pred: Callable[[], object], timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if pred():  # type: ignore[operator]
+            if pred():
                 return True
             time.sleep(0.2)
         return False
@@ -173,10 +198,35 @@ class Farm:
                 assert secret not in text, f"a secret leaked into {log}"
 
 
-@pytest.fixture
-def farm(tmp_path: Path, procs: Procs) -> Iterator[Farm]:
-    f = Farm(tmp_path, procs)
+@contextlib.contextmanager
+def farm_in(tmp: Path, procs: Procs) -> Iterator[Farm]:
+    """A created (not started) master in ``tmp``; at the end every process
+    is stopped and every log is checked for secrets."""
+    f = Farm(tmp, procs)
     f.create()
     yield f
     procs.cleanup()  # let the daemons finish writing their logs first
     f.assert_no_secret_in_logs()
+
+
+@pytest.fixture
+def farm(tmp_path: Path, procs: Procs) -> Iterator[Farm]:
+    with farm_in(tmp_path, procs) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """A running master with two attached workers, w1 and w2, shared by a
+    module's tests (which leave it running as they found it)."""
+    procs = Procs()
+    try:
+        with farm_in(tmp_path_factory.mktemp("two"), procs) as f:
+            for name in ("w1", "w2"):
+                f.create_worker(name)
+            f.start_master()
+            for name in ("w1", "w2"):
+                f.start_worker(name, f.furls[name])
+            yield f
+    finally:
+        procs.cleanup()

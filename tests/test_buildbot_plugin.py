@@ -155,6 +155,7 @@ class Env:
         self.workers: dict[str, Any] = {}  # name -> Popen
         self.extra_workers: list[Any] = []
         self.snoop = False  # a 'snoop-NAME' builder per FURL worker (see SNOOP)
+        self.furls: dict[str, str] = {}  # what create_worker made
         self.failed = False
         if create:
             cli("furl-master", "create-master", "-d", str(self.basedir), "--location",
@@ -173,8 +174,10 @@ class Env:
         return self.basedir / "workers.furls"
 
     def create_worker(self, name: str) -> str:
-        return cli("furl-master", "create-worker", "-d", str(self.basedir), name,
+        furl = cli("furl-master", "create-worker", "-d", str(self.basedir), name,
                    check=True).stdout.strip()
+        self.furls[name] = furl
+        return furl
 
     def furl_names(self) -> list[str]:
         return [e.name for e in furlsfile.read(str(self.furls_path)).entries]
@@ -440,23 +443,32 @@ def test_load_workers_and_config_errors(tmp_path: Path) -> None:
         FurlWorker("w1", furl="pb://nope")
 
 
+def _summary(steps: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Step names, results and texts, with the worker's name taken out."""
+    return [(s["name"], s["results"],
+             s["state_string"].replace("worker fw ", "worker W ")
+             .replace("worker pbw ", "worker W ")) for s in steps]
+
+
+async def _both_attached(env: Env) -> None:
+    await env.start_master()
+    env.start_furl_worker("fw", env.furls["fw"])
+    env.start_pb_worker()
+    await env.wait_connected("fw")
+    await env.wait_connected("pbw")
+
+
 @pytest_twisted.ensureDeferred
 async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) -> None:
     """ShellCommand with 5 MB of output, FileDownload, FileUpload and
     DirectoryUpload: SUCCESS, byte-exact files, and the same step results
-    and output as on a plain PB worker.  Then a step stopped mid-run ends
-    the same way on both."""
+    and output as on a plain PB worker."""
     env = env_factory(with_pb=True)
-    furl = env.create_worker("fw")
-    rnd = random.Random(42)
-    source = rnd.randbytes(INPUT_SIZE)
+    env.create_worker("fw")
+    source = random.Random(42).randbytes(INPUT_SIZE)
     (env.data / "input.bin").write_bytes(source)
     async with running(env):
-        await env.start_master()
-        env.start_furl_worker("fw", furl)
-        env.start_pb_worker()
-        await env.wait_connected("fw")
-        await env.wait_connected("pbw")
+        await _both_attached(env)
         conn = env.bb_worker("fw").conn
         assert type(conn).__name__ == "FurlConnection"
         assert conn.info["worker_commands"]["shell"]
@@ -469,11 +481,10 @@ async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) 
             steps = await env.steps(b["buildid"])
             assert b["results"] == SUCCESS, (kind, [(s["name"], s["state_string"]) for s in steps])
             logs = {s["name"]: await env.logs(s["stepid"]) for s in steps}
-            results[kind] = (b, steps, logs, elapsed)
+            results[kind] = (steps, logs, elapsed)
             out = env.data / f"xfer-{kind}"
             assert (out / "out.bin").read_bytes() == source[::-1]
-            tree = tree_files(out / "tree")
-            assert tree == {
+            assert tree_files(out / "tree") == {
                 "a.txt": b"hello tree\n" * 1000,
                 "sub/b.bin": random.Random(7).randbytes(1_500_000),
                 "sub/deeper/empty": b"",
@@ -482,16 +493,10 @@ async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) 
             assert big["o"] == expected_stdout()
             assert big["e"] == "done on stderr\n"
 
-        _, fsteps, flogs, ftime = results["furl"]
-        _, psteps, plogs, ptime = results["pb"]
+        fsteps, flogs, ftime = results["furl"]
+        psteps, plogs, ptime = results["pb"]
         print(f"xfer build: furl {ftime:.2f} s, pb {ptime:.2f} s")
-
-        def summary(steps: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-            return [(s["name"], s["results"],
-                     s["state_string"].replace("worker fw ", "worker W ")
-                     .replace("worker pbw ", "worker W ")) for s in steps]
-
-        assert summary(fsteps) == summary(psteps)
+        assert _summary(fsteps) == _summary(psteps)
         assert flogs.keys() == plogs.keys()
         for step in flogs:
             assert flogs[step].keys() == plogs[step].keys(), step
@@ -499,7 +504,15 @@ async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) 
                 f, p = streams(flogs[step][name]), streams(plogs[step][name])
                 assert (f["o"], f["e"]) == (p["o"], p["e"]), (step, name)
 
-        # a step stopped mid-run
+
+@pytest_twisted.ensureDeferred
+async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env]) -> None:
+    """A step stopped mid-run ends the same way on both, and the FURL worker
+    is still attached and usable afterwards."""
+    env = env_factory(with_pb=True)
+    env.create_worker("fw")
+    async with running(env):
+        await _both_attached(env)
         stopped = {}
         for kind in ("furl", "pb"):
             brid = await env.force(f"slow-{kind}")
@@ -522,11 +535,9 @@ async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) 
                                           ("builds", b["buildid"]))
             done = await env.finished(b["buildid"], timeout=20)
             assert time.monotonic() - t0 < 10
-            steps = await env.steps(b["buildid"])
-            stopped[kind] = (done["results"], summary(steps))
+            stopped[kind] = (done["results"], _summary(await env.steps(b["buildid"])))
         assert stopped["furl"] == stopped["pb"]
         assert stopped["furl"][0] == CANCELLED, Results[stopped["furl"][0]]
-        # the worker is still attached and usable after the interrupt
         assert env.connected("fw")
         b = await env.run_build("quick-fw")
         assert b["results"] == SUCCESS

@@ -15,20 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Farm, _env, cli
+from conftest import Farm, cli
 
 SNOOP = ('env; echo ---; tr "\\0" "\\n" < /proc/$PPID/environ; echo ---; '
          'tr "\\0" " " < /proc/$PPID/cmdline; echo; echo ---; ps -eo args')
 
 
-def _run(farm: Farm, worker: str, *cmd: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "buildbot_furl.cli.master", "run", "-d",
-                           str(farm.mdir), worker, "--", *cmd],
-                          capture_output=True, env=_env(), timeout=60, stdin=subprocess.DEVNULL)
-
-
 def _assert_unseen(farm: Farm, worker: str, furl: str) -> None:
-    p = _run(farm, worker, "sh", "-c", SNOOP)
+    p = farm.run(worker, "sh", "-c", SNOOP, timeout=60)
     assert p.returncode == 0, p.stderr
     out = p.stdout.decode()
     assert out.splitlines().count("---") == 3 and "PATH=" in out  # the snooping worked

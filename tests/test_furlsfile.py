@@ -36,11 +36,11 @@ def test_parse_keeps_comments_blank_lines_and_order() -> None:
 @pytest.mark.parametrize("line,needle", [
     ("w1", "expected 'NAME FURL"),
     ("w1 a b", "found 3 field"),
-    ("bad/name " + furl(), "invalid worker name"),
+    ("bad/name " + furl("s" * 32), "invalid worker name"),
     ("w1 http://example.org/", "malformed FURL"),
     ("w1 pb://short@tcp:h:1/abcdefghijklmnopqrst", "TUBID"),
     ("w1 pb://" + TUBID + "@/abcdefghijklmnopqrst", "connection hint"),
-    ("w1 " + furl(tubid=OTHER), "another master"),
+    ("w1 " + furl("t" * 32, tubid=OTHER), "another master"),
 ])
 def test_errors_name_file_and_line(line: str, needle: str) -> None:
     with pytest.raises(ConfigError) as ei:

@@ -12,56 +12,46 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from conftest import Farm, _env, cli, pid_alive
 
-MASTER = [sys.executable, "-m", "buildbot_furl.cli.master"]
+from conftest import Farm, cli, pid_alive
+
+# Most tests share one running master with two workers (the module-scoped
+# fixture 'two'); each leaves it as it found it, in directories of its own.
+# Tests that stop a daemon make their own ('farm').
 
 
-@pytest.fixture
-def two(farm: Farm) -> Farm:
-    farm.furl1 = farm.create_worker("w1")  # type: ignore[attr-defined]
-    farm.furl2 = farm.create_worker("w2")  # type: ignore[attr-defined]
+def _start_two(farm: Farm) -> Farm:
+    for name in ("w1", "w2"):
+        farm.create_worker(name)
     farm.start_master()
-    farm.start_worker("w1", farm.furl1)  # type: ignore[attr-defined]
-    farm.start_worker("w2", farm.furl2)  # type: ignore[attr-defined]
+    for name in ("w1", "w2"):
+        farm.start_worker(name, farm.furls[name])
     return farm
 
 
-def run(farm: Farm, worker: str, *cmd: str, extra: tuple[str, ...] = (),
-        timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*MASTER, "run", "-d", str(farm.mdir), *extra, worker, "--", *cmd],
-                          capture_output=True, env=_env(), timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def wdir(farm: Farm, worker: str) -> Path:
-    return farm.tmp / f"worker-{worker}"
-
-
 def test_exit_codes_and_both_streams(two: Farm) -> None:
-    p = run(two, "w1", "sh", "-c", "echo out; echo err >&2; exit 3")
+    p = two.run("w1", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (p.returncode, p.stdout, p.stderr) == (3, b"out\n", b"err\n")
-    assert run(two, "w2", "true").returncode == 0
-    p = run(two, "w1", "sh", "-c", "kill -TERM $$")
+    assert two.run("w2", "true").returncode == 0
+    p = two.run("w1", "sh", "-c", "kill -TERM $$")
     assert p.returncode == 128 + signal.SIGTERM
-    p = run(two, "w1", "no-such-command-xyz")
+    p = two.run("w1", "no-such-command-xyz")
     assert p.returncode != 0
 
 
 def test_env_and_workdir(two: Farm) -> None:
-    (wdir(two, "w1") / "sub").mkdir()
-    p = run(two, "w1", "sh", "-c", 'echo "$GREETING"; pwd',
-            extra=("--env", "GREETING=hi there", "--workdir", "sub"))
+    (two.wdir("w1") / "envsub").mkdir()
+    p = two.run("w1", "sh", "-c", 'echo "$GREETING"; pwd',
+                options=("--env", "GREETING=hi there", "--workdir", "envsub"))
     assert p.returncode == 0
     lines = p.stdout.decode().splitlines()
     assert lines[0] == "hi there"
-    assert Path(lines[1]).resolve() == (wdir(two, "w1") / "sub").resolve()
+    assert Path(lines[1]).resolve() == (two.wdir("w1") / "envsub").resolve()
 
 
 def test_interleaved_stdout_stderr_keep_their_order(two: Farm) -> None:
     script = "i=0; while [ $i -lt 500 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done"
-    p = run(two, "w1", "sh", "-c", script)
+    p = two.run("w1", "sh", "-c", script)
     assert p.returncode == 0
     assert p.stdout.decode().splitlines() == [f"out{i}" for i in range(500)]
     assert p.stderr.decode().splitlines() == [f"err{i}" for i in range(500)]
@@ -71,8 +61,8 @@ def test_large_output_is_byte_exact(two: Farm) -> None:
     raw = os.urandom(38 * 1024 * 1024)
     text = base64.encodebytes(raw)  # ~51 MiB of text lines
     assert len(text) >= 50 * 1024 * 1024
-    (wdir(two, "w1") / "big.txt").write_bytes(text)
-    p = run(two, "w1", "cat", "big.txt", timeout=300)
+    (two.wdir("w1") / "big.txt").write_bytes(text)
+    p = two.run("w1", "cat", "big.txt", timeout=300)
     assert p.returncode == 0
     assert len(p.stdout) == len(text)
     assert hashlib.sha256(p.stdout).hexdigest() == hashlib.sha256(text).hexdigest()
@@ -80,8 +70,8 @@ def test_large_output_is_byte_exact(two: Farm) -> None:
 
 def test_interrupt_with_ctrl_c_kills_the_remote_command(two: Farm) -> None:
     marker = "61.123"
-    proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sleep", marker],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    proc = two.run_popen("w1", "sleep", marker, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     try:
         assert two.wait_for(lambda: _sleepers(marker), 10)
         proc.send_signal(signal.SIGINT)
@@ -109,7 +99,7 @@ def _sleepers(marker: str) -> list[int]:
 
 def test_timeout_kills_and_says_so(two: Farm) -> None:
     t0 = time.monotonic()
-    p = run(two, "w1", "sleep", "30", extra=("--timeout", "1"))
+    p = two.run("w1", "sleep", "30", options=("--timeout", "1"))
     assert time.monotonic() - t0 < 20
     assert p.returncode == 128 + signal.SIGKILL
     assert b"timed out after 1 s" in p.stderr
@@ -125,7 +115,7 @@ def test_put_and_get_200_mib_byte_exact(two: Farm, tmp_path: Path) -> None:
     want = hashlib.sha256(src.read_bytes()).hexdigest()
     p = two.master("put", "w1", str(src), "in/data.bin", timeout=300)
     assert p.returncode == 0, p.stderr
-    dest = wdir(two, "w1") / "in" / "data.bin"
+    dest = two.wdir("w1") / "in" / "data.bin"
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == want
     assert not [n for n in os.listdir(dest.parent) if "furl-part" in n]
     back = tmp_path / "back.bin"
@@ -146,16 +136,17 @@ def test_path_traversal_refused(two: Farm, tmp_path: Path) -> None:
     assert not (two.tmp / "escape").exists() and not (tmp_path / "out").exists()
 
 
-def test_unavailable_worker_or_master_exit_2(two: Farm, tmp_path: Path) -> None:
-    p = run(two, "nosuch", "true")
+def test_unavailable_worker_or_master_exit_2(farm: Farm, tmp_path: Path) -> None:
+    _start_two(farm)
+    p = farm.run("nosuch", "true")
     assert p.returncode == 2 and b"no worker named 'nosuch'" in p.stderr
-    two.create_worker("w3")
-    p = run(two, "w3", "true")
+    farm.create_worker("w3")
+    p = farm.run("w3", "true")
     assert p.returncode == 2 and b"not connected" in p.stderr
-    p = two.master("get", "w1", "does/not/exist", str(tmp_path / "x"))
+    p = farm.master("get", "w1", "does/not/exist", str(tmp_path / "x"))
     assert p.returncode == 2 and "does not exist" in p.stderr
-    two.stop_master()
-    p = run(two, "w1", "true")
+    farm.stop_master()
+    p = farm.run("w1", "true")
     assert p.returncode == 2 and b"not running" in p.stderr
     assert len(p.stderr.decode().strip().splitlines()) == 1
 
@@ -164,27 +155,26 @@ def test_twenty_concurrent_commands_across_two_workers(two: Farm) -> None:
     procs = []
     for i in range(20):
         worker = "w1" if i % 2 else "w2"
-        procs.append(subprocess.Popen(
-            [*MASTER, "run", "-d", str(two.mdir), worker, "--", "sh", "-c",
-             f"sleep 1; echo job{i}; exit {i}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()))
+        procs.append(two.run_popen(worker, "sh", "-c", f"sleep 1; echo job{i}; exit {i}",
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for i, p in enumerate(procs):
         out, err = p.communicate(timeout=120)
         assert (p.returncode, out) == (i, f"job{i}\n".encode()), err
 
 
 def test_slow_reader_backpressure_bounds_worker_memory(two: Farm) -> None:
-    pid = int((wdir(two, "w1") / "furl-worker.pid").read_text())
+    pid = int((two.wdir("w1") / "furl-worker.pid").read_text())
     total = 17 * 18_000_000  # whole lines: a last partial line would get a newline
-    proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sh", "-c",
-                             f"yes 0123456789abcdef | head -c {total}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env())
+    proc = two.run_popen("w1", "sh", "-c", f"yes 0123456789abcdef | head -c {total}",
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stdout = proc.stdout
+    assert stdout is not None
     try:
         time.sleep(4)  # nobody reads: output must back up to the worker's process
         rss = _rss_mib(pid)
         got = 0
         while True:
-            chunk = proc.stdout.read(1 << 20)  # type: ignore[union-attr]
+            chunk = stdout.read(1 << 20)
             if not chunk:
                 break
             got += len(chunk)
@@ -192,7 +182,7 @@ def test_slow_reader_backpressure_bounds_worker_memory(two: Farm) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.stdout.close()  # type: ignore[union-attr]
+        stdout.close()
     assert got == total and proc.returncode == 0
     assert rss < 150, f"worker grew to {rss} MiB while the reader was stalled"
 
@@ -219,7 +209,7 @@ def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
     _tree(src)
     p = two.master("put", "w2", str(src), "trees/t1", timeout=120)
     assert p.returncode == 0, p.stderr
-    landed = wdir(two, "w2") / "trees" / "t1"
+    landed = two.wdir("w2") / "trees" / "t1"
     assert manifest(str(landed)) == manifest(str(src))
     assert (landed / "a" / "link").is_symlink()
     out = tmp_path / "out"
@@ -234,19 +224,19 @@ def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
     assert manifest(str(landed)) == manifest(str(src))
 
 
-def test_worker_lost_mid_command_is_one_clear_line(two: Farm) -> None:
-    proc = subprocess.Popen([*MASTER, "run", "-d", str(two.mdir), "w1", "--", "sleep", "62.5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+def test_worker_lost_mid_command_is_one_clear_line(farm: Farm) -> None:
+    _start_two(farm)
+    proc = farm.run_popen("w1", "sleep", "62.5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert two.wait_for(lambda: _sleepers("62.5"), 10)
-        cli("furl-worker", "stop", str(wdir(two, "w1")), check=True)
+        assert farm.wait_for(lambda: _sleepers("62.5"), 10)
+        cli("furl-worker", "stop", str(farm.wdir("w1")), check=True)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 2
     assert err.decode().strip() == "furl-master: error: worker 'w1' disconnected during the command"
-    assert two.wait_for(lambda: not _sleepers("62.5"), 10)  # the worker killed it on its way out
+    assert farm.wait_for(lambda: not _sleepers("62.5"), 10)  # the worker killed it on its way out
 
 
 def test_symlinks_cannot_lead_put_or_get_outside(two: Farm, tmp_path: Path) -> None:
@@ -255,9 +245,10 @@ def test_symlinks_cannot_lead_put_or_get_outside(two: Farm, tmp_path: Path) -> N
     (outside / "secret.txt").write_text("not yours\n")
     src = tmp_path / "f.txt"
     src.write_text("payload\n")
-    assert run(two, "w1", "ln", "-s", str(outside), "lnk").returncode == 0
-    assert run(two, "w1", "sh", "-c", "mkdir -p sub && ln -s sub inlink && "
-               "ln -s ../../outside sub/up").returncode == 0
+    assert two.run("w1", "ln", "-s", str(outside), "lnk").returncode == 0
+    assert two.run("w1", "sh", "-c", "mkdir -p sub && ln -s sub inlink && "
+                   f"ln -s {os.path.relpath(outside, two.wdir('w1') / 'sub')} sub/up"
+                   ).returncode == 0
     for remote in ("lnk/escaped.txt", "sub/up/escaped.txt", "lnk"):
         p = two.master("put", "w1", str(src), remote)
         assert p.returncode == 2 and "outside" in p.stderr, (remote, p.stderr)
@@ -267,7 +258,7 @@ def test_symlinks_cannot_lead_put_or_get_outside(two: Farm, tmp_path: Path) -> N
     assert sorted(os.listdir(outside)) == ["secret.txt"] and not (tmp_path / "got").exists()
     # a symlink that stays inside is followed
     assert two.master("put", "w1", str(src), "inlink/in.txt").returncode == 0
-    assert (wdir(two, "w1") / "sub" / "in.txt").read_text() == "payload\n"
+    assert (two.wdir("w1") / "sub" / "in.txt").read_text() == "payload\n"
     # the worker's own files: its FURL is never overwritten nor sent
     p = two.master("put", "w1", str(src), "master.furl")
     assert p.returncode == 2 and "worker's own files" in p.stderr
@@ -283,11 +274,11 @@ def test_a_directory_swapped_for_a_symlink_mid_put_is_not_followed(
     with open(big, "wb") as f:
         for _ in range(160):
             f.write(os.urandom(1 << 20))
-    work = wdir(two, "w1")
+    work = two.wdir("w1")
     (work / "swap").mkdir()
-    put = subprocess.Popen([*MASTER, "put", "-d", str(two.mdir), "w1", str(big),
-                            "swap/big.bin"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=_env())
+    put = two.procs.popen(sys.executable, "-m", "buildbot_furl.cli.master", "put", "-d",
+                          str(two.mdir), "w1", str(big), "swap/big.bin",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     swaps = 0
     try:
         # as soon as the part file exists, 'swap' is replaced by a symlink
@@ -318,15 +309,15 @@ def test_a_directory_swapped_for_a_symlink_mid_put_is_not_followed(
 
 
 def test_a_program_that_cannot_start_is_one_line_like_a_shell(two: Farm) -> None:
-    p = run(two, "w1", "no-such-command-xyz", "arg")
+    p = two.run("w1", "no-such-command-xyz", "arg")
     assert p.returncode == 127
     assert p.stderr.decode() == ("furl-master: error: no-such-command-xyz: command not found "
                                  "on worker 'w1'\n")
     assert p.stdout == b""
-    (wdir(two, "w1") / "notexec.sh").write_text("#!/bin/sh\necho hi\n")
-    p = run(two, "w1", "./notexec.sh")
+    (two.wdir("w1") / "notexec.sh").write_text("#!/bin/sh\necho hi\n")
+    p = two.run("w1", "./notexec.sh")
     assert p.returncode == 126
     assert p.stderr.decode() == ("furl-master: error: ./notexec.sh: permission denied on "
                                  "worker 'w1'\n")
     # the worker is fine afterwards
-    assert run(two, "w1", "true").returncode == 0
+    assert two.run("w1", "true").returncode == 0
