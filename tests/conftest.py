@@ -169,7 +169,7 @@ class Farm:
 
     def start_worker(self, name: str, furl: str, *extra: str,
                      check: bool = True) -> subprocess.CompletedProcess[str]:
-        wdir = self.tmp / f"worker-{name}"
+        wdir = self.wdir(name)
         wdir.mkdir(exist_ok=True)
         p = cli("furl-worker", "start", str(wdir), *extra, env={"FURL_WORKER_FURL": furl},
                 timeout=90)
@@ -177,6 +177,15 @@ class Farm:
         if check and p.returncode != 0:
             raise AssertionError(f"worker start failed: {p.stderr}")
         return p
+
+    def start_two(self) -> Farm:
+        """Workers w1 and w2, the master, and both attached."""
+        for name in ("w1", "w2"):
+            self.create_worker(name)
+        self.start_master()
+        for name in ("w1", "w2"):
+            self.start_worker(name, self.furls[name])
+        return self
 
     def workers(self) -> dict[str, dict[str, object]]:
         p = self.master("list-workers", "--json", check=True)
@@ -222,11 +231,6 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     procs = Procs()
     try:
         with farm_in(tmp_path_factory.mktemp("two"), procs) as f:
-            for name in ("w1", "w2"):
-                f.create_worker(name)
-            f.start_master()
-            for name in ("w1", "w2"):
-                f.start_worker(name, f.furls[name])
-            yield f
+            yield f.start_two()
     finally:
         procs.cleanup()

@@ -20,15 +20,6 @@ from conftest import Farm, cli, pid_alive
 # Tests that stop a daemon make their own ('farm').
 
 
-def _start_two(farm: Farm) -> Farm:
-    for name in ("w1", "w2"):
-        farm.create_worker(name)
-    farm.start_master()
-    for name in ("w1", "w2"):
-        farm.start_worker(name, farm.furls[name])
-    return farm
-
-
 def test_exit_codes_and_both_streams(two: Farm) -> None:
     p = two.run("w1", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (p.returncode, p.stdout, p.stderr) == (3, b"out\n", b"err\n")
@@ -137,7 +128,7 @@ def test_path_traversal_refused(two: Farm, tmp_path: Path) -> None:
 
 
 def test_unavailable_worker_or_master_exit_2(farm: Farm, tmp_path: Path) -> None:
-    _start_two(farm)
+    farm.start_two()
     p = farm.run("nosuch", "true")
     assert p.returncode == 2 and b"no worker named 'nosuch'" in p.stderr
     farm.create_worker("w3")
@@ -225,7 +216,7 @@ def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
 
 
 def test_worker_lost_mid_command_is_one_clear_line(farm: Farm) -> None:
-    _start_two(farm)
+    farm.start_two()
     proc = farm.run_popen("w1", "sleep", "62.5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert farm.wait_for(lambda: _sleepers("62.5"), 10)
