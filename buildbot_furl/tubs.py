@@ -16,8 +16,8 @@ from buildbot_furl.errors import ConfigError
 from buildbot_furl.furl import Furl, parse_furl
 from buildbot_furl.privatefiles import check_private_mode, write_private
 
-DEFAULT_KEEPALIVE = 30
-DEFAULT_DISCONNECT_TIMEOUT = 90
+DEFAULT_KEEPALIVE = 10  # ping an idle connection after this many seconds
+DEFAULT_DISCONNECT_TIMEOUT = 25  # drop one silent this long (noticed within 2x that)
 
 
 class _PeerAwareBroker(Broker):

@@ -364,7 +364,7 @@ class _RefusingWriter:
 async def test_adapters_report_typed_errors(tmp_path: Path) -> None:
     data = _tar_bytes(lambda t: _file_member(t, "../evil"))
     adapter = FileWriterAdapter(_RefusingWriter())
-    assert unwrap(await adapter.remote_write(data)) is None
+    assert unwrap(await adapter.remote_write(0, data)) == len(data)
     with pytest.raises(PathRefused):
         unwrap(await adapter.remote_unpack())
     with pytest.raises(BadRequest):
@@ -372,12 +372,52 @@ async def test_adapters_report_typed_errors(tmp_path: Path) -> None:
     src = tmp_path / "r.bin"
     src.write_bytes(b"z" * (MAX_CHUNK + 10))
     reader = FileReaderAdapter(FileReader(open(src, "rb")))  # noqa: SIM115
-    assert len(unwrap(await reader.remote_read(10 * MAX_CHUNK))) == MAX_CHUNK
-    assert unwrap(await reader.remote_read(100)) == b"z" * 10
-    assert unwrap(await reader.remote_read(100)) == b""
+    assert len(unwrap(await reader.remote_read(0, 10 * MAX_CHUNK))) == MAX_CHUNK
+    assert unwrap(await reader.remote_read(MAX_CHUNK, 100)) == b"z" * 10
+    assert unwrap(await reader.remote_read(MAX_CHUNK + 10, 100)) == b""
     with pytest.raises(BadRequest):
-        unwrap(await reader.remote_read(-1))
+        unwrap(await reader.remote_read(0, -1))
     assert unwrap(await reader.remote_close()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_adapters_take_each_byte_once_across_replays(tmp_path: Path) -> None:
+    """After a reattach the worker sends again what was not acknowledged,
+    and asks again for what it did not receive: the writer gets each byte
+    once, in order, and replayed reads get the same bytes."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.data = b""
+            self.closed = 0
+
+        def remote_write(self, data: bytes) -> None:
+            self.data += data
+
+        def remote_close(self) -> None:
+            self.closed += 1
+
+    sink = Sink()
+    w = FileWriterAdapter(sink)
+    assert unwrap(await w.remote_write(0, b"abcd")) == 4
+    assert unwrap(await w.remote_write(2, b"cdef")) == 6  # overlaps: only 'ef' is new
+    assert unwrap(await w.remote_write(0, b"abcdef")) == 6  # all of it seen already
+    with pytest.raises(BadRequest):
+        unwrap(await w.remote_write(9, b"gap"))
+    for _ in range(2):
+        assert unwrap(await w.remote_close()) is None
+    assert sink.data == b"abcdef" and sink.closed == 1
+    src = tmp_path / "r.bin"
+    blob = os.urandom(3 * MAX_CHUNK + 7)
+    src.write_bytes(blob)
+    r = FileReaderAdapter(FileReader(open(src, "rb")))  # noqa: SIM115
+    first = unwrap(await r.remote_read(0, MAX_CHUNK))
+    second = unwrap(await r.remote_read(MAX_CHUNK, MAX_CHUNK))
+    assert unwrap(await r.remote_read(0, MAX_CHUNK)) == first  # its answer was lost
+    assert unwrap(await r.remote_read(MAX_CHUNK, MAX_CHUNK)) == second
+    rest = unwrap(await r.remote_read(2 * MAX_CHUNK, MAX_CHUNK))
+    tail = unwrap(await r.remote_read(3 * MAX_CHUNK, MAX_CHUNK))
+    assert first + second + rest + tail == blob
 
 
 # -- filesystem commands ------------------------------------------------------------

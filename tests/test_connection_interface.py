@@ -58,6 +58,14 @@ class FakeSession:
     def drop(self, why: str) -> None:
         self.dropped.append(why)
 
+    def add_rebind_listener(self, cb: Any) -> None:
+        pass
+
+    def wait_attached(self) -> Any:
+        from twisted.internet import defer
+
+        return defer.succeed(None)
+
 
 class TestFurlConnectionInterface(ConnectionInterfaceTest, TestReactorMixin, unittest.TestCase):
     timeout = 30  # buildbot's test setup makes it 5 s

@@ -54,6 +54,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self.pidfile: PidFile | None = None
         self._listen_retry: Any = None  # a delayed call while the port cannot be had
         self._listen_failed = False
+        self._default_grace = 0.0
 
     @property
     def settings(self) -> Any:
@@ -71,6 +72,8 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             settings = hub_settings(self.master.basedir, self.master.config.protocols)
         except ConfigError as e:
             raise ConfigErrors([str(e)]) from None
+        self._default_grace = float(settings.grace)  # type: ignore[arg-type]
+        settings = dataclasses.replace(settings, grace=self._grace_for)
         host = MasterHost(settings, on_attach=self._on_attach, on_detach=self._on_detach)
         try:
             host.setServiceParent(self)  # starts it: checks the files, loads workers.furls
@@ -161,6 +164,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         except ConfigError as e:
             raise ConfigErrors([str(e)]) from None
         old = host.settings
+        self._default_grace = float(new.grace)  # type: ignore[arg-type]
         if new.workers_file != old.workers_file:
             log.warn("FURL workers: a new workers.furls path applies after a restart; "
                      "still watching {path}", path=old.workers_file)
@@ -177,6 +181,15 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
                     from None
             log.info("FURL workers: now listening on {port}", port=new.port)
         host.registry.reload()
+
+    def _grace_for(self, name: str) -> float:
+        """The worker's own session_grace (FurlWorker(...)), or the master's."""
+        try:
+            worker = self.master.workers.getWorkerByName(name)
+        except KeyError:
+            worker = None
+        grace = getattr(worker, "session_grace", None)
+        return self._default_grace if grace is None else float(grace)
 
     # -- checks -----------------------------------------------------------------
     def check_worker(self, worker: Any) -> None:

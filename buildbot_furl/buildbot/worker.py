@@ -15,6 +15,7 @@ from buildbot_furl import furlsfile
 from buildbot_furl.buildbot.hub import FurlHub
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.furl import Furl, parse_furl
+from buildbot_furl.master.config import check_grace
 
 log = Logger()
 
@@ -43,17 +44,21 @@ def load_workers(path: str, **worker_kwargs: Any) -> list[FurlWorker]:
 class FurlWorker(Worker):
     """A Buildbot worker that attaches through its FURL instead of PB.
 
-    ``FurlWorker(name, furl=None, **kwargs)``: ``kwargs`` are those of
-    Buildbot's ``Worker`` less ``password`` (a FURL worker has none and
-    so can never log in over PB).  ``furl``, if given, must belong to this
-    master; whether a worker may attach is decided by ``workers.furls``
-    alone (``furl`` only lets the master warn when the two disagree).
+    ``FurlWorker(name, furl=None, session_grace=None, **kwargs)``:
+    ``kwargs`` are those of Buildbot's ``Worker`` less ``password`` (a FURL
+    worker has none and so can never log in over PB).  ``furl``, if given,
+    must belong to this master; whether a worker may attach is decided by
+    ``workers.furls`` alone (``furl`` only lets the master warn when the
+    two disagree).  ``session_grace``: seconds this worker's session, and
+    the build it runs, outlive a lost connection (default: furl-master.conf's
+    ``session_grace``, 60; 0: a lost connection is a lost worker, as with PB).
     """
 
     #: what the hub checks before it hands a connection to a worker of this name
     is_furl_worker = True
 
-    def __init__(self, name: str, furl: str | Furl | None = None, **kwargs: Any) -> None:
+    def __init__(self, name: str, furl: str | Furl | None = None,
+                 session_grace: float | None = None, **kwargs: Any) -> None:
         if kwargs.pop("password", None) is not None:
             config_error(f"FurlWorker {name!r}: takes no password (its FURL is its credential)")
         self.furl_fingerprint: tuple[str, str] | None = None
@@ -64,6 +69,12 @@ class FurlWorker(Worker):
                 config_error(f"FurlWorker {name!r}: {e}")
             else:
                 self.furl_fingerprint = parsed.fingerprint()
+        self.session_grace: float | None = None
+        if session_grace is not None:
+            try:
+                self.session_grace = check_grace(float(session_grace))
+            except (TypeError, ValueError) as e:
+                config_error(f"FurlWorker {name!r}: {e}")
         self.hub: FurlHub | None = None
         super().__init__(name, None, **kwargs)
 
@@ -73,6 +84,7 @@ class FurlWorker(Worker):
     @defer.inlineCallbacks
     def reconfigServiceWithSibling(self, sibling: Any) -> Any:
         self.furl_fingerprint = sibling.furl_fingerprint
+        self.session_grace = sibling.session_grace
         yield super().reconfigServiceWithSibling(sibling)
         if self.hub is not None:
             self.hub.check_worker(self)

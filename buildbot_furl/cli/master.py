@@ -51,15 +51,20 @@ def cli(ctx: click.Context) -> None:
               help="What workers dial; written into every FURL.")
 @click.option("--port", default=None, metavar="ENDPOINT",
               help="What the master listens on (default: tcp:PORT from --location).")
+@click.option("--session-grace", type=click.FloatRange(0, 86400), default=None,
+              metavar="SECONDS",
+              help="How long a worker's session and its running commands outlive a lost "
+                   "connection (default 60; 0: they end with it).")
 @click.pass_obj
 @guarded()
-def create_master(cfg: MasterCli, location: str, port: str | None) -> None:
+def create_master(cfg: MasterCli, location: str, port: str | None,
+                  session_grace: float | None) -> None:
     """Create a master directory: config, TLS key, empty workers.furls.
 
     In a Buildbot master's directory this adds what its FurlWorker plugin
     needs, and says what to put in master.cfg.
     """
-    cmds.create_master(cfg, location, port)
+    cmds.create_master(cfg, location, port, session_grace)
 
 
 @cli.command("create-worker", epilog=epilog(*USUAL))

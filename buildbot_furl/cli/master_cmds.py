@@ -80,8 +80,9 @@ def _emit(furl: Furl, fd: int | None, output: str | None) -> None:
 # -- creating -------------------------------------------------------------------
 
 
-def create_master(cfg: MasterCli, location: str, port: str | None) -> None:
-    conf = mconfig.create(cfg.dir, location, port)
+def create_master(cfg: MasterCli, location: str, port: str | None,
+                  session_grace: float | None = None) -> None:
+    conf = mconfig.create(cfg.dir, location, port, session_grace)
     tubid = make_tub(conf.paths.tub_pem).getTubID()
     d = conf.paths.basedir
     note(f"created master in {d} (tubid {tubid}, listening on {conf.port})")

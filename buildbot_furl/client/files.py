@@ -43,11 +43,13 @@ class LocalSource(Referenceable):
         self.size = 0
 
     @remote_method
-    def remote_read(self, length: int) -> bytes:
+    def remote_read(self, offset: int, length: int) -> bytes:
         if self.fp is None:
             return b""
         if not isinstance(length, int) or length < 0:
             raise BadRequest("read wants a non-negative length")
+        if offset != self.size:
+            raise BadRequest(f"read at {offset}: the copy is at {self.size}")
         data = self.fp.read(min(length, MAX_CHUNK))
         self.sha.update(data)
         self.size += len(data)
@@ -71,18 +73,23 @@ class LocalSink(Referenceable):
             dir=self.dir, prefix=f".{os.path.basename(dest)[:100]}.", suffix=".furl-part")
         self.fp: IO[bytes] | None = os.fdopen(fd, "w+b")
         self.sha = hashlib.sha256()
+        self.size = 0
         self.finished = False
         self.is_tar = False
 
     @remote_method
-    def remote_write(self, data: bytes) -> None:
+    def remote_write(self, offset: int, data: bytes) -> int:
         if self.fp is None or self.finished:
             raise BadRequest("write after close")
         if not isinstance(data, bytes):
             raise BadRequest("write wants bytes")
+        if offset != self.size:
+            raise BadRequest(f"write at {offset}: the copy is at {self.size}")
         self.fp.write(data)
         self.sha.update(data)
+        self.size += len(data)
         self.progress.add(len(data))
+        return self.size
 
     @remote_method
     def remote_utime(self, times: bytes) -> None:

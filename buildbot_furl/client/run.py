@@ -15,7 +15,7 @@ from zope.interface import implementer
 from buildbot_furl.client.connect import require_standalone, run_with_admin
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.protocol import RIOutput, call, remote_method
-from buildbot_furl.protocol.messages import RunAnswer, RunRequest, decode_output
+from buildbot_furl.protocol.messages import NOTICE, RunAnswer, RunRequest, decode_output
 
 INTERRUPTED = 130
 
@@ -24,13 +24,20 @@ INTERRUPTED = 130
 class OutputSink(Referenceable):
     """Receives a run's output and writes it to our stdout/stderr as it comes."""
 
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, verbose: bool = False) -> None:
+    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, verbose: bool = False,
+                 notices: bool = False) -> None:
         self.streams = {"stdout": stdout, "stderr": stderr}
         self.verbose = verbose
+        self.notices = notices or verbose
 
     @remote_method
     def remote_output(self, batch: bytes) -> None:
         for key, text in decode_output(batch):
+            if key == NOTICE:
+                if self.notices:
+                    self.streams["stderr"].write(f"furl-master: {text}\n".encode())
+                    self.streams["stderr"].flush()
+                continue
             if key == "header":
                 if self.verbose:
                     self.streams["stderr"].write(text.encode("utf-8", "replace"))
@@ -55,7 +62,8 @@ class RunOperation:
         self.request = RunRequest(argv, f"cli-{secrets.token_hex(8)}", workdir or ".", env,
                                   timeout)
         self.timeout = timeout
-        self.sink = OutputSink(sys.stdout.buffer, sys.stderr.buffer, verbose)
+        self.sink = OutputSink(sys.stdout.buffer, sys.stderr.buffer, verbose,
+                               notices=sys.stderr.isatty())
         self.interrupts = 0
         self.admin: Any = None
 

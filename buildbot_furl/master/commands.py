@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buildbot_furl.errors import RemoteError
+from buildbot_furl.errors import ConnectionLost, RemoteError
 from buildbot_furl.protocol import RICommandStatus, remote_method
 from buildbot_furl.protocol.messages import check_seq, decode_failure, decode_updates
 
@@ -28,7 +28,23 @@ class CommandStatus(Referenceable):
         self.remote_command = remote_command
         self.applied = 0
         self.completed = False
+        #: fires once the command's completion has been handed on
+        self.finished: defer.Deferred[None] = defer.Deferred()
         self._lock = defer.DeferredLock()
+
+    def _finish(self) -> None:
+        if not self.finished.called:
+            self.finished.callback(None)
+
+    def lost(self, why: str) -> None:
+        """The worker no longer has the command: complete it as failed."""
+        if self.completed:
+            return
+        self.completed = True
+        d = defer.maybeDeferred(self.remote_command.remote_complete,
+                                Failure(ConnectionLost(why)))
+        d.addErrback(lambda f: None)
+        self._finish()
 
     @remote_method
     async def remote_update(self, seq: int, batch: bytes) -> int:
@@ -61,9 +77,12 @@ class CommandStatus(Referenceable):
             # Buildbot raises a str failure as-is only on its msgpack path;
             # a Failure works with every RemoteCommand implementation
             why = Failure(RemoteError(text)) if text is not None else None
-            result = self.remote_command.remote_complete(why)
-            if isinstance(result, defer.Deferred):
-                await result
+            try:
+                result = self.remote_command.remote_complete(why)
+                if isinstance(result, defer.Deferred):
+                    await result
+            finally:
+                self._finish()
             return seq
         finally:
             self._lock.release()

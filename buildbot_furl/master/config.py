@@ -26,6 +26,8 @@ from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
+DEFAULT_GRACE = 60.0  # seconds a session outlives its connection
+
 HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
 
 
@@ -39,6 +41,7 @@ class MasterConfig:
     reload_interval: float = 1.0
     log_size: int = logs.DEFAULT_MAX_BYTES
     log_keep: int = logs.DEFAULT_KEEP
+    session_grace: float = DEFAULT_GRACE
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -70,9 +73,21 @@ def check_port(port: str) -> str:
     return port
 
 
-def create(basedir: str, location: str, port: str | None) -> MasterConfig:
+def check_grace(grace: float) -> float:
+    """A session grace period: 0 (sessions end with their connection) to a day."""
+    if not 0 <= grace <= 86400:
+        raise ValueError("session_grace must be between 0 and 86400 seconds")
+    return float(grace)
+
+
+def create(basedir: str, location: str, port: str | None,
+           session_grace: float | None = None) -> MasterConfig:
     """Write the config and an empty workers.furls; the key comes from tubs."""
     hints = parse_location(location)
+    try:
+        grace = check_grace(session_grace) if session_grace is not None else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     port = check_port(port) if port else default_port(hints)
     paths = MasterPaths(os.path.abspath(basedir))
     if os.path.exists(paths.conf):
@@ -82,18 +97,23 @@ def create(basedir: str, location: str, port: str | None) -> MasterConfig:
     os.chmod(paths.private, 0o700)
     cp = configparser.ConfigParser()
     cp["master"] = {"location": ",".join(hints), "port": port}
+    if grace is not None:
+        cp["master"]["session_grace"] = f"{grace:g}"
     with open(paths.conf, "w", encoding="utf-8") as f:
         f.write(
             "# furl-master settings. location: what workers dial (goes into every FURL);\n"
             "# port: what this master listens on. Changing location needs rotate-worker\n"
             "# for every worker, since their FURLs carry it.\n"
-            "# Optional, with their defaults: keepalive = 30, disconnect_timeout = 90\n"
+            "# Optional, with their defaults: keepalive = 10, disconnect_timeout = 25\n"
             "# (seconds), reload_interval = 1 (how often workers.furls is checked, in\n"
-            "# seconds), log_size = 10M (0: never rotate master.log), log_keep = 5.\n"
+            "# seconds), log_size = 10M (0: never rotate master.log), log_keep = 5,\n"
+            "# session_grace = 60 (seconds a worker's session and its running commands\n"
+            "# outlive a lost connection; 0: they end with it).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
-    return MasterConfig(paths, hints, port)
+    return MasterConfig(paths, hints, port, session_grace=grace if grace is not None else
+                        DEFAULT_GRACE)
 
 
 def load(basedir: str) -> MasterConfig:
@@ -121,10 +141,11 @@ def load(basedir: str) -> MasterConfig:
         log_keep = sect.getint("log_keep", logs.DEFAULT_KEEP)
         if not 1 <= log_keep <= 1000:
             raise ValueError("log_keep must be between 1 and 1000")
+        grace = check_grace(sect.getfloat("session_grace", DEFAULT_GRACE))
     except (configparser.Error, KeyError, ValueError, ConfigError) as e:
         raise ConfigError(f"{paths.conf}: {e}") from None
     return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval, log_size,
-                        log_keep)
+                        log_keep, grace)
 
 
 def is_buildbot_dir(paths: MasterPaths) -> bool:

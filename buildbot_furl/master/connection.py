@@ -23,6 +23,7 @@ Buildbot's steps expect.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,13 @@ from buildbot_furl.master.commands import CommandStatus
 from buildbot_furl.master.files import FileReaderAdapter, FileWriterAdapter
 from buildbot_furl.master.session import WorkerSession, peer_of
 from buildbot_furl.protocol import call, encode
-from buildbot_furl.protocol.messages import name_arg, text_arg
+from buildbot_furl.protocol.messages import (
+    RESUMED,
+    UNKNOWN_COMMAND,
+    ResumeState,
+    name_arg,
+    text_arg,
+)
 
 log = Logger()
 
@@ -64,8 +71,33 @@ class _Subscription:
         self._conn._subscriptions.discard(self)
 
 
+@dataclasses.dataclass
+class _Running:
+    """A command the worker runs for this connection, until it completes."""
+
+    builder: str
+    command: str
+    payload: bytes
+    status: CommandStatus
+    writer: FileWriterAdapter | None
+    reader: FileReaderAdapter | None
+    started: bool = False  # the worker has it (its startCommand was answered)
+
+    def state(self) -> ResumeState:
+        return ResumeState(self.status.applied, self.status.completed,
+                           self.writer.written if self.writer else 0,
+                           self.reader.sent if self.reader else 0)
+
+
 class FurlConnection:
-    """One attached worker, as the Buildbot master (or the standalone one) sees it."""
+    """One attached worker, as the Buildbot master (or the standalone one) sees it.
+
+    Its session outlives a dropped connection (see
+    :mod:`~buildbot_furl.master.session`): meanwhile calls wait for the
+    worker to come back, and when it does, every running command is handed
+    its master-side objects again (``resumeCommand``).  Only when the
+    session ends does Buildbot hear of a disconnect.
+    """
 
     def __init__(self, session: WorkerSession, master: Any = None, worker: Any = None) -> None:
         self.session = session
@@ -82,10 +114,12 @@ class FurlConnection:
         self._unfinished: list[defer.Deferred[Any]] = []
         self._delivering = False
         self._finished_waiters: list[defer.Deferred[None]] = []
+        self._running: dict[str, _Running] = {}  # command id -> what it needs on a reattach
         if session.gone:
             self._reactor.callLater(0, self.notifyDisconnected)
         else:
             session.add_disconnect_callback(self.notifyDisconnected)
+            session.add_rebind_listener(self._resume_commands)
 
     def __repr__(self) -> str:
         return f"<FurlConnection {self.session.name} {self.get_peer()}>"
@@ -169,15 +203,26 @@ class FurlConnection:
         self.notifyDisconnected()
 
     # -- calls to the worker --------------------------------------------------
+    async def _call_retrying(self, method: str, *args: Any) -> Any:
+        """``method`` on the worker; while its session is detached, wait for
+        it to come back (and call again what the cut connection lost)."""
+        while True:
+            await self.session.wait_attached()
+            try:
+                return await call(self.session.bot, method, *args)
+            except ConnectionLost:
+                if self.session.gone:
+                    raise
+
     def _call(self, method: str, *args: Any) -> defer.Deferred[Any]:
-        return defer.Deferred.fromCoroutine(call(self.session.bot, method, *args))
+        return defer.Deferred.fromCoroutine(self._call_retrying(method, *args))
 
     def remotePrint(self, message: Any) -> defer.Deferred[Any]:
         return self._call("print", text_arg(message))
 
     def remoteGetWorkerInfo(self) -> defer.Deferred[dict[str, Any]]:
         async def get() -> dict[str, Any]:
-            info = await call(self.session.bot, "getWorkerInfo")
+            info = await self._call_retrying("getWorkerInfo")
             if not isinstance(info, dict):
                 raise BadRequest("getWorkerInfo answered something that is not a dict")
             return _bytes_to_str(info)
@@ -192,7 +237,7 @@ class FurlConnection:
         async def set_list() -> list[str]:
             pairs = [[name_arg(name, "builder name"), str(builddir)]
                      for name, builddir in builders]
-            names = await call(self.session.bot, "setBuilderList", encode(pairs))
+            names = await self._call_retrying("setBuilderList", encode(pairs))
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise BadRequest("setBuilderList answered something that is not a list of names")
             self.builders = names
@@ -218,14 +263,65 @@ class FurlConnection:
                 raise BadRequest(
                     f"the arguments of command {commandName!r} cannot be sent: {e}"
                 ) from None
-            return await call(
-                self.session.bot, "startCommand",
-                name_arg(builderName, "builder name"), name_arg(commandId, "command id"),
-                name_arg(commandName, "command name"), payload, CommandStatus(remoteCommand),
-                FileWriterAdapter(writer) if writer is not None else None,
-                FileReaderAdapter(reader) if reader is not None else None)
+            command_id = name_arg(commandId, "command id")
+            run = _Running(name_arg(builderName, "builder name"),
+                           name_arg(commandName, "command name"), payload,
+                           CommandStatus(remoteCommand),
+                           FileWriterAdapter(writer) if writer is not None else None,
+                           FileReaderAdapter(reader) if reader is not None else None)
+            self._running[command_id] = run
+            run.status.finished.addBoth(lambda _: self._running.pop(command_id, None))
+            try:
+                return await self._start(command_id, run)
+            except Exception:
+                self._running.pop(command_id, None)
+                raise
 
         return defer.Deferred.fromCoroutine(start())
+
+    async def _start(self, command_id: str, run: _Running) -> Any:
+        """startCommand; if the connection drops before the answer, the
+        session's rebind sorts it out (resumed, or started then)."""
+        while True:
+            await self.session.wait_attached()
+            if run.started:
+                return None  # a rebind found (or started) it meanwhile
+            try:
+                answer = await call(self.session.bot, "startCommand", run.builder, command_id,
+                                    run.command, run.payload, run.status, run.writer,
+                                    run.reader)
+            except ConnectionLost:
+                if self.session.gone:
+                    raise
+                continue
+            run.started = True
+            return answer
+
+    async def _resume_commands(self) -> list[str]:
+        """The session moved to a new connection: hand every running command
+        its objects again; start those the worker never got.  Answers the
+        ids the worker carries on."""
+        carried = []
+        for command_id, run in list(self._running.items()):
+            try:
+                answer = await call(self.session.bot, "resumeCommand", run.builder, command_id,
+                                    run.status, run.writer, run.reader, run.state().to_wire())
+                if answer == UNKNOWN_COMMAND and not run.started:
+                    await call(self.session.bot, "startCommand", run.builder, command_id,
+                               run.command, run.payload, run.status, run.writer, run.reader)
+                    answer = RESUMED
+                    run.started = True
+            except Exception as e:
+                log.info("command {cid} of worker {name} could not be resumed: {err}",
+                         cid=command_id, name=self.session.name, err=str(e))
+                answer = UNKNOWN_COMMAND
+            if answer == RESUMED:
+                run.started = True
+                carried.append(command_id)
+            else:
+                self._running.pop(command_id, None)
+                run.status.lost(f"worker {self.session.name!r} no longer runs the command")
+        return carried
 
     def remoteShutdown(self) -> defer.Deferred[None]:
         """Ask the worker to shut down; a connection lost meanwhile is success."""
@@ -234,7 +330,7 @@ class FurlConnection:
             try:
                 await call(self.session.bot, "shutdown")
             except ConnectionLost:
-                pass
+                pass  # it went; its session ends when it says it leaves
 
         return defer.Deferred.fromCoroutine(shutdown())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -21,7 +22,7 @@ from twisted.internet import defer
 from buildbot_furl.errors import FurlError
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.layout import MasterPaths
-from buildbot_furl.master.config import MasterConfig, check_private
+from buildbot_furl.master.config import DEFAULT_GRACE, MasterConfig, check_private
 from buildbot_furl.master.registry import AttachHook, DetachHook, WorkerRegistry
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import (
@@ -48,6 +49,9 @@ class HostSettings:
     keepalive: int = DEFAULT_KEEPALIVE
     disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
     reload_interval: float = 1.0
+    #: seconds a worker's session outlives its connection; or, per worker
+    #: name, a function (the Buildbot plugin's FurlWorker(session_grace=...))
+    grace: float | Callable[[str], float] = DEFAULT_GRACE
 
     @property
     def workers_file(self) -> str:
@@ -56,7 +60,7 @@ class HostSettings:
     @classmethod
     def from_config(cls, config: MasterConfig) -> HostSettings:
         return cls(config.paths, config.port, config.location, "", config.keepalive,
-                   config.disconnect_timeout, config.reload_interval)
+                   config.disconnect_timeout, config.reload_interval, config.session_grace)
 
 
 class MasterHost(service.MultiService):
@@ -82,7 +86,8 @@ class MasterHost(service.MultiService):
         tub = make_tub(s.paths.tub_pem, s.keepalive, s.disconnect_timeout)
         tub.setLocation(*s.location)
         registry = WorkerRegistry(tub, s.workers_file, on_attach=self.on_attach,
-                                  on_detach=self.on_detach, reload_interval=s.reload_interval)
+                                  on_detach=self.on_detach, reload_interval=s.reload_interval,
+                                  grace=s.grace)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)

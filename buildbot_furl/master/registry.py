@@ -33,11 +33,12 @@ from buildbot_furl.errors import (
 from buildbot_furl.furl import secret_digest
 from buildbot_furl.master.session import WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
-from buildbot_furl.protocol.messages import AttachInfo
+from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, decode_session
 
 log = Logger()
 
 DUPLICATE_PING_TIMEOUT = 5.0
+
 REFUSED_HANGUP_DELAY = 1.0
 
 AttachHook = Callable[[WorkerSession], Awaitable[None] | None]
@@ -56,6 +57,10 @@ class WorkerLogin(Referenceable):
     async def remote_attach(self, bot: Any, info: bytes) -> dict[str, Any]:
         return await self.registry.attach(self, bot, AttachInfo.from_wire(info))
 
+    @remote_method
+    def remote_leave(self, session: bytes) -> bool:
+        return self.registry.leave(self, decode_session(session))
+
 
 class WorkerRegistry:
     """Keeps logins in step with workers.furls and tracks live sessions."""
@@ -67,6 +72,7 @@ class WorkerRegistry:
         on_attach: AttachHook | None = None,
         on_detach: DetachHook | None = None,
         reload_interval: float = 1.0,
+        grace: Callable[[str], float] | float = 0.0,
     ) -> None:
         self.tub = tub
         self.furls_path = furls_path
@@ -74,6 +80,8 @@ class WorkerRegistry:
         self.on_attach = on_attach
         self.on_detach = on_detach
         self.reload_interval = reload_interval
+        #: how long a worker's session outlives its connection (per name)
+        self.grace = grace if callable(grace) else (lambda name, g=float(grace): g)
         self.logins: dict[str, WorkerLogin] = {}  # swissnum -> login
         self.by_name: dict[str, WorkerLogin] = {}
         self.entries: dict[str, furlsfile.Entry] = {}
@@ -195,8 +203,11 @@ class WorkerRegistry:
             raise DuplicateWorker(f"worker {name!r} is attaching from elsewhere right now")
         self._attaching.add(name)
         try:
+            old = self.sessions.get(name)
+            if old is not None and old.proves(info.resume):
+                return (await self._resume(old, bot, peer, info)).to_wire()
             await self._settle_duplicate(name, peer)
-            session = WorkerSession(name, bot, info, max(common), peer)
+            session = WorkerSession(name, bot, info, max(common), peer, self.grace(name))
             self.sessions[name] = session
             self.last_seen[name] = time.time()
             session.add_disconnect_callback(lambda: self._detached(session))
@@ -208,23 +219,46 @@ class WorkerRegistry:
                     await defer.maybeDeferred(self.on_attach, session)
                 except WireError:
                     # let the refusal reach the worker before hanging up
+                    session.grace = 0
                     self._forget(session, drop=False)
                     reactor.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
                     raise
-            return {
-                "protocol": session.protocol,
-                "session": session.session_id,
-                "master_version": __version__,
-            }
+            return AttachAnswer(session.protocol, session.session_id,
+                                session.hand_out_secret(), session.grace,
+                                __version__).to_wire()
         finally:
             self._attaching.discard(name)
+
+    def leave(self, login: WorkerLogin, proof: tuple[str, str] | None) -> bool:
+        """A worker stops on purpose: its session ends now, not after the grace."""
+        session = self.sessions.get(login.name)
+        if session is None or not session.proves(proof):
+            return False
+        log.info("worker {name} is stopping", name=login.name)
+        session.drop("the worker stopped")
+        return True
+
+    async def _resume(self, session: WorkerSession, bot: Any, peer: str,
+                      info: AttachInfo) -> AttachAnswer:
+        """The worker proved it holds ``session``: carry it over to ``bot``."""
+        carried = await session.rebind(bot, peer)
+        self.last_seen[session.name] = time.time()
+        assert info.resume is not None
+        return AttachAnswer(session.protocol, session.session_id, info.resume[1],
+                            session.grace, __version__, resumed=True, commands=tuple(carried))
 
     async def _settle_duplicate(self, name: str, peer: str) -> None:
         """Never two live connections for one name: an old one that still
         answers a ping within DUPLICATE_PING_TIMEOUT wins; one that does not
-        is dropped and the newcomer attaches."""
+        is dropped and the newcomer attaches.  A session whose connection is
+        gone already, and which the newcomer did not prove, ends at once
+        (the worker started afresh)."""
         old = self.sessions.get(name)
         if old is None:
+            return
+        if not old.attached:
+            old.drop("the worker attached afresh, without its session")
+            self._forget(old)
             return
         try:
             d = defer.Deferred.fromCoroutine(call(old.bot, "ping"))
@@ -267,7 +301,10 @@ class WorkerRegistry:
                 {
                     "name": name,
                     "comment": entry.comment,
-                    "connected": s is not None,
+                    "connected": s is not None and s.attached,
+                    "state": ("connected" if s.attached else "reconnecting") if s else
+                             "not connected",
+                    "grace_until": (s.detached_at + s.grace) if s and s.detached_at else None,
                     "peer": s.peer if s else None,
                     "connected_since": s.connected_at if s else None,
                     "last_seen": time.time() if s else self.last_seen.get(name),

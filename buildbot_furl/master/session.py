@@ -1,14 +1,29 @@
-"""One attached worker: its bot reference, what it said at attach, its peer."""
+"""One worker's session: it outlives a TCP connection for a grace period.
+
+A session starts when a worker attaches.  When its connection drops, the
+session is *detached*: its running commands go on (on the worker) and
+nothing above it is told, for up to ``grace`` seconds.  If the worker
+reattaches in that time and proves it holds the session (the secret it was
+given at attach, compared by digest), the session is *rebound* to the new
+connection and every rebind listener (e.g. a Buildbot Connection resuming
+its commands) is run.  Otherwise, or when it is dropped on purpose
+(revocation, shutdown), the session *ends*, and only then do its end
+listeners hear of it: for Buildbot, the worker is lost.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
+from buildbot_furl.errors import ConnectionLost
 from buildbot_furl.protocol.messages import AttachInfo
 
 log = Logger()
@@ -24,23 +39,48 @@ def peer_of(rref: Any) -> str:
         return "?"
 
 
-class WorkerSession:
-    """A worker's attachment.  ``drop()`` severs the TCP connection itself:
-    foolscap keeps a held reference working until its connection goes."""
+def _hang_up(bot: Any) -> None:
+    try:
+        bot.tracker.broker.transport.loseConnection()
+    except Exception:
+        pass
 
-    def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int,
-                 peer: str) -> None:
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class WorkerSession:
+    """A worker's session; ``bot`` is the worker's current reference."""
+
+    def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int, peer: str,
+                 grace: float = 0.0) -> None:
         self.name = name
         self.bot = bot
         self.info = info
         self.protocol = protocol
         self.peer = peer
+        self.grace = grace
         self.session_id = secrets.token_hex(16)
+        #: what proves the session on a reattach; handed to the worker once,
+        #: kept here only as a digest, never logged
+        self.secret = secrets.token_hex(32)
+        self._secret_digest = _digest(self.secret)
         self.connected_at = time.time()
+        self.detached_at: float | None = None  # while the link is down
         self.dropped = False  # drop() was asked for
-        self.gone = False  # the connection is closed
+        self.gone = False  # the session has ended
         self._callbacks: list[Callable[[], None]] = []
-        self._marker = bot.notifyOnDisconnect(self._disconnected)
+        self._rebind_listeners: list[Callable[[], Awaitable[list[str]]]] = []
+        self._link_listeners: list[Callable[[bool], None]] = []
+        self._attached_waiters: list[defer.Deferred[None]] = []
+        self._grace_timer: Any = None
+        bot.notifyOnDisconnect(self._link_lost, bot)
+
+    def hand_out_secret(self) -> str:
+        """The secret, for the attach answer only (then forgotten here)."""
+        secret, self.secret = self.secret, ""
+        return secret
 
     @property
     def worker_info(self) -> dict[str, Any]:
@@ -48,7 +88,21 @@ class WorkerSession:
         less its environment)."""
         return self.info.worker_info
 
+    @property
+    def attached(self) -> bool:
+        return not self.gone and self.detached_at is None
+
+    def proves(self, resume: tuple[str, str] | None) -> bool:
+        """Whether ``resume`` (from a reattaching worker) is this session."""
+        if resume is None or self.gone:
+            return False
+        session_id, secret = resume
+        return (hmac.compare_digest(session_id, self.session_id)
+                and hmac.compare_digest(_digest(secret), self._secret_digest))
+
+    # -- listeners --------------------------------------------------------------
     def add_disconnect_callback(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """``cb()`` when the session ends (not when a connection merely drops)."""
         self._callbacks.append(cb)
         return cb
 
@@ -56,10 +110,96 @@ class WorkerSession:
         if cb in self._callbacks:
             self._callbacks.remove(cb)
 
-    def _disconnected(self) -> None:
+    def add_rebind_listener(self, cb: Callable[[], Awaitable[list[str]]]) -> None:
+        """``await cb()`` when the session moves to a new connection; it
+        answers the ids of the commands it carried over."""
+        self._rebind_listeners.append(cb)
+
+    def add_link_listener(self, cb: Callable[[bool], None]) -> Callable[[bool], None]:
+        """``cb(up)`` when the connection drops (False) and when it is back (True)."""
+        self._link_listeners.append(cb)
+        return cb
+
+    def remove_link_listener(self, cb: Callable[[bool], None]) -> None:
+        if cb in self._link_listeners:
+            self._link_listeners.remove(cb)
+
+    def _tell_link(self, up: bool) -> None:
+        for cb in list(self._link_listeners):
+            try:
+                cb(up)
+            except Exception:
+                log.failure("link listener of worker {name} failed", name=self.name)
+
+    def wait_attached(self) -> defer.Deferred[None]:
+        """Fires when the session has a connection (at once if it has one);
+        fails with ConnectionLost if it ends first."""
+        if self.gone:
+            return defer.fail(ConnectionLost(f"worker {self.name!r} is gone"))
+        if self.detached_at is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._attached_waiters.append(d)
+        return d
+
+    # -- the connection comes and goes -------------------------------------------
+    def _link_lost(self, bot: Any) -> None:
+        if self.gone or bot is not self.bot:
+            return
+        if self.grace <= 0 or self.dropped:
+            self.end("connection lost")
+            return
+        self.detached_at = time.time()
+        log.info("worker {name}: connection from {peer} lost; keeping its session for "
+                 "{grace:.0f} s", name=self.name, peer=self.peer, grace=self.grace)
+        self._grace_timer = reactor.callLater(self.grace, self._grace_over)
+        self._tell_link(False)
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        self.end(f"no reattach within {self.grace:.0f} s")
+
+    async def rebind(self, bot: Any, peer: str) -> list[str]:
+        """Move the session to the worker's new connection (it proved the
+        session): the old connection, if any is left, is dropped.  Answers
+        the ids of the commands carried over."""
+        old = self.bot
+        self.bot = bot
+        self.peer = peer
+        if self._grace_timer is not None and self._grace_timer.active():
+            self._grace_timer.cancel()
+        self._grace_timer = None
+        was_detached = self.detached_at is not None
+        self.detached_at = None
+        if old is not bot:
+            _hang_up(old)
+        bot.notifyOnDisconnect(self._link_lost, bot)
+        log.info("worker {name}: session resumed from {peer}", name=self.name, peer=peer)
+        carried: list[str] = []
+        for cb in list(self._rebind_listeners):
+            try:
+                carried += await cb()
+            except Exception:
+                log.failure("rebind listener of worker {name} failed", name=self.name)
+        waiters, self._attached_waiters = self._attached_waiters, []
+        for d in waiters:
+            d.callback(None)
+        if was_detached:
+            self._tell_link(True)
+        return carried
+
+    def end(self, why: str) -> None:
+        """End the session: tell everyone listening (idempotent)."""
         if self.gone:
             return
         self.gone = True
+        if self._grace_timer is not None and self._grace_timer.active():
+            self._grace_timer.cancel()
+        self._grace_timer = None
+        log.info("worker {name}: session ended ({why})", name=self.name, why=why)
+        waiters, self._attached_waiters = self._attached_waiters, []
+        for d in waiters:
+            d.errback(ConnectionLost(f"worker {self.name!r} is gone ({why})"))
         callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             try:
@@ -68,13 +208,11 @@ class WorkerSession:
                 log.failure("disconnect callback of worker {name} failed", name=self.name)
 
     def drop(self, why: str) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection and end the session now, grace or not
+        (revocation, a refused attach, shutdown).  Idempotent."""
         if self.dropped:
             return
         self.dropped = True
         log.info("dropping connection of worker {name} ({why})", name=self.name, why=why)
-        try:
-            self.bot.tracker.broker.transport.loseConnection()
-        except Exception:
-            log.failure("could not close the connection of worker {name}", name=self.name)
-        # the disconnect notification fires on its own once the transport closes
+        _hang_up(self.bot)
+        self.end(why)

@@ -42,6 +42,7 @@ from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.session import WorkerSession
 from buildbot_furl.protocol import GET_COMMAND, PUT_COMMAND, call, encode
 from buildbot_furl.protocol.messages import (
+    NOTICE,
     TRANSFER_ERROR,
     TRANSFER_RESULT,
     FileInfo,
@@ -174,6 +175,13 @@ class _Collector:
         if not self.done.called:
             self.done.callback(None)
 
+    def notice(self, text: str) -> None:
+        """Tell the admin something about the run (not its output)."""
+        if self.out is not None:
+            d = defer.Deferred.fromCoroutine(
+                call(self.out, "output", encode_output([[NOTICE, text]])))
+            d.addErrback(lambda f: None)
+
 
 def start_error(program: str, worker: str, text: str) -> WireError:
     """The one-line error for a program the worker could not start."""
@@ -205,6 +213,8 @@ class Standalone:
         session = self.registry.sessions.get(name)
         if session is None or session.gone:
             raise WorkerNotConnected(f"worker {name!r} is not connected")
+        # a session whose connection is down for now is waited for (by the
+        # connection's calls), up to its grace period
         key = id(session)
         if key not in self._conns:
             conn = FurlConnection(session)
@@ -224,6 +234,14 @@ class Standalone:
         command_id = run_id or f"furl-{next(self._ids)}"
         lost: defer.Deferred[None] = defer.Deferred()
         cb = session.add_disconnect_callback(lambda: lost.called or lost.callback(None))
+
+        def link(up: bool) -> None:
+            collector.notice(
+                f"the connection to worker {worker!r} is back" if up else
+                f"the connection to worker {worker!r} was lost; waiting up to "
+                f"{session.grace:.0f} s for it to come back")
+
+        link_cb = session.add_link_listener(link)
         if run_id:
             self._runs[run_id] = (conn, builder, command_id)
         try:
@@ -234,6 +252,7 @@ class Standalone:
                 raise ConnectionLost(f"worker {worker!r} disconnected during the command")
         finally:
             session.remove_disconnect_callback(cb)
+            session.remove_link_listener(link_cb)
             self._runs.pop(run_id or "", None)
             slots.give_back(builder)
         if collector.failure is not None and collector.start_error is None:
@@ -300,19 +319,32 @@ class Standalone:
 
 
 class _Relay:
-    """Forwards a worker's file calls to the admin CLI's object, one at a time."""
+    """Forwards a worker's file calls to the admin CLI's object, in order.
+
+    It sits behind the master's file adapters, which already turn a
+    worker's replays (after a reattach) into one sequential stream, so the
+    CLI sees each byte once; the relay adds the offsets the CLI checks.
+    """
 
     def __init__(self, target: Any) -> None:
         self.target = target
+        self.read_offset = 0
+        self.write_offset = 0
 
     def _fwd(self, method: str, *args: Any) -> defer.Deferred[Any]:
         return defer.Deferred.fromCoroutine(call(self.target, method, *args))
 
     def remote_read(self, maxlength: int) -> defer.Deferred[Any]:
-        return self._fwd("read", maxlength)
+        def got(data: Any) -> Any:
+            if isinstance(data, bytes):
+                self.read_offset += len(data)
+            return data
+
+        return self._fwd("read", self.read_offset, maxlength).addCallback(got)
 
     def remote_write(self, data: bytes) -> defer.Deferred[Any]:
-        return self._fwd("write", data)
+        offset, self.write_offset = self.write_offset, self.write_offset + len(data)
+        return self._fwd("write", offset, data)
 
     def remote_utime(self, accessed_modified: Any) -> defer.Deferred[Any]:
         return self._fwd("utime", encode(list(accessed_modified)))
@@ -322,4 +354,3 @@ class _Relay:
 
     def remote_unpack(self) -> defer.Deferred[Any]:
         return self._fwd("unpack")
-

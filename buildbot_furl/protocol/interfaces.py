@@ -24,6 +24,7 @@ Chunk = ByteStringConstraint(maxLength=MAX_CHUNK)
 Name = UnicodeConstraint(maxLength=MAX_NAME)
 Text = UnicodeConstraint(maxLength=MAX_TEXT)
 Seq = IntegerConstraint(maxBytes=8)
+Offset = IntegerConstraint(maxBytes=8)  # a position in a transferred byte stream
 
 #: the worker's confined transfer commands for standalone put/get (beside
 #: buildbot-worker's own commands; see buildbot_furl.worker.transfers)
@@ -36,7 +37,9 @@ class RIFileWriter(RemoteInterface):
 
     __remote_name__ = "buildbot_furl.RIFileWriter.v1"
 
-    def write(data=Chunk):
+    def write(offset=Offset, data=Chunk):
+        """Bytes at ``offset`` of the stream; a replay of bytes already
+        written (after a reattach) is acknowledged, not written twice."""
         return Payload
 
     def utime(times=Payload):
@@ -54,7 +57,9 @@ class RIFileReader(RemoteInterface):
 
     __remote_name__ = "buildbot_furl.RIFileReader.v1"
 
-    def read(length=Seq):
+    def read(offset=Offset, length=Seq):
+        """Up to ``length`` bytes from ``offset``: the next ones, or (after a
+        reattach) ones sent recently whose answer was lost."""
         return Payload
 
     def close():
@@ -111,6 +116,19 @@ class RIWorkerBot(RemoteInterface):
     def shutdown():
         return Payload
 
+    def resumeCommand(
+        builder=Name,
+        command_id=Name,
+        status=RICommandStatus,
+        writer=ChoiceOf(Nothing(), RIFileWriter),
+        reader=ChoiceOf(Nothing(), RIFileReader),
+        state=Payload,
+    ):
+        """After a reattach: the command's master-side objects again, and
+        how far the master got (``messages.ResumeState``); answers whether
+        the worker still has the command."""
+        return Payload
+
 
 class RIWorkerLogin(RemoteInterface):
     """Master side, one per worker, published at that worker's FURL."""
@@ -118,6 +136,11 @@ class RIWorkerLogin(RemoteInterface):
     __remote_name__ = "buildbot_furl.RIWorkerLogin.v1"
 
     def attach(bot=RIWorkerBot, info=Payload):
+        return Payload
+
+    def leave(session=Payload):
+        """The worker stops on purpose: end its session now (``session``
+        proves it: ``{"session": id, "secret": ...}``)."""
         return Payload
 
 

@@ -164,17 +164,29 @@ def raise_transfer_error(value: Any, worker: str) -> None:
 # -- attach ---------------------------------------------------------------------------
 
 
+SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
+SESSION_SECRET_RE = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttachInfo:
-    """What a worker says about itself when it attaches."""
+    """What a worker says about itself when it attaches; ``resume`` is the
+    session it still has (id, secret), if any, so the master can rebind it."""
 
     protocols: tuple[int, ...]
     version: str
     worker_info: dict[str, Any]
+    resume: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:  # the session secret is never shown
+        return f"AttachInfo(version={self.version!r}, resume={self.resume is not None})"
 
     def to_wire(self) -> bytes:
-        return encode({"protocols": list(self.protocols), "version": self.version,
-                       "worker_info": self.worker_info})
+        value: dict[str, Any] = {"protocols": list(self.protocols), "version": self.version,
+                                 "worker_info": self.worker_info}
+        if self.resume is not None:
+            value["resume"] = {"session": self.resume[0], "secret": self.resume[1]}
+        return encode(value)
 
     @classmethod
     def from_wire(cls, raw: bytes) -> AttachInfo:
@@ -185,8 +197,100 @@ class AttachInfo:
         if not isinstance(protocols, list):
             protocols = []
         wi = info.get("worker_info")
+        resume = None
+        r = info.get("resume")
+        if isinstance(r, dict) and isinstance(r.get("session"), str) \
+                and isinstance(r.get("secret"), str) \
+                and SESSION_ID_RE.fullmatch(r["session"]) \
+                and SESSION_SECRET_RE.fullmatch(r["secret"]):
+            resume = (r["session"], r["secret"])
         return cls(tuple(p for p in protocols if isinstance(p, int) and not isinstance(p, bool)),
-                   str(info.get("version", "?"))[:40], wi if isinstance(wi, dict) else {})
+                   str(info.get("version", "?"))[:40], wi if isinstance(wi, dict) else {},
+                   resume)
+
+
+def encode_session(session: tuple[str, str]) -> bytes:
+    """A session's proof, as ``leave`` sends it."""
+    return encode({"session": session[0], "secret": session[1]})
+
+
+def decode_session(raw: bytes) -> tuple[str, str] | None:
+    v = decode(raw)
+    if isinstance(v, dict) and isinstance(v.get("session"), str) \
+            and isinstance(v.get("secret"), str) and SESSION_ID_RE.fullmatch(v["session"]) \
+            and SESSION_SECRET_RE.fullmatch(v["secret"]):
+        return (v["session"], v["secret"])
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachAnswer:
+    """The master's answer to attach: the protocol, the session (its id and
+    the secret that proves it on a reattach), the grace period, and whether
+    the worker's previous session was resumed, with the commands it still
+    runs for the master."""
+
+    protocol: int
+    session: str
+    secret: str
+    grace: float
+    master_version: str
+    resumed: bool = False
+    commands: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return (f"AttachAnswer(protocol={self.protocol}, resumed={self.resumed}, "
+                f"grace={self.grace})")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "session": self.session, "secret": self.secret,
+                "grace": self.grace, "master_version": self.master_version,
+                "resumed": self.resumed, "commands": list(self.commands)}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> AttachAnswer:
+        if not isinstance(value, dict):
+            raise BadRequest("malformed attach answer")
+        session, secret = value.get("session"), value.get("secret")
+        if not (isinstance(session, str) and SESSION_ID_RE.fullmatch(session)
+                and isinstance(secret, str) and SESSION_SECRET_RE.fullmatch(secret)):
+            raise BadRequest("the attach answer has no valid session")
+        grace = value.get("grace")
+        commands = value.get("commands")
+        return cls(int(value.get("protocol") or 0), session, secret,
+                   float(grace) if _is_number(grace) and grace >= 0 else 0.0,
+                   str(value.get("master_version", "?"))[:40], value.get("resumed") is True,
+                   tuple(c for c in commands if isinstance(c, str))
+                   if isinstance(commands, list) else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeState:
+    """How far the master got with a command when its worker reattached:
+    the highest update batch applied, whether its completion was applied,
+    the bytes of an upload written, the bytes of a download sent."""
+
+    applied: int = 0
+    completed: bool = False
+    written: int = 0
+    read: int = 0
+
+    def to_wire(self) -> bytes:
+        return encode(dataclasses.asdict(self))
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> ResumeState:
+        v = _map(raw, "a resume state")
+        ints = {k: v.get(k, 0) for k in ("applied", "written", "read")}
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                   for x in ints.values()):
+            raise BadRequest("a resume state wants non-negative integers")
+        return cls(ints["applied"], v.get("completed") is True, ints["written"], ints["read"])
+
+
+#: what a worker answers to resumeCommand
+RESUMED = "resumed"
+UNKNOWN_COMMAND = "unknown"
 
 
 # -- admin: run -------------------------------------------------------------------------
@@ -243,8 +347,14 @@ class RunAnswer:
                    why if isinstance(why, str) else None)
 
 
+#: an output item that is not the command's but the master's, for the admin
+#: (e.g. that the worker's connection was lost and is waited for)
+NOTICE = "notice"
+
+
 def encode_output(items: list[list[str]]) -> bytes:
-    """A run's output for the CLI: ``[[stream, text], ...]``."""
+    """A run's output for the CLI: ``[[stream, text], ...]``; stream is
+    stdout, stderr, header or :data:`NOTICE`."""
     return encode(items)
 
 

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest, CommandFailed
 from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
+from buildbot_furl.protocol.messages import RESUMED, UNKNOWN_COMMAND, ResumeState
 from buildbot_furl.worker import transfers
 from buildbot_furl.worker.command import FurlProtocolCommand
 
@@ -39,6 +40,8 @@ class FurlBot(Referenceable, BotPbLike):
         transfers.register()
         BotPbLike.__init__(self, basedir, **kwargs)
         self.buffer_timeout = BUFFER_TIMEOUT
+        #: every command whose completion the master has not acknowledged yet
+        self.commands: dict[tuple[str, str], FurlProtocolCommand] = {}
 
     def attach_info(self) -> dict[str, Any]:
         """What the worker tells the master at attach: getWorkerInfo less
@@ -92,16 +95,47 @@ class FurlBot(Referenceable, BotPbLike):
             cargs["writer"] = writer
         if reader is not None:
             cargs["reader"] = reader
+        key = (builder, command_id)
+        if key in self.commands:
+            raise BadRequest(f"command {command_id!r} already runs in builder {builder!r}")
         try:
             b.remote_startCommand(status, command_id, command, cargs)
         except UnknownCommand as e:
             raise CommandFailed(str(e)) from None
         except (ValueError, KeyError, TypeError) as e:
             raise CommandFailed(f"cannot start {command!r}: {type(e).__name__}: {e}") from None
+        cmd = b.protocol_command
+        if isinstance(cmd, FurlProtocolCommand):
+            self.commands[key] = cmd
+            cmd.done.addBoth(lambda _: self.commands.pop(key, None))
 
     @remote_method
     def remote_interruptCommand(self, builder: str, command_id: str, why: str) -> None:
         self._builder(builder).remote_interruptCommand(command_id, why)
+
+    @remote_method
+    def remote_resumeCommand(self, builder: str, command_id: str, status: Any, writer: Any,
+                             reader: Any, state: bytes) -> str:
+        cmd = self.commands.get((builder, command_id))
+        if cmd is None:
+            return UNKNOWN_COMMAND
+        cmd.resume(status, writer, reader, ResumeState.from_wire(state))
+        return RESUMED
+
+    def end_commands(self, why: Exception) -> int:
+        """End every command of a session that is over; how many there were."""
+        commands = list(self.commands.values())
+        self.commands.clear()
+        for cmd in commands:
+            cmd.end(why)
+        return len(commands)
+
+    def keep_only(self, command_ids: set[str], why: Exception) -> int:
+        """End the commands the master did not resume; how many."""
+        gone = [k for k in self.commands if k[1] not in command_ids]
+        for key in gone:
+            self.commands.pop(key).end(why)
+        return len(gone)
 
     @remote_method
     def remote_shutdown(self) -> None:

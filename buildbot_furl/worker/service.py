@@ -42,14 +42,19 @@ from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
-from buildbot_furl.protocol.messages import AttachInfo
+from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, encode_session
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
+from buildbot_furl.worker.streams import SessionEnded
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
 
 log = Logger()
 
 MAX_DELAY = 60.0
+#: how long past the master's grace period the worker keeps an unowned
+#: session's commands running (the master may notice the loss later than we do)
+ORPHAN_MARGIN = 15.0
+LEAVE_TIMEOUT = 2.0
 
 #: attach errors after which retrying cannot help until an admin acts
 FATAL = (Revoked, IncompatibleProtocol)
@@ -104,6 +109,12 @@ class _Reconnector(Reconnector):
         self._delay = max(0.5, random.normalvariate(self._delay, self._delay * self.jitter))
         self._retry()
 
+    def _disconnected(self) -> None:  # noqa: D401 - foolscap hook
+        # the first try at once (a session is waiting for us), then the backoff
+        self._delay = 0
+        self._retry()
+        self._delay = self.initialDelay
+
 
 class WorkerService(service.MultiService):
     """Keeps the bot attached to the master named by ``furl``."""
@@ -119,6 +130,10 @@ class WorkerService(service.MultiService):
         self.tub.setServiceParent(self)
         self.reconnector: _Reconnector | None = None
         self.login: Any = None  # the master's login object while attached
+        #: the session the master gave us (id, secret), to present on a reattach
+        self.session: tuple[str, str] | None = None
+        self.grace = 0.0  # how long the master keeps it without a connection
+        self._orphan_timer: Any = None
         self.attach_count = 0
         self._attach_delay = 1.0
         #: called with (ok, message, fatal) after every connection attempt
@@ -133,6 +148,20 @@ class WorkerService(service.MultiService):
         self.tub.reconnectors.append(self.reconnector)
         self.reconnector.startConnecting(self.tub)
 
+    def _forget_session(self, why: str) -> None:
+        """The session is over: end its commands (and their processes)."""
+        self._cancel_orphan_timer()
+        self.session = None
+        n = self.bot.end_commands(SessionEnded(why))
+        if n:
+            log.warn("ended {n} command(s) of a session no master has any more: {why}",
+                     n=n, why=why)
+
+    def _cancel_orphan_timer(self) -> None:
+        if self._orphan_timer is not None and self._orphan_timer.active():
+            self._orphan_timer.cancel()
+        self._orphan_timer = None
+
     def _stop_connecting(self) -> None:
         if self.reconnector is not None:
             self.reconnector.stopConnecting()
@@ -143,9 +172,23 @@ class WorkerService(service.MultiService):
             _hang_up(self.login)
             self.login = None
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        """Tell the master we leave (so it does not wait out the grace period
+        for us), then hang up."""
+        if self.login is not None and self.session is not None:
+            d = defer.Deferred.fromCoroutine(
+                call(self.login, "leave", encode_session(self.session)))
+            d.addTimeout(LEAVE_TIMEOUT, reactor)
+            try:
+                await d
+            except Exception as e:
+                log.info("could not tell the master we leave: {err}", err=str(e))
+        self._cancel_orphan_timer()
         self._stop_connecting()
-        return super().stopService()
+        await defer.maybeDeferred(super().stopService)
 
     def switch_furl(self, furl: Furl) -> bool:
         """Leave the current FURL for ``furl`` (after ``furl-worker set-furl``):
@@ -156,6 +199,7 @@ class WorkerService(service.MultiService):
             return False
         log.info("switching to a new FURL (master at {where})", where=",".join(furl.hints))
         self._stop_connecting()
+        self._forget_session("the worker switched to a new FURL")
         self.furl = furl
         self._attach_delay = 1.0
         self._write_state("connecting", None)
@@ -189,9 +233,9 @@ class WorkerService(service.MultiService):
         defer.Deferred.fromCoroutine(self._attach(login))
 
     async def _attach(self, login: Any) -> None:
-        info = AttachInfo(PROTOCOL_VERSIONS, __version__, self.bot.attach_info())
+        info = AttachInfo(PROTOCOL_VERSIONS, __version__, self.bot.attach_info(), self.session)
         try:
-            reply = await call(login, "attach", self.bot, info.to_wire())
+            answer = AttachAnswer.from_wire(await call(login, "attach", self.bot, info.to_wire()))
         except Exception as e:
             reason = str(e) if isinstance(e, FurlError) else f"attach failed: {e}"
             fatal = isinstance(e, FATAL)
@@ -207,9 +251,23 @@ class WorkerService(service.MultiService):
         self._attach_delay = 1.0
         self.attach_count += 1
         self.login = login
-        log.info("attached to the master at {where} (protocol {proto}, master version {mv})",
-                 where=",".join(self.furl.hints), proto=reply.get("protocol"),
-                 mv=reply.get("master_version"))
+        self._cancel_orphan_timer()
+        if answer.resumed:
+            gone = self.bot.keep_only(set(answer.commands), SessionEnded(
+                "the master did not know the command any more"))
+            log.info("attached to the master at {where} again: session resumed, "
+                     "{n} command(s) carried on{gone}", where=",".join(self.furl.hints),
+                     n=len(answer.commands), gone=f", {gone} ended" if gone else "")
+        else:
+            if self.session is not None or self.bot.commands:
+                self._forget_session("the master does not know this worker's session (it "
+                                     "restarted, or the link was down longer than its grace "
+                                     "period)")
+            log.info("attached to the master at {where} (protocol {proto}, master version "
+                     "{mv})", where=",".join(self.furl.hints), proto=answer.protocol,
+                     mv=answer.master_version)
+        self.session = (answer.session, answer.secret)
+        self.grace = answer.grace
         login.notifyOnDisconnect(self._disconnected)
         self._outcome(True, "attached")
 
@@ -217,7 +275,16 @@ class WorkerService(service.MultiService):
         self.login = None
         if self.reconnector is None:
             return  # we hung up ourselves (stop, or a new FURL)
-        log.info("lost the connection to the master; reconnecting")
+        if self.bot.commands and self.session is not None:
+            wait = self.grace + ORPHAN_MARGIN
+            log.info("lost the connection to the master; reconnecting (its session, with "
+                     "{n} running command(s), is kept for up to {wait:.0f} s)",
+                     n=len(self.bot.commands), wait=wait)
+            self._orphan_timer = reactor.callLater(
+                wait, self._forget_session,
+                f"no master took the session back within {wait:.0f} s")
+        else:
+            log.info("lost the connection to the master; reconnecting")
         self._write_state("connecting", "lost the connection to the master")
 
 
