@@ -235,7 +235,8 @@ class WorkerRegistry:
         if session is None or not session.proves(proof):
             return False
         log.info("worker {name} is stopping", name=login.name)
-        session.drop("the worker stopped")
+        session.grace = 0  # it hangs up itself once it has the answer
+        session.end("the worker stopped")
         return True
 
     async def _resume(self, session: WorkerSession, bot: Any, peer: str,

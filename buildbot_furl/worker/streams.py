@@ -50,10 +50,12 @@ class _Link:
         self.ref = ref
         self.down = False
         self.ended: Exception | None = None
+        self.generation = 0  # counts rebinds: a late failure from an old link is ignored
         self._waiters: list[defer.Deferred[None]] = []
 
-    def lost(self) -> None:
-        self.down = True
+    def lost(self, generation: int | None = None) -> None:
+        if generation is None or generation == self.generation:
+            self.down = True
 
     def wait_up(self) -> defer.Deferred[None]:
         """Fires once rebound; fails once the session ended."""
@@ -65,9 +67,14 @@ class _Link:
         self._waiters.append(d)
         return d
 
-    def rebind(self, ref: Any) -> None:
+    def rebind(self, ref: Any, wake: bool = True) -> None:
         self.ref = ref
         self.down = False
+        self.generation += 1
+        if wake:
+            self.wake()
+
+    def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
@@ -83,12 +90,13 @@ class _Link:
         the new one (for calls the master applies once however often sent)."""
         while True:
             await self.wait_up()
+            generation = self.generation
             try:
                 return await call(self.ref, method, *args)
             except ConnectionLost:
                 if self.ended is not None:
                     raise
-                self.down = True
+                self.lost(generation)
 
 
 def _consume(d: defer.Deferred[Any]) -> None:
@@ -147,7 +155,7 @@ class UpdateSender:
         if self.link.down or self.link.ended is not None:
             return  # kept in self.unacked: sent again after the reattach
         d = defer.Deferred.fromCoroutine(call(self.link.ref, "update", seq, payload))
-        d.addCallbacks(self._acked, self._failed)
+        d.addCallbacks(self._acked, self._failed, errbackArgs=(self.link.generation,))
 
     def _acked(self, highest: Any) -> None:
         if isinstance(highest, int):
@@ -162,9 +170,9 @@ class UpdateSender:
             self.paused = False
             self.resume()
 
-    def _failed(self, f: Failure) -> None:
+    def _failed(self, f: Failure, generation: int) -> None:
         if f.check(ConnectionLost):
-            self.link.lost()  # kept; sent again after the reattach
+            self.link.lost(generation)  # kept; sent again after the reattach
             return
         # the master refused the batch itself (it is malformed or out of
         # bounds): sending it again cannot help
@@ -185,11 +193,12 @@ class UpdateSender:
             return
         d = defer.Deferred.fromCoroutine(
             call(self.link.ref, "complete", self.seq + 1, self._completion))
+        generation = self.link.generation
 
         def done(result: Any) -> None:
             if isinstance(result, Failure):
                 if result.check(ConnectionLost):
-                    self.link.lost()
+                    self.link.lost(generation)
                     return
                 log.error("the master refused a command's completion: {err}",
                           err=str(result.value))
@@ -199,16 +208,21 @@ class UpdateSender:
         d.addBoth(done)
 
     def rebind(self, status: Any, applied: int, completed: bool) -> None:
-        """The reattached master's object, and what it has applied: send the rest."""
-        self.link.rebind(status)
-        self._forget_upto(applied)
+        """The reattached master's object, and what it has applied: send the
+        rest first (in order), and only then let anything new go."""
+        self.link.rebind(status, wake=False)
+        self.acked = max(self.acked, applied)
         if completed:
+            self._forget_upto(self.seq)
             if not self.completed.called:
                 self.completed.callback(None)
             return
         for seq, (payload, _size) in list(self.unacked.items()):
-            self._send(seq, payload)
+            if seq > self.acked:
+                self._send(seq, payload)
         self._send_completion()
+        self._forget_upto(applied)
+        self.link.wake()
 
     def end(self, why: Exception) -> None:
         """The session is over: nothing more will be sent."""
@@ -262,7 +276,7 @@ class ChunkWriter:
         if self.link.down or self.link.ended is not None:
             return
         d = defer.Deferred.fromCoroutine(call(self.link.ref, "write", offset, chunk))
-        d.addCallbacks(self._acked, self._failed)
+        d.addCallbacks(self._acked, self._failed, errbackArgs=(self.link.generation,))
 
     def _acked(self, written: Any) -> None:
         if isinstance(written, int):
@@ -274,9 +288,9 @@ class ChunkWriter:
                 del self.unacked[offset]
         self._wake()
 
-    def _failed(self, f: Failure) -> None:
+    def _failed(self, f: Failure, generation: int) -> None:
         if f.check(ConnectionLost):
-            self.link.lost()
+            self.link.lost(generation)
             return
         if self.error is None:
             self.error = f.value
@@ -315,11 +329,17 @@ class ChunkWriter:
         return await self.link.call(method, *args)
 
     def rebind(self, writer: Any, written: int) -> None:
-        self.link.rebind(writer)
-        self._forget_upto(written)
+        """The reattached master's writer, and how much it has: send the rest
+        first (in order), and only then let the command write more."""
+        self.link.rebind(writer, wake=False)
+        for offset in list(self.unacked):
+            if offset + len(self.unacked[offset]) <= written:
+                del self.unacked[offset]
         for offset, chunk in list(self.unacked.items()):
             skip = max(0, written - offset)
             self._send(offset + skip, chunk[skip:])
+        self.link.wake()
+        self._wake()
 
     def end(self, why: Exception) -> None:
         self.link.end(why)
@@ -336,14 +356,14 @@ class ReadAhead:
         self.buf = bytearray()
         self.received = 0  # bytes delivered into buf, from offset 0 on
         self.requested = 0  # where the next read asks from
-        self.inflight: deque[tuple[int, defer.Deferred[Any]]] = deque()
+        self.inflight: deque[tuple[int, defer.Deferred[Any], int]] = deque()
         self.eof = False
 
     def _fill(self) -> None:
         while (not self.eof and not self.link.down and self.link.ended is None
                and len(self.inflight) < FILE_WINDOW):
             d = defer.Deferred.fromCoroutine(call(self.link.ref, "read", self.requested, CHUNK))
-            self.inflight.append((self.requested, d))
+            self.inflight.append((self.requested, d, self.link.generation))
             self.requested += CHUNK
 
     async def read(self, length: int) -> bytes:
@@ -352,13 +372,13 @@ class ReadAhead:
             if not self.inflight:
                 await self.link.wait_up()
                 continue
-            offset, d = self.inflight[0]
+            offset, d, generation = self.inflight[0]
             try:
                 data = await d
             except ConnectionLost:
                 if self.link.ended is not None:
                     raise
-                self.link.lost()
+                self.link.lost(generation)
                 self._forget_inflight()
                 continue
             except Exception:
@@ -383,7 +403,7 @@ class ReadAhead:
         return out
 
     def _forget_inflight(self) -> None:
-        for _, d in self.inflight:
+        for _, d, _ in self.inflight:
             _consume(d)
         self.inflight.clear()
         self.requested = self.received
