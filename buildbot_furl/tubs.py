@@ -7,9 +7,11 @@ from typing import Any
 
 from foolscap.api import Tub
 from foolscap.broker import Broker
+from foolscap.ipb import DeadReferenceError
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from buildbot_furl.errors import ConfigError
@@ -76,6 +78,27 @@ def make_tub(
     if disconnect_timeout:
         tub.setOption("disconnectTimeout", disconnect_timeout)
     return tub
+
+
+def sever(rref: Any, why: str) -> None:
+    """Cut the connection a RemoteReference lives on, now: its pending calls
+    fail at once with a lost connection, and the socket is aborted rather
+    than closed gracefully (a half-open link would never finish a graceful
+    close, and the calls waiting on it would wait forever)."""
+    try:
+        broker = rref.tracker.broker
+    except AttributeError:
+        return
+    try:
+        broker.shutdown(Failure(DeadReferenceError(why)))
+    except Exception:  # noqa: BLE001 - best effort: it may be gone already
+        pass
+    transport = getattr(broker, "transport", None)
+    if transport is not None and hasattr(transport, "abortConnection"):
+        try:
+            transport.abortConnection()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def tubid_of(cert_file: str) -> str:

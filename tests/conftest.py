@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from buildbot_furl.testing.faultproxy import FaultProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,6 +60,21 @@ def pid_alive(pid: int) -> bool:
             if f.read().split(")")[-1].split()[0] == "Z":
                 return False
     return True
+
+
+def processes(*argv: str) -> list[int]:
+    """Pids of live processes whose command line starts with ``argv``."""
+    want = [a.encode() for a in argv]
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[:len(want)] == want and pid_alive(int(pid)):
+                found.append(int(pid))
+    return found
 
 
 class Procs:
@@ -118,10 +135,12 @@ def procs() -> Iterator[Procs]:
 class Farm:
     """A master directory plus helpers to start workers against it."""
 
-    def __init__(self, tmp: Path, procs: Procs) -> None:
+    def __init__(self, tmp: Path, procs: Procs, proxy: FaultProxy | None = None) -> None:
         self.tmp = tmp
         self.procs = procs
         self.port = free_port()
+        #: when set, workers dial this proxy (the FURLs' location), which dials the master
+        self.proxy = proxy
         self.mdir = tmp / "master"
         self.secrets: set[str] = set()  # swissnums handed out: never in a log
         self.furls: dict[str, str] = {}  # worker name -> the FURL create_worker made
@@ -130,25 +149,39 @@ class Farm:
                check: bool = False) -> subprocess.CompletedProcess[str]:
         return cli("furl-master", *args, "-d", str(self.mdir), timeout=timeout, check=check)
 
+    def master_argv(self, command: str, *args: str) -> list[str]:
+        """The argv of ``furl-master COMMAND -d MASTERDIR ARGS``."""
+        return [sys.executable, "-m", PROGRAMS["furl-master"], command, "-d", str(self.mdir),
+                *args]
+
+    def run_argv(self, worker: str, *cmd: str, options: tuple[str, ...] = ()) -> list[str]:
+        """The argv of ``furl-master run [OPTIONS] WORKER -- CMD``."""
+        return self.master_argv("run", *options, worker, "--", *cmd)
+
     def run(self, worker: str, *cmd: str, options: tuple[str, ...] = (),
             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         """``furl-master run [OPTIONS] WORKER -- CMD``; output as bytes."""
-        return subprocess.run([sys.executable, "-m", PROGRAMS["furl-master"], "run", "-d",
-                               str(self.mdir), *options, worker, "--", *cmd],
+        return subprocess.run(self.run_argv(worker, *cmd, options=options),
                               capture_output=True, env=child_env(), timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
     def run_popen(self, worker: str, *cmd: str, **kw: Any) -> subprocess.Popen[bytes]:
         """The same, started in the background (killed at the end by pid)."""
-        return self.procs.popen(sys.executable, "-m", PROGRAMS["furl-master"], "run", "-d",
-                                str(self.mdir), worker, "--", *cmd, **kw)
+        return self.procs.popen(*self.run_argv(worker, *cmd), **kw)
 
     def wdir(self, worker: str) -> Path:
         return self.tmp / f"worker-{worker}"
 
-    def create(self) -> None:
-        self.master("create-master", "--location", f"tcp:127.0.0.1:{self.port}",
-                    "--port", f"tcp:{self.port}:interface=127.0.0.1", check=True)
+    def create(self, *extra: str) -> None:
+        dial = self.proxy.port if self.proxy is not None else self.port
+        self.master("create-master", "--location", f"tcp:127.0.0.1:{dial}",
+                    "--port", f"tcp:{self.port}:interface=127.0.0.1", *extra, check=True)
+
+    def configure(self, **settings: object) -> None:
+        """Add ``key = value`` lines to furl-master.conf (before start)."""
+        with open(self.mdir / "furl-master.conf", "a") as f:
+            for key, value in settings.items():
+                f.write(f"{key} = {value}\n")
 
     def start_master(self) -> None:
         p = self.master("start", check=True)
@@ -222,6 +255,19 @@ def farm_in(tmp: Path, procs: Procs) -> Iterator[Farm]:
 def farm(tmp_path: Path, procs: Procs) -> Iterator[Farm]:
     with farm_in(tmp_path, procs) as f:
         yield f
+
+
+@pytest.fixture
+def cut_farm(tmp_path: Path, procs: Procs) -> Iterator[Farm]:
+    """A farm whose workers reach the master through a FaultProxy (farm.proxy)."""
+    port = free_port()
+    with FaultProxy(port) as proxy:
+        f = Farm(tmp_path, procs, proxy)
+        f.port = port
+        f.create()
+        yield f
+        procs.cleanup()
+        f.assert_no_secret_in_logs()
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,9 @@ class FakeSession:
     def add_rebind_listener(self, cb: Any) -> None:
         pass
 
+    def call_failed(self, bot: Any) -> None:
+        pass
+
     def wait_attached(self) -> Any:
         from twisted.internet import defer
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-from conftest import Farm, cli, pid_alive
+from conftest import Farm, cli, processes
 
 # Most tests share one running master with two workers (the module-scoped
 # fixture 'two'); each leaves it as it found it, in directories of its own.
@@ -76,16 +76,7 @@ def test_interrupt_with_ctrl_c_kills_the_remote_command(two: Farm) -> None:
 
 
 def _sleepers(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd[:2] == [b"sleep", marker.encode()] and pid_alive(int(pid)):
-                found.append(int(pid))
-    return found
+    return processes("sleep", marker)
 
 
 def test_timeout_kills_and_says_so(two: Farm) -> None:

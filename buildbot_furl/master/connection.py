@@ -208,11 +208,13 @@ class FurlConnection:
         it to come back (and call again what the cut connection lost)."""
         while True:
             await self.session.wait_attached()
+            bot = self.session.bot
             try:
-                return await call(self.session.bot, method, *args)
+                return await call(bot, method, *args)
             except ConnectionLost:
                 if self.session.gone:
                     raise
+                self.session.call_failed(bot)
 
     def _call(self, method: str, *args: Any) -> defer.Deferred[Any]:
         return defer.Deferred.fromCoroutine(self._call_retrying(method, *args))
@@ -286,13 +288,15 @@ class FurlConnection:
             await self.session.wait_attached()
             if run.started:
                 return None  # a rebind found (or started) it meanwhile
+            bot = self.session.bot
             try:
-                answer = await call(self.session.bot, "startCommand", run.builder, command_id,
+                answer = await call(bot, "startCommand", run.builder, command_id,
                                     run.command, run.payload, run.status, run.writer,
                                     run.reader)
             except ConnectionLost:
                 if self.session.gone:
                     raise
+                self.session.call_failed(bot)
                 continue
             run.started = True
             return answer

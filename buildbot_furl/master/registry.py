@@ -288,9 +288,10 @@ class WorkerRegistry:
                 self.on_detach(session)
 
     def _detached(self, session: WorkerSession) -> None:
+        """The session ended (its connection is gone, or the worker hangs up)."""
         if self.sessions.get(session.name) is session:
             log.info("worker {name} detached ({peer})", name=session.name, peer=session.peer)
-            self._forget(session)
+            self._forget(session, drop=False)
 
     # -- queries --------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from buildbot_furl.errors import ConnectionLost
 from buildbot_furl.protocol.messages import AttachInfo
+from buildbot_furl.tubs import sever
 
 log = Logger()
 
@@ -37,13 +38,6 @@ def peer_of(rref: Any) -> str:
         return f"{host}:{p.port}" if host is not None else str(p)
     except Exception:
         return "?"
-
-
-def _hang_up(bot: Any) -> None:
-    try:
-        bot.tracker.broker.transport.loseConnection()
-    except Exception:
-        pass
 
 
 def _digest(secret: str) -> bytes:
@@ -143,8 +137,13 @@ class WorkerSession:
         return d
 
     # -- the connection comes and goes -------------------------------------------
+    def call_failed(self, bot: Any) -> None:
+        """A call on ``bot`` failed because its connection is gone: the
+        session is detached now (foolscap tells its watchers a moment later)."""
+        self._link_lost(bot)
+
     def _link_lost(self, bot: Any) -> None:
-        if self.gone or bot is not self.bot:
+        if self.gone or bot is not self.bot or self.detached_at is not None:
             return
         if self.grace <= 0 or self.dropped:
             self.end("connection lost")
@@ -169,10 +168,14 @@ class WorkerSession:
         if self._grace_timer is not None and self._grace_timer.active():
             self._grace_timer.cancel()
         self._grace_timer = None
-        was_detached = self.detached_at is not None
+        # a worker that noticed the cut before the master did is back already:
+        # to the layer above that is a lost link too (and back at once)
+        was_detached = self.detached_at is not None or old is not bot
+        if self.detached_at is None and old is not bot:
+            self._tell_link(False)
         self.detached_at = None
         if old is not bot:
-            _hang_up(old)
+            sever(old, f"worker {self.name} reattached elsewhere")
         bot.notifyOnDisconnect(self._link_lost, bot)
         log.info("worker {name}: session resumed from {peer}", name=self.name, peer=peer)
         carried: list[str] = []
@@ -214,5 +217,5 @@ class WorkerSession:
             return
         self.dropped = True
         log.info("dropping connection of worker {name} ({why})", name=self.name, why=why)
-        _hang_up(self.bot)
+        sever(self.bot, why)
         self.end(why)

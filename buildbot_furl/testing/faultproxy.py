@@ -48,6 +48,7 @@ class _Pipe:
         self.pending = {UP: b"", DOWN: b""}  # read, not yet written to the other side
         self.budget = budget  # bytes still to forward before a reset (None: no limit)
         self.forwarded = {UP: 0, DOWN: 0}
+        self.frozen: set[str] = set()  # directions not forwarded now
         self.closed = False
 
     def other(self, direction: str) -> socket.socket:
@@ -67,7 +68,6 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._pipes: list[_Pipe] = []
-        self._frozen: set[str] = set()
         self._refusing = False
         self._new_budgets: list[int] = []  # byte budgets for the next new connections
         self._cut_now = False
@@ -124,19 +124,23 @@ class FaultProxy:
         self._wake()
 
     def freeze(self, direction: str) -> None:
-        """Stop forwarding ``UP`` (worker to master) or ``DOWN``."""
+        """Stop forwarding ``UP`` (worker to master) or ``DOWN`` on the open
+        connections (new ones are not affected)."""
         with self._lock:
-            self._frozen.add(direction)
+            for pipe in self._pipes:
+                pipe.frozen.add(direction)
         self._wake()
 
     def blackhole(self) -> None:
-        """Forward nothing either way, and close nothing: a half-open link."""
+        """Forward nothing either way on the open connections, and close
+        nothing: a half-open link.  New connections work."""
         self.freeze(UP)
         self.freeze(DOWN)
 
     def thaw(self) -> None:
         with self._lock:
-            self._frozen.clear()
+            for pipe in self._pipes:
+                pipe.frozen.clear()
         self._wake()
 
     def refuse(self, on: bool = True) -> None:
@@ -215,12 +219,12 @@ class FaultProxy:
         """Read a direction while its data has gone out and it is not frozen;
         write a direction's data when there is some (and it is not frozen)."""
         with self._lock:
-            frozen = set(self._frozen)
             pipes = list(self._pipes)
         live = set()
         for pipe in pipes:
             if pipe.closed:
                 continue
+            frozen = set(pipe.frozen)
             for direction in (UP, DOWN):
                 sock = pipe.sockets[direction]
                 back = DOWN if direction == UP else UP  # what this socket writes
@@ -265,7 +269,7 @@ class FaultProxy:
         pipe.pending[direction] += data
         with self._lock:
             self.bytes[direction] += len(data)
-        if direction not in self._frozen:
+        if direction not in pipe.frozen:
             self._write(pipe, direction)
         if cut:
             with self._lock:

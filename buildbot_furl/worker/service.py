@@ -43,7 +43,7 @@ from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, encode_session
-from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub, sever
 from buildbot_furl.worker.bot import FurlBot
 from buildbot_furl.worker.streams import SessionEnded
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
@@ -169,7 +169,7 @@ class WorkerService(service.MultiService):
                 self.tub.reconnectors.remove(self.reconnector)
             self.reconnector = None
         if self.login is not None:
-            _hang_up(self.login)
+            sever(self.login, "the worker hung up")
             self.login = None
 
     def stopService(self) -> defer.Deferred[None]:
@@ -246,7 +246,7 @@ class WorkerService(service.MultiService):
                 fatal = self.attach_count == 0
             self._outcome(False, reason, fatal)
             # hang up after a delay: the Reconnector then dials again
-            reactor.callLater(delay, _hang_up, login)
+            reactor.callLater(delay, sever, login, "attach refused")
             return
         self._attach_delay = 1.0
         self.attach_count += 1
@@ -286,13 +286,6 @@ class WorkerService(service.MultiService):
         else:
             log.info("lost the connection to the master; reconnecting")
         self._write_state("connecting", "lost the connection to the master")
-
-
-def _hang_up(rref: Any) -> None:
-    try:
-        rref.tracker.broker.transport.loseConnection()
-    except Exception:
-        pass
 
 
 class _Startup:
