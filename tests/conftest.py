@@ -62,15 +62,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def processes(*argv: str) -> list[int]:
-    """Pids of live processes whose command line starts with ``argv``."""
+def processes(*argv: str, within: Path | None = None) -> list[int]:
+    """Pids of live processes whose command line starts with ``argv`` (and,
+    with ``within``, whose working directory is below that directory)."""
     want = [a.encode() for a in argv]
     found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                cwd = os.readlink(f"/proc/{pid}/cwd") if within is not None else ""
             except OSError:
+                continue
+            if within is not None and not cwd.startswith(str(within.resolve())):
                 continue
             if cmd[:len(want)] == want and pid_alive(int(pid)):
                 found.append(int(pid))

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -33,7 +33,7 @@ from buildbot.interfaces import IConfigLoader
 from buildbot.master import BuildMaster
 from buildbot.process.factory import BuildFactory
 from buildbot.process.properties import Interpolate
-from buildbot.process.results import CANCELLED, SUCCESS, Results
+from buildbot.process.results import CANCELLED, EXCEPTION, RETRY, SUCCESS, Results
 from buildbot.steps.shell import ShellCommand
 from buildbot.steps.transfer import DirectoryUpload, FileDownload, FileUpload
 from buildbot.worker import Worker
@@ -48,10 +48,11 @@ with warnings.catch_warnings():
                             category=DeprecationWarning)
     from buildbot.schedulers.forcesched import ForceScheduler
 
-from conftest import Procs, cli, free_port
+from conftest import Procs, cli, free_port, processes
 
 from buildbot_furl import furlsfile
 from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
+from buildbot_furl.testing.faultproxy import FaultProxy
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.privatefiles import write_private
 
@@ -142,7 +143,7 @@ class Env:
     """A Buildbot master directory with the furl-master files in it."""
 
     def __init__(self, tmp: Path, procs: Procs, with_pb: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, proxy: FaultProxy | None = None) -> None:
         self.tmp = tmp
         self.procs = procs
         self.basedir = tmp / "bbmaster"
@@ -156,10 +157,14 @@ class Env:
         self.extra_workers: list[Any] = []
         self.snoop = False  # a 'snoop-NAME' builder per FURL worker (see SNOOP)
         self.furls: dict[str, str] = {}  # what create_worker made
+        self.worker_kwargs: dict[str, Any] = {}  # for load_workers
         self.failed = False
+        #: when set, FURL workers dial this proxy (the FURLs' location), which dials the master
+        self.proxy = proxy
         if create:
+            dial = proxy.port if proxy is not None else self.port
             cli("furl-master", "create-master", "-d", str(self.basedir), "--location",
-                f"tcp:127.0.0.1:{self.port}", check=True)
+                f"tcp:127.0.0.1:{dial}", check=True)
         else:
             self.basedir.mkdir()
         self._log = open(tmp / "master.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -183,7 +188,8 @@ class Env:
         return [e.name for e in furlsfile.read(str(self.furls_path)).entries]
 
     def config(self) -> dict[str, Any]:
-        fws = load_workers(str(self.basedir)) if self.furls_path.exists() else []
+        fws = (load_workers(str(self.basedir), **self.worker_kwargs)
+               if self.furls_path.exists() else [])
         fws += [FurlWorker(name) for name in self.extra_workers]
         names = [w.name for w in fws]
         workers: list[Any] = list(fws)
@@ -396,6 +402,16 @@ def env_factory(tmp_path: Path, procs: Procs) -> Callable[..., Env]:
         return Env(tmp_path, procs, **kw)
 
     return make
+
+
+@pytest.fixture
+def cut_env(env_factory: Callable[..., Env]) -> Iterator[Env]:
+    """An Env whose FURL workers reach the master through a FaultProxy."""
+    port = free_port()
+    with FaultProxy(port) as proxy:
+        env = env_factory(proxy=proxy)
+        env.port = port
+        yield env
 
 
 @contextlib.asynccontextmanager
@@ -803,3 +819,121 @@ async def test_furl_never_reaches_builds_logs_or_database(
         for secret in secrets:
             assert secret not in everything
         assert "FURL_WORKER_FURL" not in stdio
+
+
+# -- sessions: a cut link is not a lost worker -------------------------------------
+
+
+async def _cut_during(env: Env, cuts: int, low: int, high: int,
+                      until: Callable[[], bool]) -> int:
+    """Reset the worker's connection after a random number of bytes, up to
+    ``cuts`` times (each once the previous one happened), while not ``until()``."""
+    assert env.proxy is not None
+    first = env.proxy.cuts
+    while env.proxy.cuts - first < cuts and not until():
+        before = env.proxy.cuts
+        env.proxy.cut_after(random.randint(low, high))
+        if not await wait_for(lambda: env.proxy.cuts > before or until(), 60):
+            break
+        # the next budget goes to the worker's next connection
+        await wait_for(lambda: env.proxy.open_connections() > 0 or until(), 60)
+    env.proxy.cut_after(1 << 62)
+    return env.proxy.cuts - first
+
+
+def _texts(logs: dict[str, dict[str, str]]) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """Each log's stdout, stderr and header text, the header without its
+    timing lines (which differ between any two runs)."""
+    out = {}
+    for step, by_name in logs.items():
+        for name, content in by_name.items():
+            s = streams(content)
+            header = "".join(ln for ln in s["h"].splitlines(keepends=True)
+                             if "elapsedTime" not in ln and "command timed out" not in ln)
+            out[(step, name)] = (s["o"], s["e"], header)
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_build_survives_three_cuts_with_identical_logs_and_files(
+        cut_env: Env) -> None:
+    """The same build twice on one FURL worker, once undisturbed and once
+    with its connection reset three times mid-build: both SUCCESS, the
+    same logs, byte-identical files, and Buildbot never saw a disconnect."""
+    env = cut_env
+    env.create_worker("fw")
+    source = random.Random(43).randbytes(INPUT_SIZE)
+    (env.data / "input.bin").write_bytes(source)
+    async with running(env):
+        await env.start_master()
+        env.start_furl_worker("fw", env.furls["fw"])
+        await env.wait_connected("fw")
+        conn = env.bb_worker("fw").conn
+        results = {}
+        for cuts in (0, 3):
+            brid = await env.force("xfer-furl")
+            b = await env.build_of(brid)
+            finished = await env.master.data.get(("builds", b["buildid"]))  # type: ignore[union-attr]
+            done = 0
+            if cuts:
+                async def over(buildid: int = b["buildid"]) -> bool:
+                    return (await env.master.data.get(("builds", buildid)))["complete"]  # type: ignore[union-attr]
+
+                flag = {"over": False}
+
+                async def watch() -> None:
+                    while not flag["over"]:
+                        flag["over"] = await over()
+                        await sleep(0.2)
+
+                watcher = defer.Deferred.fromCoroutine(watch())
+                done = await _cut_during(env, cuts, 20_000, 1_500_000, lambda: flag["over"])
+                await watcher
+            finished = await env.finished(b["buildid"], timeout=120)
+            steps = await env.steps(b["buildid"])
+            assert finished["results"] == SUCCESS, [(s["name"], s["state_string"]) for s in steps]
+            logs = {s["name"]: await env.logs(s["stepid"]) for s in steps}
+            out = env.data / "xfer-furl"
+            files = ((out / "out.bin").read_bytes(), tree_files(out / "tree"))
+            results[cuts] = (_summary(steps), _texts(logs), files, done)
+        assert results[3][3] >= 2, "the cuts came too late to land in the build"
+        assert results[0][0] == results[3][0]
+        assert results[0][1] == results[3][1]
+        assert results[0][2] == results[3][2]
+        assert results[3][2][0] == source[::-1]
+        assert env.bb_worker("fw").conn is conn  # the same connection all along
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cut_longer_than_the_grace_period_is_a_lost_worker(cut_env: Env) -> None:
+    """Beyond the grace period it ends as a lost worker does, and the
+    worker ends the orphaned step's process when it learns its session is gone."""
+    env = cut_env
+    env.worker_kwargs = {"session_grace": 2}
+    env.create_worker("fw")
+    async with running(env):
+        await env.start_master()
+        env.start_furl_worker("fw", env.furls["fw"])
+        await env.wait_connected("fw")
+        brid = await env.force("slow-furl")
+        b = await env.build_of(brid)
+        ok = await wait_for(lambda: bool(_slow_steps(env)), 30)
+        assert ok, "the slow step never started"
+        orphans = set(_slow_steps(env))
+        assert env.proxy is not None
+        env.proxy.refuse(True)
+        env.proxy.cut()
+        finished = await env.finished(b["buildid"], timeout=60)
+        assert finished["results"] in (RETRY, EXCEPTION), Results[finished["results"]]
+        assert not env.connected("fw")
+        env.proxy.refuse(False)
+        # the worker comes back, learns its session is gone, and ends the
+        # step's process (Buildbot then retries the build on it)
+        ok = await wait_for(lambda: not orphans & set(_slow_steps(env)), 60)
+        assert ok, "the step's process outlived its session"
+        await env.wait_connected("fw", timeout=60)
+
+
+def _slow_steps(env: Env) -> list[int]:
+    """This test's slow step processes (run in its FURL worker's directory)."""
+    return processes(PY, "-c", SLOW_SCRIPT, within=env.tmp / "worker-fw")
