@@ -19,7 +19,7 @@ from buildbot_furl.protocol import (
     remote_method,
     unwrap,
 )
-from buildbot_furl.protocol.messages import AttachInfo
+from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo
 from buildbot_furl.tubs import make_tub
 
 
@@ -74,8 +74,13 @@ class FakeBot:
         self.disconnect: list[Any] = []
 
     def notifyOnDisconnect(self, cb: Any, *args: Any) -> object:
-        self.disconnect.append(cb)
+        self.disconnect.append((cb, args))
         return cb
+
+    def lose(self) -> None:
+        """The connection drops: tell whoever asked to know."""
+        for cb, args in self.disconnect:
+            cb(*args)
 
     def getPeer(self) -> Any:
         class P:
@@ -118,6 +123,43 @@ async def test_attach_negotiates_and_refuses(tmp_path: Any) -> None:
     assert reg._lookup(swiss) is None
     with pytest.raises(errors.Revoked):
         await reg.attach(login, FakeBot(), _info([1]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_resume_only_with_their_secret(tmp_path: Any) -> None:
+    reg, swiss = _registry(tmp_path)
+    reg.grace = lambda name: 60.0
+    login = reg._lookup(swiss)
+    bot1 = FakeBot()
+    first = AttachAnswer.from_wire(await reg.attach(login, bot1, _info([1])))
+    assert not first.resumed and first.grace == 60
+    session = reg.sessions["w1"]
+    bot1.lose()  # the connection drops: the session is kept for its grace period
+    assert not session.attached and not session.gone
+    bot2 = FakeBot()
+    proof = AttachInfo((1,), "t", {}, (first.session, first.secret))
+    again = AttachAnswer.from_wire(await reg.attach(login, bot2, proof))
+    assert again.resumed and again.session == first.session
+    assert reg.sessions["w1"] is session and session.bot is bot2 and session.attached
+    bot2.lose()
+    wrong = AttachInfo((1,), "t", {}, (first.session, "0" * 64))
+    fresh = AttachAnswer.from_wire(await reg.attach(login, FakeBot(), wrong))
+    assert not fresh.resumed and fresh.session != first.session
+    assert session.gone and reg.sessions["w1"] is not session
+    # the secret is never shown
+    assert first.secret not in repr(proof) and first.secret not in repr(first)
+    assert session.secret == ""  # handed out once, kept only as a digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_without_grace_ends_with_its_connection(tmp_path: Any) -> None:
+    reg, swiss = _registry(tmp_path)
+    login = reg._lookup(swiss)
+    bot = FakeBot()
+    await reg.attach(login, bot, _info([1]))
+    session = reg.sessions["w1"]
+    bot.lose()
+    assert session.gone and "w1" not in reg.sessions
 
 
 def test_bad_edit_keeps_the_previous_workers(tmp_path: Any) -> None:

@@ -315,6 +315,8 @@ class FurlConnection:
                                run.command, run.payload, run.status, run.writer, run.reader)
                     answer = RESUMED
                     run.started = True
+            except ConnectionLost:
+                raise  # cut again: the next reattach resumes them all
             except Exception as e:
                 log.info("command {cid} of worker {name} could not be resumed: {err}",
                          cid=command_id, name=self.session.name, err=str(e))

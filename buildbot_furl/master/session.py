@@ -182,6 +182,8 @@ class WorkerSession:
         for cb in list(self._rebind_listeners):
             try:
                 carried += await cb()
+            except ConnectionLost:
+                raise  # the new connection is gone too: the worker comes again
             except Exception:
                 log.failure("rebind listener of worker {name} failed", name=self.name)
         waiters, self._attached_waiters = self._attached_waiters, []
