@@ -7,8 +7,9 @@ One furl-master and one furl-worker (real daemons, on 127.0.0.1) with a
 fault-injecting proxy between them (buildbot_furl.testing.faultproxy).
 Jobs of three kinds run one after another: a command streaming numbered
 lines (``run``), a file sent to the worker (``put``), a file and a
-directory tree fetched from it (``get``).  Each job runs once undisturbed,
-for its baseline wall time, and then with its connection reset after a
+directory tree fetched from it (``get``).  Each kind first runs three times
+undisturbed (the median is its baseline wall time), then again and again
+with its connection reset after a
 random number of bytes, 2 to 4 times while it runs, until at least N cuts
 (default 200) have landed in a job.  Printed: jobs that survived (right
 exit code, every byte, nothing twice), bytes lost and duplicated, and the
@@ -217,7 +218,9 @@ def main() -> int:
             jobs = [lambda c, n: job_run(rig, c), lambda c, n: job_put(rig, c, src, n),
                     lambda c, n: job_get(rig, c, n, tmp), lambda c, n: job_tree(rig, c, n, tmp)]
             kinds = ["run", "put", "get", "tree"]
-            baseline = {k: job(0, 0).seconds for k, job in zip(kinds, jobs)}
+            # the baseline: the median of three undisturbed runs of each kind
+            baseline = {k: sorted(job(0, 0).seconds for _ in range(3))[1]
+                        for k, job in zip(kinds, jobs)}
             n, landed = 0, 0
             while landed < args.cuts:
                 kind = kinds[n % len(kinds)]

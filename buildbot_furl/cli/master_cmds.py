@@ -198,7 +198,9 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
             r = live.get(entry.name, {})
             row.update(connected=bool(r.get("connected")), peer=r.get("peer"),
                        last_seen=r.get("last_seen"), connected_since=r.get("connected_since"),
-                       host=r.get("host"), admin=r.get("admin"))
+                       host=r.get("host"), admin=r.get("admin"),
+                       state=r.get("state") or "not connected",
+                       grace_until=r.get("grace_until"))
         if show_furls:
             row["furl"] = str(entry.furl)
         out.append(row)
@@ -217,6 +219,9 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
                 parts.append(f"connected from {row['peer']} since {_when(row['connected_since'])}")
                 if row.get("host"):
                     parts.append(f"({row['host']})")
+            elif row["state"] == "reconnecting":
+                parts.append(f"reconnecting: link lost, its session and commands kept until "
+                             f"{_when(row['grace_until'])}")
             else:
                 parts.append(f"not connected (last seen {_when(row['last_seen'])})")
         if row["comment"]:
