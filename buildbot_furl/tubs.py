@@ -22,23 +22,62 @@ DEFAULT_KEEPALIVE = 10  # ping an idle connection after this many seconds
 DEFAULT_DISCONNECT_TIMEOUT = 25  # drop one silent this long (noticed within 2x that)
 
 
+#: unknown names one connection may ask for before it is hung up
+REFUSALS_PER_CONNECTION = 3
+
+
 class _PeerAwareBroker(Broker):
-    """A Broker that tells its Tub who asked for a name it does not know,
-    so refused attach attempts can be logged with the peer's address."""
+    """A Broker that tells its Tub who asked for a name it does not know
+    (``tub.on_refused_name(name, host)``), and hangs up on a connection
+    that keeps asking for names it does not know."""
+
+    refused = 0
 
     def remote_getReferenceByName(self, name: Any) -> Any:
+        if self.refused >= REFUSALS_PER_CONNECTION:
+            # told three times and still asking: no answer any more (the
+            # connection is being hung up; this call dies with it)
+            return defer.Deferred()
         try:
             return super().remote_getReferenceByName(name)
         except KeyError:
+            self.refused += 1
             observer = getattr(self.tub, "on_refused_name", None)
             if observer is not None:
                 try:
-                    peer = self.transport.getPeer()
-                    where = f"{peer.host}:{peer.port}"
+                    host = str(self.transport.getPeer().host)
                 except Exception:
-                    where = "?"
-                observer(name.decode() if isinstance(name, bytes) else str(name), where)
+                    host = "?"
+                observer(name.decode() if isinstance(name, bytes) else str(name), host)
+            if self.refused == REFUSALS_PER_CONNECTION:
+                # once this answer has gone out: the next try needs a new handshake
+                reactor.callLater(0.1, self.transport.loseConnection)
+                reactor.callLater(10, self.transport.abortConnection)  # if it is not read
             raise
+
+
+class GatedListener:
+    """The Tub's listening factory behind a gate: a connection from an
+    address ``tub.connection_gate(host)`` refuses is closed before TLS."""
+
+    def __init__(self, factory: Any, tub: Any) -> None:
+        self.factory = factory
+        self.tub = tub
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
+        gate = getattr(self.tub, "connection_gate", None)
+        if gate is not None and not gate(str(getattr(addr, "host", ""))):
+            return None
+        return self.factory.buildProtocol(addr)
+
+    def doStart(self) -> None:  # noqa: N802
+        self.factory.doStart()
+
+    def doStop(self) -> None:  # noqa: N802
+        self.factory.doStop()
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return self.factory.logPrefix()
 
 
 def make_tub(
@@ -115,12 +154,13 @@ class _ReportingEndpoint:
     foolscap's Listener starts listening in the background and only logs
     a failure (a port in use would go unnoticed)."""
 
-    def __init__(self, endpoint: Any) -> None:
+    def __init__(self, endpoint: Any, tub: Any) -> None:
         self.endpoint = endpoint
+        self.tub = tub
         self.result: defer.Deferred[Any] = defer.Deferred()
 
     def listen(self, factory: Any) -> defer.Deferred[Any]:
-        d = self.endpoint.listen(factory)
+        d = self.endpoint.listen(GatedListener(factory, self.tub))
 
         def ok(port: Any) -> Any:
             self.result.callback(port)
@@ -144,7 +184,7 @@ def listen(tub: Tub, description: str) -> tuple[Any, defer.Deferred[Any]]:
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"bad listening endpoint {description!r}: {e}") from None
-    wrapper = _ReportingEndpoint(endpoint)
+    wrapper = _ReportingEndpoint(endpoint, tub)
     listener = tub.listenOn(wrapper)
     return listener, wrapper.result
 

@@ -172,12 +172,14 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
     conf = cfg.config()
     live: dict[str, dict[str, Any]] = {}
     running_problems: list[str] = []
+    refusals: dict[str, Any] | None = None
     running = master_pid(conf.paths) is not None
     if running:
         try:
             rows, st = run_with_admin(conf.paths, _list_and_status)
             live = {r["name"]: r for r in rows}
             running_problems = list(st.get("problems") or [])
+            refusals = st.get("refusals")
         except MasterNotRunning:
             running = False
     problems = _problems(conf, running_problems)
@@ -206,7 +208,7 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
         out.append(row)
     if as_json:
         click.echo(json.dumps({"master_running": running, "workers": out,
-                               "problems": problems}, indent=2))
+                               "problems": problems, "refusals": refusals}, indent=2))
         return
     _warn(problems, running)
     if not out:
@@ -257,6 +259,11 @@ def status(cfg: MasterCli, as_json: bool) -> None:
     click.echo(f"running{kind} (pid {st['pid']}, up {up:.0f} s, version {st['version']}): "
                f"{st['connected']} of {st['workers']} worker(s) connected; "
                f"location {st['location']}")
+    ref = st.get("refusals") or {}
+    if ref.get("total"):
+        click.echo(f"refused {ref['total']} attach attempt(s) with an unknown or revoked FURL "
+                   f"since it started ({ref.get('this_interval', 0)} in the current minute, "
+                   f"from {ref.get('addresses', 0)} address(es))")
     _warn(problems, True)
 
 

@@ -48,6 +48,7 @@ class _Status(Referenceable):
             "connected": sum(1 for w in workers if w["connected"]),
             "kind": self.kind,
             "problems": [self.registry.problem] if self.registry.problem else [],
+            "refusals": self.registry.refusals.describe(),
         }
 
     @remote_method

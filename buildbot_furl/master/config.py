@@ -27,6 +27,9 @@ from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
 DEFAULT_GRACE = 60.0  # seconds a session outlives its connection
+#: refused attach attempts per address per minute before its connections are
+#: closed before TLS for the rest of the minute (0: never)
+DEFAULT_REFUSAL_LIMIT = 100
 
 HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
 
@@ -42,6 +45,7 @@ class MasterConfig:
     log_size: int = logs.DEFAULT_MAX_BYTES
     log_keep: int = logs.DEFAULT_KEEP
     session_grace: float = DEFAULT_GRACE
+    refusal_limit: int = DEFAULT_REFUSAL_LIMIT
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -108,7 +112,9 @@ def create(basedir: str, location: str, port: str | None,
             "# (seconds), reload_interval = 1 (how often workers.furls is checked, in\n"
             "# seconds), log_size = 10M (0: never rotate master.log), log_keep = 5,\n"
             "# session_grace = 60 (seconds a worker's session and its running commands\n"
-            "# outlive a lost connection; 0: they end with it).\n"
+            "# outlive a lost connection; 0: they end with it), refusal_limit = 100\n"
+            "# (refused attach attempts per address per minute before its new connections\n"
+            "# are closed before TLS until the minute ends; 0: never).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
@@ -142,10 +148,13 @@ def load(basedir: str) -> MasterConfig:
         if not 1 <= log_keep <= 1000:
             raise ValueError("log_keep must be between 1 and 1000")
         grace = check_grace(sect.getfloat("session_grace", DEFAULT_GRACE))
+        refusal_limit = sect.getint("refusal_limit", DEFAULT_REFUSAL_LIMIT)
+        if refusal_limit < 0:
+            raise ValueError("refusal_limit must be 0 (no limit) or more")
     except (configparser.Error, KeyError, ValueError, ConfigError) as e:
         raise ConfigError(f"{paths.conf}: {e}") from None
     return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval, log_size,
-                        log_keep, grace)
+                        log_keep, grace, refusal_limit)
 
 
 def is_buildbot_dir(paths: MasterPaths) -> bool:

@@ -22,7 +22,12 @@ from twisted.internet import defer
 from buildbot_furl.errors import FurlError
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.layout import MasterPaths
-from buildbot_furl.master.config import DEFAULT_GRACE, MasterConfig, check_private
+from buildbot_furl.master.config import (
+    DEFAULT_GRACE,
+    DEFAULT_REFUSAL_LIMIT,
+    MasterConfig,
+    check_private,
+)
 from buildbot_furl.master.registry import AttachHook, DetachHook, WorkerRegistry
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import (
@@ -52,6 +57,7 @@ class HostSettings:
     #: seconds a worker's session outlives its connection; or, per worker
     #: name, a function (the Buildbot plugin's FurlWorker(session_grace=...))
     grace: float | Callable[[str], float] = DEFAULT_GRACE
+    refusal_limit: int = DEFAULT_REFUSAL_LIMIT
 
     @property
     def workers_file(self) -> str:
@@ -60,7 +66,8 @@ class HostSettings:
     @classmethod
     def from_config(cls, config: MasterConfig) -> HostSettings:
         return cls(config.paths, config.port, config.location, "", config.keepalive,
-                   config.disconnect_timeout, config.reload_interval, config.session_grace)
+                   config.disconnect_timeout, config.reload_interval, config.session_grace,
+                   config.refusal_limit)
 
 
 class MasterHost(service.MultiService):
@@ -87,7 +94,7 @@ class MasterHost(service.MultiService):
         tub.setLocation(*s.location)
         registry = WorkerRegistry(tub, s.workers_file, on_attach=self.on_attach,
                                   on_detach=self.on_detach, reload_interval=s.reload_interval,
-                                  grace=s.grace)
+                                  grace=s.grace, refusal_limit=s.refusal_limit)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)

@@ -31,6 +31,7 @@ from buildbot_furl.errors import (
     WireError,
 )
 from buildbot_furl.furl import secret_digest
+from buildbot_furl.master.refusals import DEFAULT_LIMIT, Refusals
 from buildbot_furl.master.session import WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, decode_session
@@ -73,6 +74,7 @@ class WorkerRegistry:
         on_detach: DetachHook | None = None,
         reload_interval: float = 1.0,
         grace: Callable[[str], float] | float = 0.0,
+        refusal_limit: int = DEFAULT_LIMIT,
     ) -> None:
         self.tub = tub
         self.furls_path = furls_path
@@ -80,6 +82,7 @@ class WorkerRegistry:
         self.on_attach = on_attach
         self.on_detach = on_detach
         self.reload_interval = reload_interval
+        self.refusals = Refusals(refusal_limit)
         #: how long a worker's session outlives its connection (per name)
         self.grace = grace if callable(grace) else (lambda name, g=float(grace): g)
         self.logins: dict[str, WorkerLogin] = {}  # swissnum -> login
@@ -100,6 +103,8 @@ class WorkerRegistry:
         self.reload(strict=True)
         self.tub.registerNameLookupHandler(self._lookup)
         self.tub.on_refused_name = self.refused
+        self.tub.connection_gate = self.refusals.allow
+        self.refusals.start()
         self._loop = LoopingCall(self.poll)
         self._loop.start(self.reload_interval, now=False)
 
@@ -108,20 +113,17 @@ class WorkerRegistry:
             self._loop.stop()
         self.tub.unregisterNameLookupHandler(self._lookup)
         self.tub.on_refused_name = None
+        self.tub.connection_gate = None
+        self.refusals.stop()
         for session in list(self.sessions.values()):
             session.drop("master shutting down")
 
     def _lookup(self, name: str) -> WorkerLogin | None:
         return self.logins.get(name)
 
-    def refused(self, name: str, peer: str) -> None:
-        """Log a lookup of a name we do not serve (never the name itself)."""
-        who = self.revoked.get(secret_digest(name))
-        if who:
-            log.info("refused attach from {peer} with the revoked or rotated FURL of "
-                     "worker {name}", peer=peer, name=who)
-        else:
-            log.info("refused attach from {peer}: unknown FURL (wrong secret)", peer=peer)
+    def refused(self, name: str, host: str) -> None:
+        """A lookup of a name we do not serve (never logged: it may be a secret)."""
+        self.refusals.refused(host, self.revoked.get(secret_digest(name)))
 
     # -- workers.furls --------------------------------------------------------
     def _file_stamp(self) -> tuple[int, ...] | None:
