@@ -8,6 +8,7 @@ from typing import Any
 from foolscap.api import Tub
 from foolscap.broker import Broker
 from foolscap.ipb import DeadReferenceError
+from foolscap.tokens import Violation
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -54,6 +55,19 @@ class _PeerAwareBroker(Broker):
                 reactor.callLater(0.1, self.transport.loseConnection)
                 reactor.callLater(10, self.transport.abortConnection)  # if it is not read
             raise
+
+
+    def callFailed(self, f: Any, reqID: Any, delivery: Any = None) -> Any:  # noqa: N802,N803
+        # a call the peer made that broke the interface's bounds (too big,
+        # wrong types, unknown method): tell the Tub, which knows who it is
+        if f.check(Violation):
+            observer = getattr(self.tub, "on_violation", None)
+            if observer is not None:
+                try:
+                    observer(self, str(f.value)[:200])
+                except Exception:  # noqa: BLE001 - a report must not break the broker
+                    pass
+        return super().callFailed(f, reqID, delivery)
 
 
 class GatedListener:

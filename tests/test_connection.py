@@ -484,8 +484,23 @@ async def test_command_status_applies_each_seq_once() -> None:
     assert unwrap(await cs.remote_complete(3, encode(None))) == 3  # replayed: once only
     await rc.done
     assert rc.failure is None and rc.completions == 1
-    assert unwrap(await cs.remote_update(4, encode([["stdout", "late"]]))) == 2
+    # an update after the end is a violation: refused, never applied
+    with pytest.raises(BadRequest, match="has ended"):
+        unwrap(await cs.remote_update(4, encode([["stdout", "late"]])))
     assert rc.text("stdout") == "ab"
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_status_refuses_gaps_and_blames_the_worker() -> None:
+    rc = FakeRemoteCommand()
+    blamed: list[str] = []
+    cs = CommandStatus(rc, blamed.append)
+    assert unwrap(await cs.remote_update(1, encode([["stdout", "a"]]))) == 1
+    with pytest.raises(BadRequest, match="one after another"):
+        unwrap(await cs.remote_update(5, encode([["stdout", "jumped"]])))
+    with pytest.raises(BadRequest):
+        unwrap(await cs.remote_update(2, b"\xc1 not msgpack"))
+    assert rc.text("stdout") == "a" and len(blamed) == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -64,6 +64,9 @@ class FakeSession:
     def call_failed(self, bot: Any) -> None:
         pass
 
+    def violation(self, what: str) -> None:
+        pass
+
     def wait_attached(self) -> Any:
         from twisted.internet import defer
 

@@ -12,8 +12,8 @@ from twisted.internet.task import react
 from buildbot_furl.daemon import PidFile
 from buildbot_furl.errors import ConfigError, FurlError
 from buildbot_furl.layout import MasterPaths
-from buildbot_furl.protocol import RIAdmin
 from buildbot_furl.privatefiles import check_private_mode
+from buildbot_furl.protocol import RIAdmin
 from buildbot_furl.tubs import make_tub
 
 T = TypeVar("T")

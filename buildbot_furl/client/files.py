@@ -24,7 +24,13 @@ from buildbot_furl.client.connect import require_standalone, run_with_admin
 from buildbot_furl.client.progress import Progress
 from buildbot_furl.errors import BadRequest, FurlError
 from buildbot_furl.layout import MasterPaths
-from buildbot_furl.protocol import MAX_CHUNK, RIFileReader, RIFileWriter, call, remote_method
+from buildbot_furl.protocol import (
+    MAX_CHUNK,
+    RIFileReader,
+    RIFileWriter,
+    call,
+    remote_method,
+)
 from buildbot_furl.protocol.messages import FileInfo, GetRequest, PutRequest
 
 

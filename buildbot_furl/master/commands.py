@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from foolscap.api import Referenceable
@@ -9,7 +10,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buildbot_furl.errors import ConnectionLost, RemoteError
+from buildbot_furl.errors import BadRequest, ConnectionLost, RemoteError
 from buildbot_furl.protocol import RICommandStatus, remote_method
 from buildbot_furl.protocol.messages import check_seq, decode_failure, decode_updates
 
@@ -24,8 +25,10 @@ class CommandStatus(Referenceable):
     is acknowledged without being applied again.
     """
 
-    def __init__(self, remote_command: Any) -> None:
+    def __init__(self, remote_command: Any,
+                 on_violation: Callable[[str], None] = lambda what: None) -> None:
         self.remote_command = remote_command
+        self.on_violation = on_violation
         self.applied = 0
         self.completed = False
         #: fires once the command's completion has been handed on
@@ -46,14 +49,26 @@ class CommandStatus(Referenceable):
         d.addErrback(lambda f: None)
         self._finish()
 
+    def _refuse(self, what: str) -> BadRequest:
+        self.on_violation(what)
+        return BadRequest(what)
+
     @remote_method
     async def remote_update(self, seq: int, batch: bytes) -> int:
-        seq = check_seq(seq)
-        updates = [[u, 0] for u in decode_updates(batch)]
+        try:
+            seq = check_seq(seq)
+            updates = [[u, 0] for u in decode_updates(batch)]
+        except BadRequest as e:
+            raise self._refuse(f"a malformed update batch ({e})") from None
         await self._lock.acquire()
         try:
-            if seq <= self.applied or self.completed:
-                return self.applied
+            if self.completed:
+                raise self._refuse(f"an update batch ({seq}) for a command that has ended")
+            if seq <= self.applied:
+                return self.applied  # sent again after a reattach: applied already
+            if seq != self.applied + 1:
+                raise self._refuse(f"update batch {seq} after batch {self.applied} (batches "
+                                   "must come one after another)")
             # counted before applying: Buildbot's remote_update is not
             # idempotent, so a batch that failed halfway is not tried again
             self.applied = seq
@@ -67,8 +82,11 @@ class CommandStatus(Referenceable):
 
     @remote_method
     async def remote_complete(self, seq: int, failure: bytes) -> int:
-        seq = check_seq(seq)
-        text = decode_failure(failure)
+        try:
+            seq = check_seq(seq)
+            text = decode_failure(failure)
+        except BadRequest as e:
+            raise self._refuse(f"a malformed completion ({e})") from None
         await self._lock.acquire()
         try:
             if self.completed:

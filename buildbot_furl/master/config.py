@@ -23,6 +23,7 @@ import re
 from buildbot_furl import furlsfile, logs
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
+from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
 
@@ -46,6 +47,7 @@ class MasterConfig:
     log_keep: int = logs.DEFAULT_KEEP
     session_grace: float = DEFAULT_GRACE
     refusal_limit: int = DEFAULT_REFUSAL_LIMIT
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -114,7 +116,8 @@ def create(basedir: str, location: str, port: str | None,
             "# session_grace = 60 (seconds a worker's session and its running commands\n"
             "# outlive a lost connection; 0: they end with it), refusal_limit = 100\n"
             "# (refused attach attempts per address per minute before its new connections\n"
-            "# are closed before TLS until the minute ends; 0: never).\n"
+            "# are closed before TLS until the minute ends; 0: never), call_timeout = 120\n"
+            "# (seconds a worker has to answer a call before it is cut off).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
@@ -151,10 +154,13 @@ def load(basedir: str) -> MasterConfig:
         refusal_limit = sect.getint("refusal_limit", DEFAULT_REFUSAL_LIMIT)
         if refusal_limit < 0:
             raise ValueError("refusal_limit must be 0 (no limit) or more")
+        call_timeout = sect.getfloat("call_timeout", DEFAULT_CALL_TIMEOUT)
+        if not 1 <= call_timeout <= 86400:
+            raise ValueError("call_timeout must be between 1 and 86400 seconds")
     except (configparser.Error, KeyError, ValueError, ConfigError) as e:
         raise ConfigError(f"{paths.conf}: {e}") from None
     return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval, log_size,
-                        log_keep, grace, refusal_limit)
+                        log_keep, grace, refusal_limit, call_timeout)
 
 
 def is_buildbot_dir(paths: MasterPaths) -> bool:

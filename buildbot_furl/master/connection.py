@@ -203,6 +203,19 @@ class FurlConnection:
         self.notifyDisconnected()
 
     # -- calls to the worker --------------------------------------------------
+    async def _answer(self, bot: Any, method: str, *args: Any) -> Any:
+        """``method`` on ``bot``; a worker that does not answer within its
+        session's call_timeout is cut off (its memory here stays bounded)."""
+        timeout = getattr(self.session, "call_timeout", 120.0)
+        d = defer.Deferred.fromCoroutine(call(bot, method, *args))
+        d.addTimeout(timeout, self._reactor)
+        try:
+            return await d
+        except defer.TimeoutError:
+            self.session.drop(f"it did not answer {method} within {timeout:.0f} s")
+            raise ConnectionLost(f"worker {self.session.name!r} did not answer {method}") \
+                from None
+
     async def _call_retrying(self, method: str, *args: Any) -> Any:
         """``method`` on the worker; while its session is detached, wait for
         it to come back (and call again what the cut connection lost)."""
@@ -210,7 +223,7 @@ class FurlConnection:
             await self.session.wait_attached()
             bot = self.session.bot
             try:
-                return await call(bot, method, *args)
+                return await self._answer(bot, method, *args)
             except ConnectionLost:
                 if self.session.gone:
                     raise
@@ -266,11 +279,14 @@ class FurlConnection:
                     f"the arguments of command {commandName!r} cannot be sent: {e}"
                 ) from None
             command_id = name_arg(commandId, "command id")
+            blame = self.session.violation
+            maxsize = args.get("maxsize")
+            limit = maxsize if isinstance(maxsize, int) and not isinstance(maxsize, bool) else None
             run = _Running(name_arg(builderName, "builder name"),
                            name_arg(commandName, "command name"), payload,
-                           CommandStatus(remoteCommand),
-                           FileWriterAdapter(writer) if writer is not None else None,
-                           FileReaderAdapter(reader) if reader is not None else None)
+                           CommandStatus(remoteCommand, blame),
+                           FileWriterAdapter(writer, limit, blame) if writer is not None else None,
+                           FileReaderAdapter(reader, blame) if reader is not None else None)
             self._running[command_id] = run
             run.status.finished.addBoth(lambda _: self._running.pop(command_id, None))
             try:
@@ -290,9 +306,9 @@ class FurlConnection:
                 return None  # a rebind found (or started) it meanwhile
             bot = self.session.bot
             try:
-                answer = await call(bot, "startCommand", run.builder, command_id,
-                                    run.command, run.payload, run.status, run.writer,
-                                    run.reader)
+                answer = await self._answer(bot, "startCommand", run.builder, command_id,
+                                            run.command, run.payload, run.status, run.writer,
+                                            run.reader)
             except ConnectionLost:
                 if self.session.gone:
                     raise
@@ -308,11 +324,13 @@ class FurlConnection:
         carried = []
         for command_id, run in list(self._running.items()):
             try:
-                answer = await call(self.session.bot, "resumeCommand", run.builder, command_id,
-                                    run.status, run.writer, run.reader, run.state().to_wire())
+                answer = await self._answer(self.session.bot, "resumeCommand", run.builder,
+                                            command_id, run.status, run.writer, run.reader,
+                                            run.state().to_wire())
                 if answer == UNKNOWN_COMMAND and not run.started:
-                    await call(self.session.bot, "startCommand", run.builder, command_id,
-                               run.command, run.payload, run.status, run.writer, run.reader)
+                    await self._answer(self.session.bot, "startCommand", run.builder,
+                                       command_id, run.command, run.payload, run.status,
+                                       run.writer, run.reader)
                     answer = RESUMED
                     run.started = True
             except ConnectionLost:

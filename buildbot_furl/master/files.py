@@ -9,6 +9,7 @@ their method names, and bound and check every argument on the way in.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from foolscap.api import Referenceable
@@ -16,7 +17,13 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest
-from buildbot_furl.protocol import MAX_CHUNK, RIFileReader, RIFileWriter, decode, remote_method
+from buildbot_furl.protocol import (
+    MAX_CHUNK,
+    RIFileReader,
+    RIFileWriter,
+    decode,
+    remote_method,
+)
 
 #: how much of a download is kept to be sent again after a reattach: the
 #: worker has at most this much asked for and not yet received
@@ -47,11 +54,19 @@ class FileWriterAdapter(Referenceable):
     ``unpack`` and ``utime`` happen once however often they are asked for.
     """
 
-    def __init__(self, impl: Any) -> None:
+    def __init__(self, impl: Any, limit: int | None = None,
+                 on_violation: Callable[[str], None] = lambda what: None) -> None:
         self.impl = impl
+        #: the most bytes the transfer may bring (its announced maxsize)
+        self.limit = limit
+        self.on_violation = on_violation
         self.written = 0  # bytes handed to impl
         self._done: set[str] = set()
         self._lock = defer.DeferredLock()
+
+    def _refuse(self, what: str) -> BadRequest:
+        self.on_violation(what)
+        return BadRequest(what)
 
     async def _serial(self, method: str, *args: Any) -> None:
         await self._lock.acquire()
@@ -74,8 +89,11 @@ class FileWriterAdapter(Referenceable):
         await self._lock.acquire()
         try:
             if offset > self.written:
-                raise BadRequest(f"write at {offset} leaves a gap after byte {self.written}")
+                raise self._refuse(f"a write at {offset} that leaves a gap after byte "
+                                   f"{self.written}")
             fresh = data[self.written - offset:]
+            if self.limit is not None and self.written + len(fresh) > self.limit:
+                raise self._refuse(f"an upload past its announced size ({self.limit} bytes)")
             if fresh:
                 await _maybe_await(self.impl.remote_write(fresh))
                 self.written += len(fresh)
@@ -113,8 +131,10 @@ class FileReaderAdapter(Referenceable):
     are served the same bytes, and the source is read once, in order.
     """
 
-    def __init__(self, impl: Any) -> None:
+    def __init__(self, impl: Any,
+                 on_violation: Callable[[str], None] = lambda what: None) -> None:
         self.impl = impl
+        self.on_violation = on_violation
         self.sent = 0  # bytes read from impl
         self._recent = bytearray()  # the last bytes read, ending at self.sent
         self._closed = False
@@ -147,10 +167,12 @@ class FileReaderAdapter(Referenceable):
         await self._lock.acquire()
         try:
             if offset > self.sent:
+                self.on_violation(f"a read at {offset} that skips bytes after {self.sent}")
                 raise BadRequest(f"read at {offset} skips bytes after {self.sent}")
             if offset < self.sent:
                 start = len(self._recent) - (self.sent - offset)
                 if start < 0:
+                    self.on_violation(f"a read at {offset}, too far back to be served again")
                     raise BadRequest(f"read at {offset} is too far back to be served again")
                 old = bytes(self._recent[start:start + length])
                 if len(old) == length or self._closed:

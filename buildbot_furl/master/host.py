@@ -23,6 +23,7 @@ from buildbot_furl.errors import FurlError
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.master.config import (
+    DEFAULT_CALL_TIMEOUT,
     DEFAULT_GRACE,
     DEFAULT_REFUSAL_LIMIT,
     MasterConfig,
@@ -58,6 +59,7 @@ class HostSettings:
     #: name, a function (the Buildbot plugin's FurlWorker(session_grace=...))
     grace: float | Callable[[str], float] = DEFAULT_GRACE
     refusal_limit: int = DEFAULT_REFUSAL_LIMIT
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
 
     @property
     def workers_file(self) -> str:
@@ -67,7 +69,7 @@ class HostSettings:
     def from_config(cls, config: MasterConfig) -> HostSettings:
         return cls(config.paths, config.port, config.location, "", config.keepalive,
                    config.disconnect_timeout, config.reload_interval, config.session_grace,
-                   config.refusal_limit)
+                   config.refusal_limit, config.call_timeout)
 
 
 class MasterHost(service.MultiService):
@@ -94,7 +96,8 @@ class MasterHost(service.MultiService):
         tub.setLocation(*s.location)
         registry = WorkerRegistry(tub, s.workers_file, on_attach=self.on_attach,
                                   on_detach=self.on_detach, reload_interval=s.reload_interval,
-                                  grace=s.grace, refusal_limit=s.refusal_limit)
+                                  grace=s.grace, refusal_limit=s.refusal_limit,
+                                  call_timeout=s.call_timeout)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)

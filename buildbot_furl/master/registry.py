@@ -32,7 +32,7 @@ from buildbot_furl.errors import (
 )
 from buildbot_furl.furl import secret_digest
 from buildbot_furl.master.refusals import DEFAULT_LIMIT, Refusals
-from buildbot_furl.master.session import WorkerSession, peer_of
+from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT, WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, decode_session
 
@@ -75,6 +75,7 @@ class WorkerRegistry:
         reload_interval: float = 1.0,
         grace: Callable[[str], float] | float = 0.0,
         refusal_limit: int = DEFAULT_LIMIT,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         self.tub = tub
         self.furls_path = furls_path
@@ -83,6 +84,7 @@ class WorkerRegistry:
         self.on_detach = on_detach
         self.reload_interval = reload_interval
         self.refusals = Refusals(refusal_limit)
+        self.call_timeout = call_timeout
         #: how long a worker's session outlives its connection (per name)
         self.grace = grace if callable(grace) else (lambda name, g=float(grace): g)
         self.logins: dict[str, WorkerLogin] = {}  # swissnum -> login
@@ -103,6 +105,7 @@ class WorkerRegistry:
         self.reload(strict=True)
         self.tub.registerNameLookupHandler(self._lookup)
         self.tub.on_refused_name = self.refused
+        self.tub.on_violation = self._violation
         self.tub.connection_gate = self.refusals.allow
         self.refusals.start()
         self._loop = LoopingCall(self.poll)
@@ -113,6 +116,7 @@ class WorkerRegistry:
             self._loop.stop()
         self.tub.unregisterNameLookupHandler(self._lookup)
         self.tub.on_refused_name = None
+        self.tub.on_violation = None
         self.tub.connection_gate = None
         self.refusals.stop()
         for session in list(self.sessions.values()):
@@ -120,6 +124,13 @@ class WorkerRegistry:
 
     def _lookup(self, name: str) -> WorkerLogin | None:
         return self.logins.get(name)
+
+    def _violation(self, broker: Any, what: str) -> None:
+        """A call over ``broker`` broke the interface's bounds."""
+        for session in self.sessions.values():
+            if session.uses(broker):
+                session.violation(f"a call out of the protocol's bounds ({what})")
+                return
 
     def refused(self, name: str, host: str) -> None:
         """A lookup of a name we do not serve (never logged: it may be a secret)."""
@@ -209,7 +220,8 @@ class WorkerRegistry:
             if old is not None and old.proves(info.resume):
                 return (await self._resume(old, bot, peer, info)).to_wire()
             await self._settle_duplicate(name, peer)
-            session = WorkerSession(name, bot, info, max(common), peer, self.grace(name))
+            session = WorkerSession(name, bot, info, max(common), peer, self.grace(name),
+                                    self.call_timeout)
             self.sessions[name] = session
             self.last_seen[name] = time.time()
             session.add_disconnect_callback(lambda: self._detached(session))

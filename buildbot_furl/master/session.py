@@ -30,6 +30,12 @@ from buildbot_furl.tubs import sever
 log = Logger()
 
 
+#: protocol violations after which a worker is cut off
+MAX_VIOLATIONS = 10
+#: seconds a worker has to answer a call (start a command, set builders, ...)
+DEFAULT_CALL_TIMEOUT = 120.0
+
+
 def peer_of(rref: Any) -> str:
     """``host:port`` of the far end of a RemoteReference, or '?'."""
     try:
@@ -48,13 +54,15 @@ class WorkerSession:
     """A worker's session; ``bot`` is the worker's current reference."""
 
     def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int, peer: str,
-                 grace: float = 0.0) -> None:
+                 grace: float = 0.0, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
         self.name = name
         self.bot = bot
         self.info = info
         self.protocol = protocol
         self.peer = peer
         self.grace = grace
+        #: seconds the worker has to answer a call before it is cut off
+        self.call_timeout = call_timeout
         self.session_id = secrets.token_hex(16)
         #: what proves the session on a reattach; handed to the worker once,
         #: kept here only as a digest, never logged
@@ -69,6 +77,7 @@ class WorkerSession:
         self._link_listeners: list[Callable[[bool], None]] = []
         self._attached_waiters: list[defer.Deferred[None]] = []
         self._grace_timer: Any = None
+        self.violations = 0
         bot.notifyOnDisconnect(self._link_lost, bot)
 
     def hand_out_secret(self) -> str:
@@ -135,6 +144,20 @@ class WorkerSession:
         d: defer.Deferred[None] = defer.Deferred()
         self._attached_waiters.append(d)
         return d
+
+    def violation(self, what: str) -> None:
+        """The worker broke the protocol (the call was refused with a typed
+        error): log it, and cut the worker off after MAX_VIOLATIONS."""
+        if self.gone:
+            return
+        self.violations += 1
+        log.warn("worker {name}: refused {what}", name=self.name, what=what)
+        if self.violations >= MAX_VIOLATIONS:
+            self.drop(f"cut off after {self.violations} protocol violations")
+
+    def uses(self, broker: Any) -> bool:
+        """Whether the worker's current connection is ``broker``."""
+        return getattr(getattr(self.bot, "tracker", None), "broker", None) is broker
 
     # -- the connection comes and goes -------------------------------------------
     def call_failed(self, bot: Any) -> None:

@@ -43,10 +43,15 @@ from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, encode_session
-from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub, sever
+from buildbot_furl.tubs import (
+    DEFAULT_DISCONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE,
+    make_tub,
+    sever,
+)
 from buildbot_furl.worker.bot import FurlBot
-from buildbot_furl.worker.streams import SessionEnded
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
+from buildbot_furl.worker.streams import SessionEnded
 
 log = Logger()
 

@@ -44,7 +44,11 @@ from buildbot_furl import tree
 from buildbot_furl.confine import Resolved, Root
 from buildbot_furl.errors import BadRequest, CommandFailed, PathRefused, WireError
 from buildbot_furl.protocol import GET_COMMAND, MAX_CHUNK, PUT_COMMAND
-from buildbot_furl.protocol.messages import TRANSFER_ERROR, TRANSFER_RESULT, transfer_error
+from buildbot_furl.protocol.messages import (
+    TRANSFER_ERROR,
+    TRANSFER_RESULT,
+    transfer_error,
+)
 
 #: the worker's own files in its directory: never written by a put
 PRIVATE_NAMES = ("master.furl", "furl-worker.pid", "furl-worker.state", "furl-worker.conf",
