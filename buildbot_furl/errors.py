@@ -67,6 +67,10 @@ class PathRefused(WireError):
     """A path would escape the directory it is confined to."""
 
 
+class PolicyRefused(WireError):
+    """The worker's own policy file does not allow what the master asked."""
+
+
 class ConnectionLost(WireError):
     """The connection dropped before the answer arrived."""
 
@@ -94,6 +98,7 @@ WIRE_ERRORS: dict[str, type[WireError]] = {
         DuplicateWorker,
         BadRequest,
         PathRefused,
+        PolicyRefused,
         ConnectionLost,
         CommandFailed,
         CommandNotFound,

@@ -49,6 +49,12 @@ class MasterPaths:
         return self._p("furl-master.pid")
 
 
+#: the files of a worker directory that are the worker's own, not its builds'
+WORKER_FILES = ("master.furl", "furl-worker.pid", "furl-worker.state", "furl-worker.conf",
+                "furl-worker.policy", "worker.log")
+POLICY_NAME = "furl-worker.policy"
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerPaths:
     basedir: str
@@ -68,6 +74,11 @@ class WorkerPaths:
     @property
     def pidfile(self) -> str:
         return os.path.join(self.basedir, "furl-worker.pid")
+
+    @property
+    def policy(self) -> str:
+        """What the worker allows its master (optional; see worker/policy.py)."""
+        return os.path.join(self.basedir, POLICY_NAME)
 
     @property
     def state(self) -> str:

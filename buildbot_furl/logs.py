@@ -11,7 +11,6 @@ library) lands in it rather than in a rotated-away one.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import Any
 
@@ -24,24 +23,15 @@ from twisted.logger import (
 )
 
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.sizes import parse_bytes
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_KEEP = 5
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
 
 
 def parse_size(text: str | int) -> int:
     """``10M``, ``512k``, ``1G`` or a number of bytes; 0 turns rotation off."""
-    if isinstance(text, int):
-        n = text
-    else:
-        m = _SIZE_RE.match(text)
-        if not m:
-            raise ConfigError(f"bad size {text!r}: give bytes, or a number with k, M or G")
-        n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[
-            m.group(2).lower()]
-    if n < 0:
-        raise ConfigError("a log size cannot be negative")
+    n = parse_bytes(text, "log size")
     if 0 < n < 64 * 1024:
         raise ConfigError("a log size below 64k would rotate all the time (0 turns it off)")
     return n

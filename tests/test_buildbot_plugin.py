@@ -156,6 +156,7 @@ class Env:
         self.workers: dict[str, Any] = {}  # name -> Popen
         self.extra_workers: list[Any] = []
         self.snoop = False  # a 'snoop-NAME' builder per FURL worker (see SNOOP)
+        self.extra_builders: list[Callable[[], BuilderConfig]] = []  # made at each load
         self.furls: dict[str, str] = {}  # what create_worker made
         self.worker_kwargs: dict[str, Any] = {}  # for load_workers
         self.failed = False
@@ -200,6 +201,7 @@ class Env:
         if self.snoop:
             builders += [BuilderConfig(name=f"snoop-{n}", workernames=[n],
                                        factory=snoop_factory()) for n in names]
+        builders += [make() for make in self.extra_builders]
         protocols: dict[str, Any] = {"furl": {"port": f"tcp:{self.port}:interface=127.0.0.1"}}
         if "fw" in names:
             builders += [
@@ -582,6 +584,74 @@ async def test_master_restart_worker_reattaches(env_factory: Callable[..., Env])
         logs = await env.logs(hello[0]["stepid"])
         assert streams(logs["stdio"])["o"] == "hello\n"
         assert p.poll() is None
+
+
+def policy_factory(data: Path) -> BuildFactory:
+    """Steps that each ask for something the worker's policy refuses, and
+    two that it allows."""
+    make = ("import os\nopen('big.bin', 'wb').write(b'x' * 3_000_000)\n"
+            "os.makedirs('tree', exist_ok=True)\n"
+            "open('tree/b.bin', 'wb').write(b'y' * 1_500_000)\n")
+    f = BuildFactory()
+    f.addStep(ShellCommand(name="not-allowed", command=["echo", "hello"]))
+    f.addStep(ShellCommand(name="make-files", command=[PY, "-c", make]))
+    f.addStep(FileUpload(name="upload-big", workersrc="big.bin", haltOnFailure=False,
+                         masterdest=str(data / "policy-big.bin")))
+    f.addStep(DirectoryUpload(name="upload-tree", workersrc="tree", haltOnFailure=False,
+                              masterdest=str(data / "policy-tree")))
+    f.addStep(FileDownload(name="download-big", mastersrc=str(data / "input.bin"),
+                           workerdest="in.bin", haltOnFailure=False))
+    f.addStep(ShellCommand(name="sneaky-env", command=[PY, "-c", "pass"],
+                           env={"SNEAKY": "1"}))
+    f.addStep(ShellCommand(name="fine", command=[PY, "-c", "print('still fine')"],
+                           env={"LANG": "C"}))
+    return f
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_workers_policy_fails_steps_with_its_reason(
+        env_factory: Callable[..., Env]) -> None:
+    """A worker whose admin allows only Python, 1M up, 2M down and LANG:
+    each step that asks for more fails, its log says why, nothing it
+    refused lands on either side, and the steps it allows still run."""
+    env = env_factory()
+    furl = env.create_worker("fw")
+    (env.data / "input.bin").write_bytes(b"z" * INPUT_SIZE)
+    env.extra_builders.append(lambda: BuilderConfig(
+        name="policy-fw", workernames=["fw"], factory=policy_factory(env.data)))
+    wdir = env.tmp / "worker-fw"
+    wdir.mkdir()
+    write_private(str(wdir / "furl-worker.policy"),
+                  f"[commands]\nallow = {PY}\n[limits]\nmax_upload = 1M\nmax_download = 2M\n"
+                  "[environment]\nallow = LANG\n")
+    async with running(env):
+        await env.start_master()
+        env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        b = await env.run_build("policy-fw")
+        steps = {s["name"]: s for s in await env.steps(b["buildid"])}
+        results = {name: Results[s["results"]] for name, s in steps.items()
+                   if name != "worker_preparation"}
+        assert results == {"not-allowed": "failure", "make-files": "success",
+                           "upload-big": "failure", "upload-tree": "failure",
+                           "download-big": "failure", "sneaky-env": "failure",
+                           "fine": "success"}, results
+        assert Results[b["results"]] == "failure"
+
+        async def stderr(name: str) -> str:
+            return streams((await env.logs(steps[name]["stepid"]))["stdio"])["e"]
+
+        assert "worker 'fw' refused 'shell': program 'echo' is not one the worker's policy " \
+               "allows" in await stderr("not-allowed")
+        assert "more than the worker's policy lets it upload (1M)" in await stderr("upload-big")
+        assert "(max_upload)" in await stderr("upload-tree")
+        assert "(max_download)" in await stderr("download-big")
+        assert "does not let the master set SNEAKY" in await stderr("sneaky-env")
+        assert streams((await env.logs(steps["fine"]["stepid"]))["stdio"])["o"] == \
+            "still fine\n"
+        assert not (env.data / "policy-big.bin").exists()
+        assert not list(wdir.rglob("in.bin"))  # a download cut short is not kept
+        assert env.connected("fw")
 
 
 @pytest_twisted.ensureDeferred

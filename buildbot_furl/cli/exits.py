@@ -24,7 +24,8 @@ MEANING = {
     Exit.OK: "success",
     Exit.ERROR: "failed: bad input, a bad or unsafe file, a refused operation",
     Exit.UNAVAILABLE: "the request could not be made or did not finish (no master\n"
-                      "       answers, unknown or lost worker, path refused)",
+                      "       answers, unknown or lost worker, path refused, refused by\n"
+                      "       the worker's policy)",
     Exit.NOT_RUNNING: "not running",
     Exit.NOT_ATTACHED: "running, but not attached to its master now",
     Exit.USAGE: "bad command line (unknown option, missing argument)",

@@ -74,14 +74,18 @@ def cli() -> None:
 @_furl_options
 @click.option("--admin", default=None, help="Who runs this worker (info/admin).")
 @click.option("--host", default=None, help="A description of this host (info/host).")
+@click.option("--policy", "policy_file", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="Install FILE as BASEDIR/furl-worker.policy: what the worker allows "
+                   "its master (see 'furl-worker policy --help').")
 @guarded()
 def create_worker(basedir: str, furl: str | None, furl_file: str | None,
-                  admin: str | None, host: str | None) -> None:
+                  admin: str | None, host: str | None, policy_file: str | None) -> None:
     """Create worker directory BASEDIR holding the FURL (BASEDIR/master.furl, 0600).
 
     The FURL comes from --furl-file, --furl or $FURL_WORKER_FURL.
     """
-    cmds.create_worker(basedir, furl, furl_file, admin, host)
+    cmds.create_worker(basedir, furl, furl_file, admin, host, policy_file)
 
 
 @cli.command("set-furl", epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_ATTACHED, Exit.USAGE))
@@ -144,6 +148,29 @@ def restart(basedir: str, **options: object) -> None:
 def status(basedir: str, as_json: bool) -> None:
     """Say whether a worker runs in BASEDIR and is attached to its master."""
     cmds.status(basedir, as_json)
+
+
+@cli.command(epilog=epilog(*USUAL))
+@_basedir
+@click.option("--file", "draft", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+              help="Check FILE (a draft) instead of BASEDIR/furl-worker.policy.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@guarded()
+def policy(basedir: str, draft: str | None, as_json: bool) -> None:
+    """Show what the worker in BASEDIR allows its master, or what is wrong
+    with its policy file (then the worker refuses every request).
+
+    \b
+    BASEDIR/furl-worker.policy (optional; mode 0600, read again on change):
+      [commands]     allow = make, git, /usr/bin/python3   (or any / none)
+      [paths]        allow = ., /srv/cache     (default: the worker's dir)
+      [limits]       max_upload = 100M, max_download = 1G, max_commands = 2
+      [environment]  allow = CC, CFLAGS, LC_*               (or any / none)
+
+    A refused request never starts; the master is told why (furl-master
+    run: one line, exit 2; Buildbot: the step fails with the reason).
+    """
+    cmds.show_policy(basedir, draft, as_json)
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ from buildbot_furl.cli.exits import Exit
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.privatefiles import write_private
+from buildbot_furl.sizes import show_bytes
 from buildbot_furl.worker import config as wconfig
 from buildbot_furl.worker import launch
+from buildbot_furl.worker import policy as wpolicy
 
 
 def _paths(basedir: str, must_exist: bool = True) -> WorkerPaths:
@@ -43,11 +45,73 @@ def _state(paths: WorkerPaths) -> dict[str, Any]:
     return st if isinstance(st, dict) else {}
 
 
+def _policy_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read((1 << 20) + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > 1 << 20:
+        raise ConfigError(f"{path} is larger than a policy file can be (1 MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+
+
 def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
-                  host: str | None) -> None:
+                  host: str | None, policy_file: str | None = None) -> None:
     source = wconfig.resolve_furl(None, furl, furl_file)
+    text = None
+    if policy_file is not None:  # checked before anything is created
+        text = _policy_text(policy_file)
+        wpolicy.parse_policy(text, os.path.abspath(basedir), policy_file)
     paths = wconfig.create(basedir, source.furl, admin, host)
+    if text is not None:
+        write_private(paths.policy, text)
+        note(f"installed the policy from {policy_file} as {paths.policy} (mode 0600)")
     note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+
+
+def _policy_lines(p: wpolicy.Policy) -> list[str]:
+    summary = p.summary()
+
+    def shown(value: Any, unit: bool = False) -> str:
+        if value is None or value == "any":
+            return "any"
+        if isinstance(value, list):
+            return ", ".join(value)
+        return show_bytes(value) if unit else str(value)
+
+    return [f"  programs:      {shown(summary['programs'])}",
+            f"  paths:         {shown(summary['paths'])}",
+            f"  max upload:    {shown(summary['max_upload'], True)}",
+            f"  max download:  {shown(summary['max_download'], True)}",
+            f"  max commands:  {shown(summary['max_commands'])}",
+            f"  environment:   {shown(summary['environment'])}"]
+
+
+def show_policy(basedir: str, draft: str | None, as_json: bool) -> None:
+    paths = _paths(basedir, must_exist=draft is None)
+    if draft is not None:
+        where = draft
+        p = wpolicy.parse_policy(_policy_text(draft), paths.basedir, draft)
+    elif not os.path.exists(paths.policy):
+        if as_json:
+            click.echo(json.dumps({"policy": None}, indent=2))
+        else:
+            click.echo(f"no policy file ({paths.policy}): the worker does what its master "
+                       "asks")
+        return
+    else:
+        where = paths.policy
+        p = wpolicy.read_policy(paths.policy, paths.basedir)
+    if as_json:
+        click.echo(json.dumps({"policy": where, **p.summary()}, indent=2))
+        return
+    click.echo(f"{where}: valid" if draft else f"policy in force: {where}")
+    for line in _policy_lines(p):
+        click.echo(line)
 
 
 def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float) -> None:
@@ -135,6 +199,16 @@ def restart(basedir: str, **kw: Any) -> None:
     start(basedir, **kw)
 
 
+def _policy_state(paths: WorkerPaths) -> dict[str, Any] | None:
+    """The policy file's summary, ``{"error": ...}``, or None without one."""
+    if not os.path.exists(paths.policy):
+        return None
+    try:
+        return wpolicy.read_policy(paths.policy, paths.basedir).summary()
+    except ConfigError as e:
+        return {"error": str(e)}
+
+
 def status(basedir: str, as_json: bool) -> None:
     paths = _paths(basedir, must_exist=False)
     pid = _pidfile(paths).running_pid()
@@ -144,7 +218,8 @@ def status(basedir: str, as_json: bool) -> None:
     since = st.get("since") if mine and isinstance(st.get("since"), (int, float)) else None
     record = {"running": pid is not None, "pid": pid, "attached": attached,
               "master": st.get("master") if mine else None, "since": since,
-              "last_error": st.get("last_error") if mine and not attached else None}
+              "last_error": st.get("last_error") if mine and not attached else None,
+              "policy": _policy_state(paths)}
     if as_json:
         click.echo(json.dumps(record, indent=2))
     elif pid is None:
@@ -159,6 +234,13 @@ def status(basedir: str, as_json: bool) -> None:
             why = record["last_error"]
             click.echo(f"running (pid {pid}): not attached"
                        + (f" since {when}: {why}" if why else ""))
+    policy = record["policy"]
+    if as_json:
+        pass
+    elif isinstance(policy, dict) and "error" in policy:
+        click.echo(f"policy: refuses every request until fixed: {policy['error']}")
+    elif policy is not None:
+        click.echo(f"policy: {paths.policy} (see: furl-worker policy {basedir})")
     if pid is None:
         sys.exit(Exit.NOT_RUNNING)
     if not attached:

@@ -49,6 +49,27 @@ class CommandStatus(Referenceable):
         d.addErrback(lambda f: None)
         self._finish()
 
+    async def refused(self, why: str) -> None:
+        """The worker refused to start the command (its policy): end it as
+        a failure whose error output says why, as a Buildbot step shows it."""
+        await self._lock.acquire()
+        try:
+            if self.completed:
+                return
+            self.completed = True
+            try:
+                result = self.remote_command.remote_update(
+                    [[{"stderr": f"{why}\n"}, 0], [{"rc": 1}, 0]])
+                if isinstance(result, defer.Deferred):
+                    await result
+                result = self.remote_command.remote_complete(None)
+                if isinstance(result, defer.Deferred):
+                    await result
+            finally:
+                self._finish()
+        finally:
+            self._lock.release()
+
     def _refuse(self, what: str) -> BadRequest:
         self.on_violation(what)
         return BadRequest(what)

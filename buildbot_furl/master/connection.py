@@ -31,7 +31,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from buildbot_furl.errors import BadRequest, ConnectionLost
+from buildbot_furl.errors import BadRequest, ConnectionLost, PolicyRefused
 from buildbot_furl.master.commands import CommandStatus
 from buildbot_furl.master.files import FileReaderAdapter, FileWriterAdapter
 from buildbot_furl.master.session import WorkerSession, peer_of
@@ -291,6 +291,14 @@ class FurlConnection:
             run.status.finished.addBoth(lambda _: self._running.pop(command_id, None))
             try:
                 return await self._start(command_id, run)
+            except PolicyRefused as e:
+                self._running.pop(command_id, None)
+                if self.master is None:
+                    raise
+                # Buildbot: the step fails, and its log says why
+                await run.status.refused(f"worker {self.session.name!r} refused {commandName!r}:"
+                                         f" {e}")
+                return None
             except Exception:
                 self._running.pop(command_id, None)
                 raise

@@ -33,6 +33,7 @@ from buildbot_furl.errors import (
     CommandNotFound,
     ConnectionLost,
     PathRefused,
+    PolicyRefused,
     UnknownWorker,
     WireError,
     WorkerNotConnected,
@@ -245,7 +246,10 @@ class Standalone:
         if run_id:
             self._runs[run_id] = (conn, builder, command_id)
         try:
-            await conn.remoteStartCommand(collector, builder, command_id, command, args)
+            try:
+                await conn.remoteStartCommand(collector, builder, command_id, command, args)
+            except PolicyRefused as e:
+                raise PolicyRefused(f"worker {worker!r} refused: {e}") from None
             await defer.DeferredList(
                 [collector.done, lost], fireOnOneCallback=True, consumeErrors=True)
             if not collector.done.called:

@@ -17,11 +17,13 @@ from foolscap.api import Referenceable
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from buildbot_furl.errors import BadRequest, CommandFailed
+from buildbot_furl.errors import BadRequest, CommandFailed, PolicyRefused
+from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
 from buildbot_furl.protocol.messages import RESUMED, UNKNOWN_COMMAND, ResumeState
 from buildbot_furl.worker import transfers
-from buildbot_furl.worker.command import FurlProtocolCommand
+from buildbot_furl.worker.command import Check, FurlProtocolCommand
+from buildbot_furl.worker.policy import Limits, PolicyFile
 
 log = Logger()
 
@@ -29,7 +31,11 @@ BUFFER_TIMEOUT = 0.1  # seconds output may wait to be batched (PB uses 5)
 
 
 class FurlWorkerForBuilder(WorkerForBuilderPbLike):
-    ProtocolCommand = FurlProtocolCommand
+    #: how the next command is judged (set by FurlBot: its policy)
+    next_check: Check | None = None
+
+    def ProtocolCommand(self, *args: Any, **kwargs: Any) -> FurlProtocolCommand:  # noqa: N802
+        return FurlProtocolCommand(*args, check=self.next_check, **kwargs)
 
 
 @implementer(RIWorkerBot)
@@ -42,6 +48,8 @@ class FurlBot(Referenceable, BotPbLike):
         self.buffer_timeout = BUFFER_TIMEOUT
         #: every command whose completion the master has not acknowledged yet
         self.commands: dict[tuple[str, str], FurlProtocolCommand] = {}
+        #: what the worker's admin allows the master (furl-worker.policy)
+        self.policy = PolicyFile(WorkerPaths(basedir).policy, basedir)
 
     def attach_info(self) -> dict[str, Any]:
         """What the worker tells the master at attach: getWorkerInfo less
@@ -91,15 +99,24 @@ class FurlBot(Referenceable, BotPbLike):
         cargs = decode(args)
         if not isinstance(cargs, dict):
             raise BadRequest("command args must be a dict")
+        key = (builder, command_id)
+        if key in self.commands:
+            raise BadRequest(f"command {command_id!r} already runs in builder {builder!r}")
         if writer is not None:
             cargs["writer"] = writer
         if reader is not None:
             cargs["reader"] = reader
-        key = (builder, command_id)
-        if key in self.commands:
-            raise BadRequest(f"command {command_id!r} already runs in builder {builder!r}")
+        running = sum(1 for c in self.commands.values() if not c.is_complete)
+
+        def check(name: str, final_args: dict[str, Any]) -> Limits:
+            return self.policy.check(name, final_args, running)
+
+        b.next_check = check
         try:
             b.remote_startCommand(status, command_id, command, cargs)
+        except PolicyRefused as e:
+            log.warn("refused {command!r} by the policy: {why}", command=command, why=e)
+            raise
         except UnknownCommand as e:
             raise CommandFailed(str(e)) from None
         except (ValueError, KeyError, TypeError) as e:

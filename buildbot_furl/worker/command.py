@@ -10,27 +10,52 @@ its session (:meth:`FurlProtocolCommand.end`), not by a TCP connection.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
 from typing import Any
 
+from buildbot_worker.commands.transfer import TransferCommand, WorkerFileDownloadCommand
 from buildbot_worker.pb import ProtocolCommandPb
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from buildbot_furl.errors import PolicyRefused
 from buildbot_furl.protocol import encode
 from buildbot_furl.protocol.messages import ResumeState, encode_failure, update_items
+from buildbot_furl.sizes import show_bytes
+from buildbot_furl.worker.policy import NO_LIMITS, Limits
 from buildbot_furl.worker.streams import ChunkWriter, ReadAhead, UpdateSender
 
 log = Logger()
+
+#: the policy's verdict on a command and its arguments: its limits, or PolicyRefused
+Check = Callable[[str, dict[str, Any]], Limits]
 
 
 class FurlProtocolCommand(ProtocolCommandPb):
     """ProtocolCommandPb with its transport hooks replaced by resumable ones."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, check: Check | None = None, **kwargs: Any) -> None:
+        #: the worker's policy, asked once the arguments are in their final form
+        self._check = check
         self.sender: UpdateSender | None = None
         self.chunk_writer: ChunkWriter | None = None
         self.read_ahead: ReadAhead | None = None
+        #: what the worker's policy lets this command move
+        self.limits: Limits = NO_LIMITS
+        self.moved = {"upload": 0, "download": 0}
+        self.cut = False  # a transfer stopped by the policy's limits
+        self._cut_file: str | None = None  # a download stopped by the policy
         super().__init__(*args, **kwargs)
+
+    def protocol_args_setup(self, command: str, args: dict[str, Any]) -> None:
+        """buildbot-worker's path arguments made absolute (relative to the
+        builder's directory), then judged by the worker's policy: a
+        refused command is never created (PolicyRefused)."""
+        super().protocol_args_setup(command, args)
+        if self._check is not None:
+            self.limits = self._check(command, args)
 
     # -- updates --------------------------------------------------------------
     def _producer(self) -> Any:
@@ -61,6 +86,9 @@ class FurlProtocolCommand(ProtocolCommandPb):
 
     @defer.inlineCallbacks
     def protocol_complete(self, failure: Any) -> Any:
+        if self._cut_file is not None:  # what a stopped download left is not kept
+            with contextlib.suppress(OSError):
+                os.unlink(self._cut_file)
         yield self.flush_command_output()
         text = None
         if failure is not None:
@@ -70,6 +98,34 @@ class FurlProtocolCommand(ProtocolCommandPb):
         # order), so there is no need to wait for their acknowledgements
         yield self._get_sender().complete(encode_failure(text))
 
+    # -- the policy's limits ---------------------------------------------------
+    def _past_limit(self, way: str, n: int) -> bool:
+        """Count ``n`` more bytes moved ``way``; True (and the command is
+        stopped) if that is more than the policy allows.
+
+        buildbot-worker's transfer commands are interrupted with the reason
+        as their error output (the step fails with it, the master throws
+        away what it got); the worker's own transfer commands get
+        PolicyRefused, which they report as such."""
+        limit = getattr(self.limits, way)
+        self.moved[way] += n
+        if limit is None or self.moved[way] <= limit:
+            return False
+        verb = "take from the worker" if way == "upload" else "send to the worker"
+        why = (f"refused by the worker's policy: more than the {show_bytes(limit)} it lets "
+               f"the master {verb} in one transfer (max_{way})")
+        if not isinstance(self.command, TransferCommand):
+            log.warn("{command}: {why}", command=self.command_id, why=why)
+            raise PolicyRefused(why)
+        if not self.command.interrupted:
+            log.warn("{command}: {why}", command=self.command_id, why=why)
+            self.cut = True
+            self.command.stderr = why
+            self.command.interrupt()
+            if isinstance(self.command, WorkerFileDownloadCommand):
+                self._cut_file = self.command.path
+        return True
+
     # -- uploads --------------------------------------------------------------
     def _writer(self, writer: Any) -> ChunkWriter:
         if self.chunk_writer is None:
@@ -77,10 +133,12 @@ class FurlProtocolCommand(ProtocolCommandPb):
         return self.chunk_writer
 
     def protocol_update_upload_file_write(self, writer: Any, data: bytes) -> Any:
+        if self._past_limit("upload", len(data)):
+            return defer.succeed(None)
         return self._writer(writer).write(data)
 
     def protocol_update_upload_directory_write(self, writer: Any, data: bytes) -> Any:
-        return self._writer(writer).write(data)
+        return self.protocol_update_upload_file_write(writer, data)
 
     def protocol_update_upload_file_utime(self, writer: Any, access_time: float,
                                           modified_time: float) -> Any:
@@ -92,6 +150,8 @@ class FurlProtocolCommand(ProtocolCommandPb):
         return defer.Deferred.fromCoroutine(self._writer(writer).finish("close"))
 
     def protocol_update_upload_directory(self, writer: Any) -> Any:
+        if self.cut:
+            return defer.succeed(None)  # half an archive is not unpacked
         return defer.Deferred.fromCoroutine(self._writer(writer).finish("unpack"))
 
     # -- downloads ------------------------------------------------------------
@@ -101,7 +161,10 @@ class FurlProtocolCommand(ProtocolCommandPb):
         return self.read_ahead
 
     def protocol_update_read_file(self, reader: Any, length: int) -> Any:
-        return defer.Deferred.fromCoroutine(self._reader(reader).read(length))
+        async def read() -> bytes:
+            data = await self._reader(reader).read(length)
+            return b"" if self._past_limit("download", len(data)) else data
+        return defer.Deferred.fromCoroutine(read())
 
     def protocol_update_read_file_close(self, reader: Any) -> Any:
         return defer.Deferred.fromCoroutine(self._reader(reader).close())

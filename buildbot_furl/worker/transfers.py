@@ -43,6 +43,7 @@ from twisted.internet import defer, threads
 from buildbot_furl import tree
 from buildbot_furl.confine import Resolved, Root
 from buildbot_furl.errors import BadRequest, CommandFailed, PathRefused, WireError
+from buildbot_furl.layout import WORKER_FILES
 from buildbot_furl.protocol import GET_COMMAND, MAX_CHUNK, PUT_COMMAND
 from buildbot_furl.protocol.messages import (
     TRANSFER_ERROR,
@@ -51,8 +52,7 @@ from buildbot_furl.protocol.messages import (
 )
 
 #: the worker's own files in its directory: never written by a put
-PRIVATE_NAMES = ("master.furl", "furl-worker.pid", "furl-worker.state", "furl-worker.conf",
-                 "worker.log")
+PRIVATE_NAMES = WORKER_FILES
 #: ... and never read by a get
 SECRET_NAMES = ("master.furl",)
 
