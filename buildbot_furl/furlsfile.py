@@ -33,8 +33,10 @@ HEADER = (
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
+        # past a '/' it may be a FURL (given first, or without its space): never shown
+        shown = name if "/" not in name else name.split("/", 1)[0] + "/..."
         raise ConfigError(
-            f"invalid worker name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -"
+            f"invalid worker name {shown!r}: use 1-64 characters from A-Z a-z 0-9 . _ -"
         )
     return name
 

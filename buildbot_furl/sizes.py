@@ -6,12 +6,12 @@ import re
 
 from buildbot_furl.errors import ConfigError
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)[bB]?\s*$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def parse_bytes(text: str | int, what: str = "size") -> int:
-    """A number of bytes, or a number with k, M, G or T (powers of 1024)."""
+    """A number of bytes, or a number with k, M or G (powers of 1024)."""
     if isinstance(text, int) and not isinstance(text, bool):
         n = text
     else:
@@ -26,7 +26,7 @@ def parse_bytes(text: str | int, what: str = "size") -> int:
 
 def show_bytes(n: int) -> str:
     """``n`` the short way (``10M``) when it is a whole number of units."""
-    for unit in ("T", "G", "M", "k"):
+    for unit in ("G", "M", "k"):
         size = _UNITS[unit.lower()]
         if n >= size and n % size == 0:
             return f"{n // size}{unit}"

@@ -372,7 +372,7 @@ def parse_policy(text: str, basedir: str, origin: str = "policy") -> Policy:
             sizes[key] = None if raw is None else parse_bytes(raw.strip())
         except ConfigError:
             raise ConfigError(f"{where}: {raw.strip()!r} is not a size (give bytes, or a "
-                              "number with k, M, G or T)") from None
+                              "number with k, M or G)") from None
     max_commands = None
     if "limits.max_commands" in fields:
         raw, where = fields["limits.max_commands"]
