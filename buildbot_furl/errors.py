@@ -23,7 +23,7 @@ class ConfigError(FurlError):
 class WireError(FurlError):
     """An error that may cross the wire: a message plus string fields."""
 
-    def __init__(self, message: str = "", **fields: str) -> None:
+    def __init__(self, message: str = "", /, **fields: str) -> None:  # a field may be "self"
         super().__init__(message)
         self.message = message
         self.fields = {k: str(v) for k, v in fields.items()}

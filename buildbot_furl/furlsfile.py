@@ -78,7 +78,8 @@ class FurlsFile:
         return None
 
     def render(self) -> str:
-        return "".join(x.render() if isinstance(x, Entry) else x for x in self.lines)
+        text = "".join(x.render() if isinstance(x, Entry) else x for x in self.lines)
+        return text if not text or text.endswith("\n") else text + "\n"
 
     # -- edits (callers write the result with update()) --------------------
     def add(self, name: str, furl: Furl, comment: str = "") -> Entry:
@@ -117,6 +118,13 @@ def _clean_comment(comment: str) -> str:
     return comment
 
 
+def _lines(text: str) -> list[str]:
+    """The lines as an editor counts them: ended by newlines only (``str.splitlines``
+    would also end one at a form feed or a control character in a comment)."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
 def parse(text: str, path: str = FILENAME, tubid: str | None = None) -> FurlsFile:
     """Parse the file's text; errors name ``path:line``.
 
@@ -125,7 +133,7 @@ def parse(text: str, path: str = FILENAME, tubid: str | None = None) -> FurlsFil
     lines: list[str | Entry] = []
     names: dict[str, int] = {}
     swissnums: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(keepends=True), start=1):
+    for lineno, raw in enumerate(_lines(text), start=1):
         where = f"{path}:{lineno}"
         body = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not body:

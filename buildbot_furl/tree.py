@@ -204,8 +204,12 @@ def _check_member(member: tarfile.TarInfo) -> list[str]:
         if member.linkname.startswith("/"):
             raise PathRefused(f"archive member {member.name!r} is a symlink to an absolute "
                               "path")
+        if not member.linkname or "\x00" in member.linkname:
+            raise PathRefused(f"archive member {member.name!r} is a symlink to nothing")
     elif member.islnk():
         raise PathRefused(f"archive member {member.name!r} is a hard link (not supported)")
+    elif member.issparse():  # its size on disk is not bounded by the archive's
+        raise PathRefused(f"archive member {member.name!r} is a sparse file (not supported)")
     elif not (member.isreg() or member.isdir()):
         raise PathRefused(f"archive member {member.name!r} is a device, FIFO or other "
                           "special file")
@@ -243,8 +247,9 @@ def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str]
             finally:
                 os.close(fd)
         if not member.issym():
-            os.utime(name, (member.mtime, member.mtime), dir_fd=parent,
-                     follow_symlinks=False)
+            with contextlib.suppress(OverflowError, ValueError):  # a time past time_t: now
+                os.utime(name, (member.mtime, member.mtime), dir_fd=parent,
+                         follow_symlinks=False)
     except FileExistsError:
         raise PathRefused(f"archive member {member.name!r} appears twice") from None
     finally:
@@ -268,15 +273,25 @@ def _check_links(top_fd: int, links: list[str]) -> None:
 
 
 def unpack_into(src: IO[bytes], top_fd: int) -> str:
-    """Extract tar stream ``src`` (plain, gz or bz2) into the (empty)
+    """Extract plain (uncompressed, as :func:`pack` writes it: what is
+    written is then never larger than the stream) tar stream ``src`` into the (empty)
     directory ``top_fd``; the manifest of what was written.  On an error
     what was written stays: the caller removes it."""
     links: list[str] = []
     try:
-        with tarfile.open(fileobj=src, mode="r|*") as tf:
+        with tarfile.open(fileobj=src, mode="r|") as tf:
             for member in tf:
                 parts = _check_member(member)
-                _write_member(tf, member, parts, top_fd)
+                try:
+                    _write_member(tf, member, parts, top_fd)
+                except OSError as e:
+                    if e.errno == errno.ENAMETOOLONG:
+                        raise PathRefused(f"archive member {member.name[:100]!r}... has a "
+                                          "name too long for the file system") from None
+                    if e.errno in (errno.ENOTDIR, errno.ELOOP, errno.EISDIR):
+                        raise PathRefused(f"archive member {member.name!r} clashes with an "
+                                          "earlier member of the same name") from None
+                    raise
                 if member.issym():
                     links.append("/".join(parts))
     except tarfile.TarError as e:

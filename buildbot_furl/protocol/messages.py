@@ -23,6 +23,10 @@ RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TEXT_KEYS = ("stdout", "stderr", "header")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -255,9 +259,10 @@ class AttachAnswer:
         if not (isinstance(session, str) and SESSION_ID_RE.fullmatch(session)
                 and isinstance(secret, str) and SESSION_SECRET_RE.fullmatch(secret)):
             raise BadRequest("the attach answer has no valid session")
-        grace = value.get("grace")
-        commands = value.get("commands")
-        return cls(int(value.get("protocol") or 0), session, secret,
+        grace, commands, protocol = value.get("grace"), value.get("commands"), value.get("protocol")
+        if not _is_int(protocol):
+            raise BadRequest("the attach answer names no protocol version")
+        return cls(protocol, session, secret,
                    float(grace) if _is_number(grace) and grace >= 0 else 0.0,
                    str(value.get("master_version", "?"))[:40], value.get("resumed") is True,
                    tuple(c for c in commands if isinstance(c, str))
@@ -343,7 +348,7 @@ class RunAnswer:
         if not isinstance(value, dict):
             raise BadRequest("malformed run answer")
         rc, sig, why = value.get("rc"), value.get("signal"), value.get("failure_reason")
-        return cls(rc if isinstance(rc, int) else -1, sig if isinstance(sig, int) else None,
+        return cls(rc if _is_int(rc) else -1, sig if _is_int(sig) else None,
                    why if isinstance(why, str) else None)
 
 
@@ -393,7 +398,7 @@ class PutRequest:
         if kind == "dir" and not (isinstance(manifest, str) and DIGEST_RE.fullmatch(manifest)):
             raise BadRequest("a directory put wants the tree's manifest digest")
         mode = req.get("mode") if kind == "file" else None
-        if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
+        if mode is not None and (not _is_int(mode) or not 0 <= mode <= 0o7777):
             raise BadRequest("mode must be a permission number")
         return cls(remote, kind, sha, manifest if kind == "dir" else None, mode)
 
@@ -434,6 +439,6 @@ class FileInfo:
         if kind not in ("file", "dir") or not isinstance(sha, str) or not DIGEST_RE.fullmatch(sha):
             raise BadRequest("incomplete transfer answer")
         size, mode, manifest = value.get("size"), value.get("mode"), value.get("manifest")
-        return cls(kind, sha, size if isinstance(size, int) else None,
-                   mode if isinstance(mode, int) else None,
+        return cls(kind, sha, size if _is_int(size) and size >= 0 else None,
+                   mode & 0o7777 if _is_int(mode) and mode >= 0 else None,
                    manifest if isinstance(manifest, str) else None)

@@ -325,6 +325,9 @@ def parse_policy(text: str, basedir: str, origin: str = "policy") -> Policy:
                           "(write: name = value)") from None
     except configparser.Error as e:
         raise ConfigError(f"{origin}: {' '.join(str(e).split())}") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ConfigError(f"{origin}, line {line}: a NUL byte (is this a text file?)")
     base = os.path.realpath(basedir)
     fields: dict[str, Any] = {}
     for section in parser.sections():
