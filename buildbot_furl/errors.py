@@ -87,6 +87,10 @@ class CommandNotExecutable(WireError):
     """The program exists on the worker but cannot be run (a shell's 126)."""
 
 
+class WorkerDraining(WireError):
+    """The worker is draining (a graceful stop): it takes no new commands."""
+
+
 WIRE_ERRORS: dict[str, type[WireError]] = {
     cls.__name__: cls
     for cls in (
@@ -103,6 +107,7 @@ WIRE_ERRORS: dict[str, type[WireError]] = {
         CommandFailed,
         CommandNotFound,
         CommandNotExecutable,
+        WorkerDraining,
     )
 }
 

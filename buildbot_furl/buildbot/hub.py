@@ -81,6 +81,8 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             await defer.maybeDeferred(self.removeService, host)  # it did not start
             raise ConfigErrors([str(e)]) from None
         self.host = host
+        assert host.registry is not None
+        host.registry.on_drain = self._on_drain
         await self._try_listen()
 
     async def _try_listen(self, announce: bool = False) -> None:
@@ -268,6 +270,18 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             )
         log.info("FurlWorker {name} attached to Buildbot from {peer}", name=name,
                  peer=session.peer)
+
+    def _on_drain(self, session: WorkerSession) -> int:
+        """The worker's admin asked for a graceful stop (furl-worker stop
+        --graceful): what a PB worker's ``shutdown`` request does, Buildbot's
+        ``shutdownRequested`` (no new builds; once idle, Buildbot calls the
+        connection's remoteShutdown).  How many builds still run."""
+        conn = self.connections.get(session)
+        worker = getattr(conn, "worker", None)
+        if worker is None:
+            return 0
+        worker.shutdownRequested()  # idempotent
+        return sum(1 for wfb in worker.workerforbuilders.values() if wfb.isBusy())
 
     def _on_detach(self, session: WorkerSession) -> None:
         conn = self.connections.pop(session, None)

@@ -225,6 +225,26 @@ def get(cfg: MasterCli, name: str, remote: str, local: str) -> None:
     cmds.get(cfg, name, remote, local)
 
 
+@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.UNAVAILABLE, Exit.USAGE))
+@_basedir
+@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait up to SECONDS for the worker to stop (exit 2 if it has not).")
+@click.argument("name")
+@click.pass_obj
+@guarded(Exit.UNAVAILABLE)
+def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
+    """Stop worker NAME gracefully: start no new command on it, let the
+    running ones finish, then tell it to stop (its process exits 0 and does
+    not reconnect; start it again with furl-worker start).
+
+    Meanwhile run, put and get on it are refused with one line, and
+    list-workers shows it as draining.  The worker's own admin can ask the
+    same with 'furl-worker stop --graceful'.  On a Buildbot master use
+    Buildbot's graceful shutdown of the worker instead.
+    """
+    cmds.drain(cfg, name, wait)
+
+
 def main() -> None:
     run_main(cli, "furl-master")
 

@@ -202,7 +202,7 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
                        last_seen=r.get("last_seen"), connected_since=r.get("connected_since"),
                        host=r.get("host"), admin=r.get("admin"),
                        state=r.get("state") or "not connected",
-                       grace_until=r.get("grace_until"))
+                       draining=bool(r.get("draining")), grace_until=r.get("grace_until"))
         if show_furls:
             row["furl"] = str(entry.furl)
         out.append(row)
@@ -221,6 +221,8 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
                 parts.append(f"connected from {row['peer']} since {_when(row['connected_since'])}")
                 if row.get("host"):
                     parts.append(f"({row['host']})")
+                if row.get("draining"):
+                    parts.append("draining: no new work; it stops once what runs has ended")
             elif row["state"] == "reconnecting":
                 parts.append(f"reconnecting: link lost, its session and commands kept until "
                              f"{_when(row['grace_until'])}")
@@ -334,6 +336,38 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
     if message:
         note(f"furl-master: {message}")
     sys.exit(code)
+
+
+def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
+    from buildbot_furl.client.connect import require_standalone
+
+    conf = cfg.config()
+
+    async def ask(admin: Any) -> bool:
+        from twisted.internet import reactor, task
+
+        require_standalone(admin, "drain is not available on a Buildbot master: use "
+                                  "Buildbot's own graceful shutdown of the worker (its web "
+                                  "page's button, or the data API's 'stop' action)")
+        answer = await call(admin, "drain", name)
+        running = int(answer.get("running") or 0)
+        note(f"worker {name!r} is draining: it takes no new commands"
+             + (f"; {running} still run, and it stops once they end" if running
+                else "; nothing runs on it, so it stops now"))
+        deadline = time.monotonic() + (wait or 0)
+        while wait is not None and time.monotonic() < deadline:
+            rows = await call(admin, "listWorkers")
+            if not any(r.get("name") == name and r.get("state") != "not connected"
+                       for r in rows):
+                return True
+            await task.deferLater(reactor, 0.5, lambda: None)
+        return wait is None
+
+    if run_with_admin(conf.paths, ask):
+        if wait is not None:
+            note(f"worker {name!r} has stopped")
+        return
+    raise Failed(f"worker {name!r} is still draining after {wait:g} s", Exit.UNAVAILABLE)
 
 
 def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:

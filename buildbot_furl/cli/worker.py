@@ -124,10 +124,26 @@ def start(basedir: str, **options: object) -> None:
 
 @cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_RUNNING, Exit.USAGE))
 @_basedir
+@click.option("--graceful", is_flag=True,
+              help="Let the running commands or builds finish first: the master gives the "
+                   "worker no new work and tells it to stop once they end (buildbot-worker's "
+                   "allow_shutdown; the same as SIGUSR2 to the worker).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="With --graceful: stop the worker normally (interrupting what still runs) "
+                   "if it has not stopped after SECONDS, or at once if its master cannot "
+                   "stop it gracefully. Default: wait as long as it takes.")
 @guarded()
-def stop(basedir: str) -> None:
-    """Stop the worker running in BASEDIR."""
-    cmds.stop(basedir)
+def stop(basedir: str, graceful: bool, timeout: float | None) -> None:
+    """Stop the worker running in BASEDIR.
+
+    Without --graceful it stops now: running commands are interrupted (a
+    Buildbot build on it ends as RETRY or EXCEPTION).  With --graceful the
+    worker exits 0 once drained and does not reconnect; Ctrl-C stops waiting
+    but leaves the worker draining.
+    """
+    if timeout is not None and not graceful:
+        raise click.UsageError("--timeout goes with --graceful")
+    cmds.stop(basedir, graceful, timeout)
 
 
 @cli.command(epilog=epilog(*USUAL))

@@ -181,12 +181,48 @@ def _mention_stored_furl(paths: WorkerPaths, source: wconfig.FurlSource) -> None
              "--furl-file FILE")
 
 
-def stop(basedir: str) -> None:
+def stop(basedir: str, graceful: bool = False, timeout: float | None = None) -> None:
     paths = _paths(basedir, must_exist=False)
+    if graceful:
+        _stop_gracefully(basedir, paths, timeout)
+        return
     pid = daemon.stop(_pidfile(paths))
     if pid is None:
         raise Failed(f"no worker is running in {basedir}", Exit.NOT_RUNNING)
     note(f"furl-worker stopped (pid {pid})")
+
+
+def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) -> None:
+    """SIGUSR2, then wait for the worker to exit once the master has drained it."""
+    pidfile = _pidfile(paths)
+    pid = pidfile.running_pid()
+    if pid is None:
+        raise Failed(f"no worker is running in {basedir}", Exit.NOT_RUNNING)
+    os.kill(pid, signal.SIGUSR2)
+    note(f"asked the master to give worker {basedir} no new work; it stops once its running "
+         "commands or builds end" + (f" (at most {timeout:g} s)" if timeout is not None
+                                     else " (Ctrl-C stops waiting; the worker stays draining)"))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = None
+    while pidfile.running_pid() is not None:
+        drain = _state(paths).get("drain")
+        if drain != told and drain in ("accepted", "unsupported"):
+            told = drain
+            if drain == "accepted":
+                note("the master has stopped giving it work; waiting for what runs to end")
+            else:
+                note("the master cannot stop it gracefully (an older furl-master, or one that "
+                     "does not know this worker's session)")
+                if deadline is None:
+                    raise Failed("not stopped: the worker keeps running ('furl-worker stop "
+                                 f"{basedir}' stops it now, or give --timeout)")
+        if deadline is not None and time.monotonic() >= deadline:
+            note(f"not drained within {timeout:g} s: stopping it now")
+            daemon.stop(pidfile)
+            note(f"furl-worker stopped (pid {pid})")
+            return
+        time.sleep(0.2)
+    note(f"furl-worker stopped gracefully (pid {pid})")
 
 
 def restart(basedir: str, **kw: Any) -> None:

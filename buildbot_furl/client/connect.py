@@ -63,12 +63,13 @@ class NotAvailable(FurlError):
     """The running master does not offer this (a Buildbot master: no run/put/get)."""
 
 
-def require_standalone(admin: Any) -> None:
+def require_standalone(admin: Any, why: str = "run, put and get are not available on a "
+                       "Buildbot master: its builders own the workers (use a build "
+                       "instead)") -> None:
     """A Buildbot master publishes status only: its builders own the workers."""
     tracker = getattr(admin, "tracker", None)
     if getattr(tracker, "interfaceName", None) != RIAdmin.__remote_name__:
-        raise NotAvailable("run, put and get are not available on a Buildbot master: its "
-                           "builders own the workers (use a build instead)")
+        raise NotAvailable(why)
 
 
 class _AdminCall(Generic[T]):

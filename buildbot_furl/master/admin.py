@@ -84,6 +84,10 @@ class StandaloneAdmin(_Status):
         return await self.standalone.put(worker, PutRequest.from_wire(request), source)
 
     @remote_method
+    def remote_drain(self, worker: str) -> dict[str, Any]:
+        return {"running": self.standalone.drain(worker)}
+
+    @remote_method
     async def remote_get(self, worker: str, request: bytes, sink: Any) -> dict[str, Any]:
         info = await self.standalone.get(worker, GetRequest.from_wire(request), sink)
         return info.to_wire()

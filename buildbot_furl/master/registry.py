@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from buildbot_furl import __version__, furlsfile
 from buildbot_furl.errors import (
+    BadRequest,
     ConfigError,
     DuplicateWorker,
     IncompatibleProtocol,
@@ -44,6 +45,9 @@ REFUSED_HANGUP_DELAY = 1.0
 
 AttachHook = Callable[[WorkerSession], Awaitable[None] | None]
 DetachHook = Callable[[WorkerSession], None]
+#: a graceful stop was asked for a session: stop giving it work, shut it
+#: down when idle; answers how many commands (or builds) still run
+DrainHook = Callable[[WorkerSession], int]
 
 
 @implementer(RIWorkerLogin)
@@ -61,6 +65,10 @@ class WorkerLogin(Referenceable):
     @remote_method
     def remote_leave(self, session: bytes) -> bool:
         return self.registry.leave(self, decode_session(session))
+
+    @remote_method
+    def remote_drain(self, session: bytes) -> dict[str, Any]:
+        return self.registry.drain_asked(self, decode_session(session))
 
 
 class WorkerRegistry:
@@ -98,6 +106,8 @@ class WorkerRegistry:
         self.problem: str | None = None
         self._loop: LoopingCall | None = None
         self._attaching: set[str] = set()
+        #: what carries out a graceful stop (the standalone runner, or Buildbot)
+        self.on_drain: DrainHook | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -253,6 +263,25 @@ class WorkerRegistry:
         session.end("the worker stopped")
         return True
 
+    def drain_asked(self, login: WorkerLogin, proof: tuple[str, str] | None) -> dict[str, Any]:
+        """The worker's admin asks for a graceful stop (``furl-worker stop --graceful``)."""
+        session = self.sessions.get(login.name)
+        if session is None or not session.proves(proof):
+            raise BadRequest("a graceful stop needs the worker's current session")
+        return {"running": self.drain(session, "its admin, from the worker")}
+
+    def drain(self, session: WorkerSession, who: str) -> int:
+        """Start a graceful stop of ``session``; how much still runs on it."""
+        first = session.draining is None
+        if first:
+            session.draining = who
+        running = self.on_drain(session) if self.on_drain is not None else 0
+        if first:
+            log.info("worker {name}: graceful stop asked by {who}: no new work for it; it "
+                     "stops once the {n} running command(s) or build(s) end",
+                     name=session.name, who=who, n=running)
+        return running
+
     async def _resume(self, session: WorkerSession, bot: Any, peer: str,
                       info: AttachInfo) -> AttachAnswer:
         """The worker proved it holds ``session``: carry it over to ``bot``."""
@@ -318,8 +347,8 @@ class WorkerRegistry:
                     "name": name,
                     "comment": entry.comment,
                     "connected": s is not None and s.attached,
-                    "state": ("connected" if s.attached else "reconnecting") if s else
-                             "not connected",
+                    "state": _state(s),
+                    "draining": s is not None and s.draining is not None,
                     "grace_until": (s.detached_at + s.grace) if s and s.detached_at else None,
                     "peer": s.peer if s else None,
                     "connected_since": s.connected_at if s else None,
@@ -329,6 +358,14 @@ class WorkerRegistry:
                 }
             )
         return out
+
+
+def _state(s: WorkerSession | None) -> str:
+    if s is None:
+        return "not connected"
+    if not s.attached:
+        return "reconnecting"
+    return "draining" if s.draining is not None else "connected"
 
 
 def _info_line(value: Any) -> str | None:

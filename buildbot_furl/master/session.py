@@ -78,6 +78,8 @@ class WorkerSession:
         self._attached_waiters: list[defer.Deferred[None]] = []
         self._grace_timer: Any = None
         self.violations = 0
+        #: who asked for a graceful stop (no new work; stop when idle), or None
+        self.draining: str | None = None
         bot.notifyOnDisconnect(self._link_lost, bot)
 
     def hand_out_secret(self) -> str:

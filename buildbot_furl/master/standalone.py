@@ -36,6 +36,7 @@ from buildbot_furl.errors import (
     PolicyRefused,
     UnknownWorker,
     WireError,
+    WorkerDraining,
     WorkerNotConnected,
 )
 from buildbot_furl.master.connection import FurlConnection
@@ -205,8 +206,11 @@ class Standalone:
         self._conns: dict[int, tuple[FurlConnection, _Slots]] = {}
         self._runs: dict[str, tuple[FurlConnection, str, str]] = {}
         self._ids = itertools.count(1)
+        #: commands running per session (a draining worker stops at 0)
+        self._active: dict[WorkerSession, int] = {}
+        registry.on_drain = self._drain_started
 
-    def _conn(self, name: str) -> tuple[FurlConnection, _Slots, WorkerSession]:
+    def _session(self, name: str) -> WorkerSession:
         if name not in self.registry.entries:
             self.registry.poll()  # a worker added a moment ago counts already
         if name not in self.registry.entries:
@@ -214,6 +218,15 @@ class Standalone:
         session = self.registry.sessions.get(name)
         if session is None or session.gone:
             raise WorkerNotConnected(f"worker {name!r} is not connected")
+        return session
+
+    def _conn(self, name: str) -> tuple[FurlConnection, _Slots, WorkerSession]:
+        session = self._session(name)
+        if session.draining is not None:
+            raise WorkerDraining(
+                f"worker {name!r} is draining (a graceful stop asked by "
+                f"{session.draining}): it takes no new commands, and stops once its "
+                "running ones end")
         # a session whose connection is down for now is waited for (by the
         # connection's calls), up to its grace period
         key = id(session)
@@ -245,6 +258,7 @@ class Standalone:
         link_cb = session.add_link_listener(link)
         if run_id:
             self._runs[run_id] = (conn, builder, command_id)
+        self._active[session] = self._active.get(session, 0) + 1
         try:
             try:
                 await conn.remoteStartCommand(collector, builder, command_id, command, args)
@@ -259,6 +273,10 @@ class Standalone:
             session.remove_link_listener(link_cb)
             self._runs.pop(run_id or "", None)
             slots.give_back(builder)
+            self._active[session] -= 1
+            if not self._active[session]:
+                del self._active[session]
+                self._maybe_stop(session)
         if collector.failure is not None and collector.start_error is None:
             text = getattr(collector.failure, "getErrorMessage", lambda: str(collector.failure))()
             raise CommandFailed(f"{command} failed on worker {worker!r}: {text}")
@@ -288,6 +306,34 @@ class Standalone:
         d = conn.remoteInterruptCommand(builder, command_id, why)
         d.addErrback(lambda f: log.info("interrupt failed: {e}", e=f.getErrorMessage()))
         return True
+
+    # -- graceful stop ----------------------------------------------------------
+    def drain(self, worker: str) -> int:
+        """``furl-master drain NAME``: no new commands on ``worker``; it is told
+        to stop once its running ones end.  How many still run."""
+        return self.registry.drain(self._session(worker), "the master's admin")
+
+    def _drain_started(self, session: WorkerSession) -> int:
+        """The registry's hook, for a drain asked by either side."""
+        running = self._active.get(session, 0)
+        self._maybe_stop(session)
+        return running
+
+    def _maybe_stop(self, session: WorkerSession) -> None:
+        if session.draining is None or session.gone or self._active.get(session):
+            return
+        defer.Deferred.fromCoroutine(self._stop_drained(session))
+
+    async def _stop_drained(self, session: WorkerSession) -> None:
+        """Tell a drained worker to stop (once its link is up, if it is down)."""
+        try:
+            await session.wait_attached()
+            log.info("worker {name}: drained, nothing runs on it; telling it to stop",
+                     name=session.name)
+            await call(session.bot, "shutdown")
+        except WireError as e:
+            log.info("worker {name}: drained, but it could not be told to stop: {err}",
+                     name=session.name, err=str(e))
 
     # -- files ----------------------------------------------------------------
     async def _transfer(self, worker: str, command: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,12 @@ class RIWorkerLogin(RemoteInterface):
         proves it: ``{"session": id, "secret": ...}``)."""
         return Payload
 
+    def drain(session=Payload):
+        """A graceful stop, asked by the worker's admin: start no new work
+        on this worker, and call its ``shutdown`` once what runs has ended.
+        Answers ``{"running": N}`` (an older master: a Violation)."""
+        return Payload
+
 
 class RIOutput(RemoteInterface):
     """The admin CLI's side of a standalone run: receives output."""
@@ -188,4 +194,8 @@ class RIAdmin(RemoteInterface):
         return Payload
 
     def get(worker=Name, request=Payload, sink=RIFileWriter):
+        return Payload
+
+    def drain(worker=Name):
+        """Start no new command on ``worker``; stop it once its running ones end."""
         return Payload

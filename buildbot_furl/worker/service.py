@@ -31,10 +31,13 @@ from twisted.logger import Logger
 from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import (
+    BadRequest,
     ConfigError,
+    ConnectionLost,
     DuplicateWorker,
     FurlError,
     IncompatibleProtocol,
+    RemoteError,
     Revoked,
 )
 from buildbot_furl.furl import Furl
@@ -141,6 +144,11 @@ class WorkerService(service.MultiService):
         self._orphan_timer: Any = None
         self.attach_count = 0
         self._attach_delay = 1.0
+        #: a graceful stop: None, "asked" (not yet told to a master),
+        #: "accepted" or "unsupported" (the master cannot drain)
+        self.drain: str | None = None
+        self._state: tuple[str, str | None] = ("connecting", None)
+        self._since = time.time()
         #: called with (ok, message, fatal) after every connection attempt
         self.on_event: Callable[[bool, str, bool], None] = lambda ok, msg, fatal: None
 
@@ -221,13 +229,51 @@ class WorkerService(service.MultiService):
     def _write_state(self, state: str, error: str | None) -> None:
         """Record the connection state for ``furl-worker status`` (no secret
         in it: the master's address, never the FURL)."""
-        record = {"state": state, "since": time.time(), "pid": os.getpid(),
+        if (state, error) != self._state:
+            self._state, self._since = (state, error), time.time()
+        record = {"state": state, "since": self._since, "pid": os.getpid(),
                   "master": ",".join(self.furl.hints), "last_error": error,
-                  "furl_id": furl_id(self.furl)}
+                  "furl_id": furl_id(self.furl), "drain": self.drain}
         try:
             write_private(self.paths.state, json.dumps(record) + "\n")
         except OSError as e:
             log.warn("cannot write {path}: {err}", path=self.paths.state, err=e.strerror)
+
+    # -- graceful stop ------------------------------------------------------------
+    def request_drain(self) -> None:
+        """SIGUSR2 (``furl-worker stop --graceful``): ask the master to give
+        this worker no new work and to tell it to stop once what runs has
+        ended.  Not attached and nothing running: stop now."""
+        if self.drain is not None:
+            log.info("a graceful stop was asked already ({state})", state=self.drain)
+            return
+        self.drain = "asked"
+        self._write_state(*self._state)
+        if self.login is not None and self.session is not None:
+            defer.Deferred.fromCoroutine(self._send_drain(self.login, self.session))
+        elif not self.bot.commands:
+            log.info("graceful stop: not attached and nothing runs; stopping now")
+            reactor.stop()
+        else:
+            log.info("graceful stop: {n} command(s) run; asking the master once attached "
+                     "again", n=len(self.bot.commands))
+
+    async def _send_drain(self, login: Any, session: tuple[str, str]) -> None:
+        try:
+            answer = await call(login, "drain", encode_session(session))
+        except ConnectionLost:
+            return  # asked again at the next attach
+        except (RemoteError, BadRequest) as e:
+            self.drain = "unsupported"
+            log.warn("graceful stop: the master cannot do it ({err}; an older furl-master?); "
+                     "the worker keeps running: stop it with 'furl-worker stop' when its "
+                     "work is done", err=str(e))
+        else:
+            self.drain = "accepted"
+            running = answer.get("running") if isinstance(answer, dict) else None
+            log.info("graceful stop: the master gives this worker no new work; it stops "
+                     "once the {n} running command(s) or build(s) end", n=running)
+        self._write_state(*self._state)
 
     def _conn_failed(self, f: Any) -> None:
         reason, fatal = describe_failure(f, self.furl)
@@ -275,6 +321,8 @@ class WorkerService(service.MultiService):
         self.grace = answer.grace
         login.notifyOnDisconnect(self._disconnected)
         self._outcome(True, "attached")
+        if self.drain == "asked" or (self.drain == "accepted" and not answer.resumed):
+            defer.Deferred.fromCoroutine(self._send_drain(login, self.session))
 
     def _disconnected(self) -> None:
         self.login = None
@@ -357,7 +405,9 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     fatal failure (unknown FURL, wrong master) or no attach in that time
     ends the process with that reason; with a wait of 0 it reports ready at
     once and keeps trying whatever happens.  SIGHUP reopens the log file;
-    SIGUSR1 switches to the FURL in DIR/master.furl.
+    SIGUSR1 switches to the FURL in DIR/master.furl; SIGUSR2 asks for a
+    graceful stop (the master gives no new work, and tells the worker to
+    stop once what runs has ended).
     """
     pidfile = claim(paths.pidfile, ready_fd, "worker")
     if pidfile is None:
@@ -374,8 +424,12 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     def usr1(signum: int, frame: Any) -> None:
         reactor.callFromThread(_switch_to_stored_furl, svc)
 
+    def usr2(signum: int, frame: Any) -> None:
+        reactor.callFromThread(svc.request_drain)
+
     signal.signal(signal.SIGHUP, hup)
     signal.signal(signal.SIGUSR1, usr1)
+    signal.signal(signal.SIGUSR2, usr2)
 
     def start() -> None:
         svc.startService()
