@@ -216,8 +216,9 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
                 if deadline is None:
                     raise Failed("not stopped: the worker keeps running ('furl-worker stop "
                                  f"{basedir}' stops it now, or give --timeout)")
-        if deadline is not None and time.monotonic() >= deadline:
-            note(f"not drained within {timeout:g} s: stopping it now")
+        if deadline is not None and (told == "unsupported" or time.monotonic() >= deadline):
+            note("stopping it now (--timeout)" if told == "unsupported" else
+                 f"not drained within {timeout:g} s: stopping it now")
             daemon.stop(pidfile)
             note(f"furl-worker stopped (pid {pid})")
             return
