@@ -53,6 +53,7 @@ class MasterPaths:
 WORKER_FILES = ("master.furl", "furl-worker.pid", "furl-worker.state", "furl-worker.conf",
                 "furl-worker.policy", "worker.log")
 POLICY_NAME = "furl-worker.policy"
+SETTINGS_NAME = "furl-worker.conf"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,11 @@ class WorkerPaths:
     def policy(self) -> str:
         """What the worker allows its master (optional; see worker/policy.py)."""
         return os.path.join(self.basedir, POLICY_NAME)
+
+    @property
+    def settings(self) -> str:
+        """umask, numcpus, maxretries (optional; see worker/settings.py)."""
+        return os.path.join(self.basedir, SETTINGS_NAME)
 
     @property
     def state(self) -> str:

@@ -28,7 +28,29 @@ def _furl_options(fn: click.decorators.FC) -> click.decorators.FC:
     return click.option("--furl", default=None, help=FURL_HELP)(fn)
 
 
+UMASK_HELP = ("Mode mask of the files builds create, in octal (022: readable by all, "
+              "as Buildbot admins usually want); buildbot.tac's umask.  Default: the "
+              "umask furl-worker is started with.")
+NUMCPUS_HELP = ("CPUs reported to the master (builds see it as %(worker:numcpus)s); "
+                "buildbot.tac's numcpus.  Default: detected.")
+MAXRETRIES_HELP = ("Give up after N failed connection attempts in a row (the daemon exits "
+                   "2), for ephemeral or cloud workers; buildbot.tac's maxRetries.  "
+                   "0 (default): retry forever.")
+
+
+def _settings_options(fn: click.decorators.FC) -> click.decorators.FC:
+    """buildbot.tac's umask, numcpus, maxretries (see worker/settings.py)."""
+    for opt in reversed([
+        click.option("--umask", default=None, metavar="OCTAL", help=UMASK_HELP),
+        click.option("--numcpus", default=None, metavar="N", help=NUMCPUS_HELP),
+        click.option("--maxretries", default=None, metavar="N", help=MAXRETRIES_HELP),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 def _run_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = _settings_options(fn)
     for opt in reversed([
         click.option("--nodaemon", is_flag=True,
                      help="Stay in the foreground, log to stderr too (for systemd)."),
@@ -74,18 +96,26 @@ def cli() -> None:
 @_furl_options
 @click.option("--admin", default=None, help="Who runs this worker (info/admin).")
 @click.option("--host", default=None, help="A description of this host (info/host).")
+@click.option("--access-uri", default=None, metavar="URI",
+              help="How to reach this host, e.g. ssh://build1.example.org (info/access_uri; "
+                   "Buildbot's worker page links to it).")
+@_settings_options
 @click.option("--policy", "policy_file", default=None, metavar="FILE",
               type=click.Path(dir_okay=False),
               help="Install FILE as BASEDIR/furl-worker.policy: what the worker allows "
                    "its master (see 'furl-worker policy --help').")
 @guarded()
 def create_worker(basedir: str, furl: str | None, furl_file: str | None,
-                  admin: str | None, host: str | None, policy_file: str | None) -> None:
+                  admin: str | None, host: str | None, access_uri: str | None,
+                  policy_file: str | None, **settings: str | None) -> None:
     """Create worker directory BASEDIR holding the FURL (BASEDIR/master.furl, 0600).
 
-    The FURL comes from --furl-file, --furl or $FURL_WORKER_FURL.
+    The FURL comes from --furl-file, --furl or $FURL_WORKER_FURL.  --umask,
+    --numcpus and --maxretries are stored in BASEDIR/furl-worker.conf, read
+    by every start (change them with 'furl-worker settings').
     """
-    cmds.create_worker(basedir, furl, furl_file, admin, host, policy_file)
+    cmds.create_worker(basedir, furl, furl_file, admin, host, policy_file, access_uri,
+                       settings)
 
 
 @cli.command("set-furl", epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_ATTACHED, Exit.USAGE))
@@ -116,10 +146,32 @@ def start(basedir: str, **options: object) -> None:
     The FURL is read from BASEDIR/master.furl (written by create-worker or
     set-furl) unless --furl-file, --furl or $FURL_WORKER_FURL gives one.
     Whichever way it comes, the running worker keeps it in memory only: no
-    command it runs sees it in its environment.  SIGHUP reopens worker.log;
-    SIGUSR1 switches to the FURL in BASEDIR/master.furl.
+    command it runs sees it in its environment.  --umask, --numcpus and
+    --maxretries override BASEDIR/furl-worker.conf for this run.  SIGHUP
+    reopens worker.log; SIGUSR1 switches to the FURL in BASEDIR/master.furl.
     """
     cmds.start(basedir, **options)  # type: ignore[arg-type]
+
+
+@cli.command(epilog=epilog(*USUAL))
+@_basedir
+@_settings_options
+@click.option("--unset", multiple=True, type=click.Choice(["umask", "numcpus", "maxretries"]),
+              help="Back to the default (repeatable).")
+@guarded()
+def settings(basedir: str, unset: tuple[str, ...], **given: str | None) -> None:
+    """Show or change the settings in BASEDIR/furl-worker.conf (what
+    buildbot.tac's umask, numcpus and maxRetries were); a running worker
+    uses them from its next start (furl-worker restart BASEDIR).
+
+    \b
+    BASEDIR/furl-worker.conf (optional; edit it by hand if you like):
+      [worker]
+      umask = 022
+      numcpus = 8
+      maxretries = 10
+    """
+    cmds.settings(basedir, given, unset)
 
 
 @cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_RUNNING, Exit.USAGE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -22,6 +23,7 @@ from buildbot_furl.sizes import show_bytes
 from buildbot_furl.worker import config as wconfig
 from buildbot_furl.worker import launch
 from buildbot_furl.worker import policy as wpolicy
+from buildbot_furl.worker import settings as wsettings
 
 
 def _paths(basedir: str, must_exist: bool = True) -> WorkerPaths:
@@ -59,18 +61,67 @@ def _policy_text(path: str) -> str:
         raise ConfigError(f"{path} is not UTF-8 text") from None
 
 
+def _given_settings(given: dict[str, Any]) -> wsettings.Settings:
+    """The --umask, --numcpus, --maxretries given (popped from ``given``), checked."""
+    values = {}
+    for key in wsettings.KEYS:
+        raw = given.pop(key, None)
+        if raw is None:
+            continue
+        try:
+            values[key] = wsettings.PARSERS[key](raw)
+        except ConfigError as e:
+            raise Failed(f"--{key}: {e}", Exit.USAGE) from None
+    return wsettings.Settings(**values)
+
+
+def _show_settings(st: wsettings.Settings) -> list[str]:
+    return [f"  umask:       {f'{st.umask:03o}' if st.umask is not None else 'inherited'}",
+            f"  numcpus:     {st.numcpus if st.numcpus is not None else 'detected'}",
+            f"  maxretries:  {st.maxretries or 'none (retry forever)'}"]
+
+
 def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
-                  host: str | None, policy_file: str | None = None) -> None:
+                  host: str | None, policy_file: str | None = None,
+                  access_uri: str | None = None,
+                  settings: dict[str, Any] | None = None) -> None:
+    stored = _given_settings(dict(settings or {}))  # checked before anything is created
     source = wconfig.resolve_furl(None, furl, furl_file)
     text = None
-    if policy_file is not None:  # checked before anything is created
+    if policy_file is not None:
         text = _policy_text(policy_file)
         wpolicy.parse_policy(text, os.path.abspath(basedir), policy_file)
-    paths = wconfig.create(basedir, source.furl, admin, host)
+    paths = wconfig.create(basedir, source.furl, admin, host, access_uri, stored)
     if text is not None:
         write_private(paths.policy, text)
         note(f"installed the policy from {policy_file} as {paths.policy} (mode 0600)")
+    if stored != wsettings.Settings():
+        note(f"stored in {paths.settings}:")
+        for line in _show_settings(stored):
+            note(line)
     note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+
+
+def settings(basedir: str, given: dict[str, Any], unset: tuple[str, ...]) -> None:
+    paths = _paths(basedir)
+    change = _given_settings(dict(given))
+    clash = [k for k in unset if getattr(change, k) is not None]
+    if clash:
+        raise Failed(f"--{clash[0]} and --unset {clash[0]}: give one", Exit.USAGE)
+    old = wsettings.read_settings(paths.settings)
+    if change == wsettings.Settings() and not unset:
+        click.echo(f"{paths.settings}:" if os.path.exists(paths.settings)
+                   else f"no {paths.settings}: the defaults")
+        for line in _show_settings(old):
+            click.echo(line)
+        return
+    new = dataclasses.replace(change.over(old), **{k: None for k in unset})
+    wsettings.write_settings(paths.settings, new)
+    note(f"stored in {paths.settings}:")
+    for line in _show_settings(new):
+        note(line)
+    if _pidfile(paths).running_pid() is not None:
+        note(f"the running worker uses them from its next start: furl-worker restart {basedir}")
 
 
 def _policy_lines(p: wpolicy.Policy) -> list[str]:
@@ -143,21 +194,25 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
                  + (f": {why}" if why else "") + f" (see {paths.log})", Exit.NOT_ATTACHED)
 
 
-def _options(options: dict[str, Any]) -> tuple[wconfig.WorkerOptions, dict[str, Any]]:
-    """(WorkerOptions, the FURL and pipe options) from start's keywords."""
+def _options(paths: WorkerPaths, options: dict[str, Any]
+             ) -> tuple[wconfig.WorkerOptions, dict[str, Any]]:
+    """(WorkerOptions, the FURL and pipe options) from start's keywords and
+    BASEDIR/furl-worker.conf (which the command line overrides)."""
     try:
         size = logs.parse_size(options.pop("log_size"))
     except ConfigError as e:
         raise Failed(f"--log-size: {e}", Exit.USAGE) from None
+    given = _given_settings(options)
     opts = wconfig.WorkerOptions(options.pop("wait"), options.pop("keepalive"),
                                  options.pop("disconnect_timeout"), size,
-                                 options.pop("log_keep"))
+                                 options.pop("log_keep"),
+                                 given.over(wsettings.read_settings(paths.settings)))
     return opts, options
 
 
 def start(basedir: str, **kw: Any) -> None:
     paths = _paths(basedir)
-    options, rest = _options(kw)
+    options, rest = _options(paths, kw)
     source = wconfig.resolve_furl(paths, rest["furl"], rest["furl_file"], rest["furl_fd"])
     _mention_stored_furl(paths, source)
     if rest["nodaemon"] or rest["ready_fd"] is not None:
@@ -228,7 +283,7 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
 
 def restart(basedir: str, **kw: Any) -> None:
     paths = _paths(basedir)
-    options, rest = _options(dict(kw))
+    options, rest = _options(paths, dict(kw))
     wconfig.resolve_furl(paths, rest["furl"], rest["furl_file"], None)  # check it first
     pid = daemon.stop(_pidfile(paths))
     if pid is not None:

@@ -3,7 +3,8 @@
 Layout::
 
     DIR/master.furl        the FURL (0600), written by create-worker
-    DIR/info/admin, host   shown to the master, like buildbot-worker's info/
+    DIR/info/admin, host, access_uri   shown to the master, like buildbot-worker's info/
+    DIR/furl-worker.conf   umask, numcpus, maxretries (see settings.py)
     DIR/worker.log, DIR/furl-worker.pid, DIR/furl-worker.state
     DIR/<builddirs>        created by the master's setBuilderList
 """
@@ -22,6 +23,7 @@ from buildbot_furl.furl import Furl, parse_furl, secret_digest
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
+from buildbot_furl.worker.settings import Settings, write_settings
 
 ENV_FURL = "FURL_WORKER_FURL"
 
@@ -120,23 +122,31 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != ENV_FURL}
 
 
-def create(basedir: str, furl: Furl, admin: str | None, host: str | None) -> WorkerPaths:
-    """Make a worker directory holding the FURL and info files."""
+def create(basedir: str, furl: Furl, admin: str | None, host: str | None,
+           access_uri: str | None = None, stored: Settings | None = None) -> WorkerPaths:
+    """Make a worker directory holding the FURL, info files and settings.
+
+    info/admin and info/host get a default unless they exist (a reused
+    buildbot-worker directory keeps its own); a value given is written.
+    """
     paths = WorkerPaths(os.path.abspath(basedir))
     if os.path.exists(paths.furl):
         raise ConfigError(f"{paths.furl} already exists: {basedir} is already a worker")
     os.makedirs(paths.basedir, exist_ok=True)
     os.makedirs(paths.info, exist_ok=True)
     write_private(paths.furl, f"{furl}\n")
-    defaults = {
-        "admin": admin or f"{getpass.getuser()} <{getpass.getuser()}@{socket.gethostname()}>",
-        "host": host or socket.gethostname(),
-    }
-    for key, value in defaults.items():
+    user = getpass.getuser()
+    defaults = {"admin": f"{user} <{user}@{socket.gethostname()}>",
+                "host": socket.gethostname()}
+    given = {"admin": admin, "host": host, "access_uri": access_uri}
+    for key, value in given.items():
         p = os.path.join(paths.info, key)
-        if not os.path.exists(p):
-            with open(p, "w", encoding="utf-8") as f:
-                f.write(value + "\n")
+        if value is None and (key not in defaults or os.path.exists(p)):
+            continue
+        with open(p, "w", encoding="utf-8") as f:
+            f.write((value if value is not None else defaults[key]) + "\n")
+    if stored is not None and stored != Settings():
+        write_settings(paths.settings, stored)
     return paths
 
 
@@ -149,9 +159,19 @@ class WorkerOptions:
     disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
     log_size: int = logs.DEFAULT_MAX_BYTES
     log_keep: int = logs.DEFAULT_KEEP
+    #: buildbot.tac's umask, numcpus, maxretries (furl-worker.conf, then start's options)
+    settings: Settings = Settings()
 
     def to_argv(self) -> list[str]:
         """The same options as command-line arguments, for a child process."""
-        return ["--wait", str(self.wait), "--keepalive", str(self.keepalive),
+        argv = ["--wait", str(self.wait), "--keepalive", str(self.keepalive),
                 "--disconnect-timeout", str(self.disconnect_timeout),
                 "--log-size", str(self.log_size), "--log-keep", str(self.log_keep)]
+        st = self.settings
+        if st.umask is not None:
+            argv += ["--umask", f"{st.umask:03o}"]
+        if st.numcpus is not None:
+            argv += ["--numcpus", str(st.numcpus)]
+        if st.maxretries is not None:
+            argv += ["--maxretries", str(st.maxretries)]
+        return argv

@@ -4,6 +4,8 @@ Reconnection is foolscap's Reconnector (backoff capped at ``MAX_DELAY``,
 with jitter); after each connection the worker calls ``attach`` on its
 login object.  Failures are classified into one clear sentence each
 (unreachable, wrong master, unknown FURL, revoked, duplicate, ...).
+With ``maxretries`` (furl-worker.conf) the worker gives up after that many
+failed attempts in a row and the process exits with ``EXIT_GAVE_UP``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ LEAVE_TIMEOUT = 2.0
 
 #: attach errors after which retrying cannot help until an admin acts
 FATAL = (Revoked, IncompatibleProtocol)
+#: the exit code of a worker that gave up after maxretries failed attempts in a
+#: row (the CLI's Exit.UNAVAILABLE, "no master answers")
+EXIT_GAVE_UP = 2
 
 
 def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
@@ -128,11 +133,17 @@ class WorkerService(service.MultiService):
     """Keeps the bot attached to the master named by ``furl``."""
 
     def __init__(self, paths: WorkerPaths, furl: Furl, keepalive: int = DEFAULT_KEEPALIVE,
-                 disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT) -> None:
+                 disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT,
+                 numcpus: int | None = None, maxretries: int = 0) -> None:
         super().__init__()
         self.paths = paths
         self.furl = furl
         self.bot = FurlBot(paths.basedir)
+        if numcpus is not None:
+            self.bot.numcpus = numcpus  # getWorkerInfo detects it only when unset
+        #: failed attempts in a row after which the worker gives up (0: never)
+        self.maxretries = maxretries
+        self.failures = 0
         self.bot.setServiceParent(self)
         self.tub = make_tub(None, keepalive, disconnect_timeout)
         self.tub.setServiceParent(self)
@@ -151,6 +162,8 @@ class WorkerService(service.MultiService):
         self._since = time.time()
         #: called with (ok, message, fatal) after every connection attempt
         self.on_event: Callable[[bool, str, bool], None] = lambda ok, msg, fatal: None
+        #: called with the reason once maxretries attempts in a row failed
+        self.on_give_up: Callable[[str], None] = lambda msg: None
 
     def startService(self) -> None:
         super().startService()
@@ -221,10 +234,19 @@ class WorkerService(service.MultiService):
 
     def _outcome(self, ok: bool, message: str, fatal: bool = False) -> None:
         if ok:
+            self.failures = 0
             self._write_state("attached", None)
         else:
+            self.failures += 1
             self._write_state("connecting", message)
         self.on_event(ok, message, fatal)
+        if not ok and self.maxretries and self.failures >= self.maxretries \
+                and self.reconnector is not None:
+            n = self.failures
+            why = (f"{message}; {n} failed attempt{'s' if n > 1 else ''} in a row "
+                   f"(maxretries {self.maxretries})")
+            self._stop_connecting()
+            self.on_give_up(why)
 
     def _write_state(self, state: str, error: str | None) -> None:
         """Record the connection state for ``furl-worker status`` (no secret
@@ -277,7 +299,8 @@ class WorkerService(service.MultiService):
 
     def _conn_failed(self, f: Any) -> None:
         reason, fatal = describe_failure(f, self.furl)
-        log.warn("{reason}; retrying", reason=reason)
+        if not (self.maxretries and self.failures + 1 >= self.maxretries):
+            log.warn("{reason}; retrying", reason=reason)
         self._outcome(False, reason, fatal)
 
     def _connected(self, login: Any) -> None:
@@ -351,17 +374,26 @@ class _Startup:
         self.decided = wait <= 0
         self.last = "no answer from the master"
         self.exit_code = 0
+        self.reported = False
         self.timer: Any = reactor.callLater(wait, self._waited) if wait > 0 else None
 
     def _cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
 
-    def give_up(self, message: str) -> None:
+    def _report(self, ok: bool, message: str) -> None:
+        if not self.reported:
+            self.reported = True
+            report_ready(self.ready_fd, ok, message)
+
+    def give_up(self, message: str, code: int = 1) -> None:
+        """End the process: at start-up ``start`` reports ``message``."""
+        if self.exit_code:
+            return
         self.decided = True
         log.error("giving up: {msg}", msg=message)
-        report_ready(self.ready_fd, False, message)
-        self.exit_code = 1
+        self._report(False, message)
+        self.exit_code = code
         self._cancel_timer()
         reactor.stop()
 
@@ -371,7 +403,7 @@ class _Startup:
         if ok:
             self.decided = True
             self._cancel_timer()
-            report_ready(self.ready_fd, True, f"pid {os.getpid()}, attached")
+            self._report(True, f"pid {os.getpid()}, attached")
         elif fatal:
             self.give_up(message)
         else:
@@ -384,7 +416,7 @@ class _Startup:
 
     def started(self) -> None:
         if self.wait <= 0:
-            report_ready(self.ready_fd, True, f"pid {os.getpid()}, connecting")
+            self._report(True, f"pid {os.getpid()}, connecting")
 
 
 def _switch_to_stored_furl(svc: WorkerService) -> None:
@@ -404,19 +436,29 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     Start-up waits up to ``options.wait`` seconds for the first attach: a
     fatal failure (unknown FURL, wrong master) or no attach in that time
     ends the process with that reason; with a wait of 0 it reports ready at
-    once and keeps trying whatever happens.  SIGHUP reopens the log file;
-    SIGUSR1 switches to the FURL in DIR/master.furl; SIGUSR2 asks for a
-    graceful stop (the master gives no new work, and tells the worker to
-    stop once what runs has ended).
+    once and keeps trying (unless ``maxretries`` attempts in a row fail:
+    then it exits with EXIT_GAVE_UP, at start-up or later).  The umask of
+    the settings applies to the whole process, hence to every file a build
+    creates.  SIGHUP reopens the log file; SIGUSR1 switches to the FURL in
+    DIR/master.furl; SIGUSR2 asks for a graceful stop (the master gives no
+    new work, and tells the worker to stop once what runs has ended).
     """
     pidfile = claim(paths.pidfile, ready_fd, "worker")
     if pidfile is None:
         return 1
     logfile = start_logging(paths.log, to_stderr, options.log_size, options.log_keep)
     os.chdir(paths.basedir)
-    svc = WorkerService(paths, furl, options.keepalive, options.disconnect_timeout)
+    st = options.settings
+    if st.umask is not None:
+        # as buildbot-worker does with buildbot.tac's umask; the worker's own
+        # files (log, state, pid, secrets) are opened with explicit modes
+        os.umask(st.umask)
+        log.info("umask set to {umask:03o}", umask=st.umask)
+    svc = WorkerService(paths, furl, options.keepalive, options.disconnect_timeout,
+                        st.numcpus, st.maxretries or 0)
     startup = _Startup(ready_fd, options.wait)
     svc.on_event = startup.event
+    svc.on_give_up = lambda why: startup.give_up(why, EXIT_GAVE_UP)
 
     def hup(signum: int, frame: Any) -> None:
         reactor.callFromThread(logfile.reopen)
