@@ -151,15 +151,22 @@ async def test_pb_and_furl_workers_look_alike_to_buildbot(side_env: Env) -> None
         assert fout["cpus"] == f"{NUMCPUS}\n"
         assert pout["cpus"] == f"{pinfo['numcpus'][0]}\n"
 
-        # -- state changes: both stop; Buildbot records the same events for each
-        env.workers["worker-fw"].terminate()
-        pb.terminate()
+        # -- the same drain: Buildbot's graceful shutdown (the worker page's
+        # button) on both; each worker process exits 0, and Buildbot records
+        # the same state changes for each
+        fproc = env.workers["worker-fw"]
+        for name in ("fw", "pbw"):
+            await master.data.control("stop", {"reason": "drain"},
+                                      ("workers", env.bb_worker(name).workerid))
+        assert await wait_for(lambda: fproc.poll() is not None and pb.poll() is not None, 30)
+        assert fproc.returncode == pb.returncode == 0
         assert await wait_for(lambda: not env.connected("fw") and not env.connected("pbw"), 30)
         assert await wait_for(lambda: all("disconnected" in e for e in events.values()), 10)
-        # connected, state_updated (each build's start and end), disconnected
+        # connected, state_updated (each build's start and end, the drain), disconnected
         assert events["fw"] == events["pbw"], events
         assert events["fw"][0] == "connected" and events["fw"][-1] == "disconnected"
         rows = {w["name"]: w for w in await master.data.get(("workers",))}
         assert rows["fw"]["connected_to"] == rows["pbw"]["connected_to"] == []
+        assert rows["fw"]["graceful"] == rows["pbw"]["graceful"]
         assert rows["fw"]["workerinfo"] == rows["pbw"]["workerinfo"]
         consumer.stopConsuming()
