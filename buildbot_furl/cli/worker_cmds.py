@@ -311,7 +311,8 @@ def status(basedir: str, as_json: bool) -> None:
     record = {"running": pid is not None, "pid": pid, "attached": attached,
               "master": st.get("master") if mine else None, "since": since,
               "last_error": st.get("last_error") if mine and not attached else None,
-              "policy": _policy_state(paths)}
+              "policy": _policy_state(paths),
+              "graceful_stop": st.get("drain") if mine else None}
     if as_json:
         click.echo(json.dumps(record, indent=2))
     elif pid is None:
@@ -326,6 +327,13 @@ def status(basedir: str, as_json: bool) -> None:
             why = record["last_error"]
             click.echo(f"running (pid {pid}): not attached"
                        + (f" since {when}: {why}" if why else ""))
+        drain = record["graceful_stop"]
+        if drain:
+            click.echo("graceful stop: " + {
+                "asked": "asked; the master has not answered yet",
+                "accepted": "the master gives it no new work; it stops once what runs ends",
+                "unsupported": "its master cannot do it (stop it with furl-worker stop)",
+            }.get(str(drain), str(drain)))
     policy = record["policy"]
     if as_json:
         pass
