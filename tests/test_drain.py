@@ -44,8 +44,8 @@ def test_worker_side_graceful_stop_lets_the_running_command_finish(farm: Farm) -
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert farm.wait_for(lambda: farm.workers()["w1"]["state"] == "draining", 10)
     assert farm.workers()["w1"]["draining"] is True
-    st = cli("furl-worker", "status", str(farm.wdir("w1")))
-    assert "graceful stop: the master gives it no new work" in st.stdout, st.stdout
+    assert farm.wait_for(lambda: "graceful stop: the master gives it no new work" in
+                         cli("furl-worker", "status", str(farm.wdir("w1"))).stdout, 10)
     # no new work on it; the other worker is served as before
     refused = farm.run("w1", "true")
     assert refused.returncode == 2
