@@ -198,23 +198,31 @@ class Rig:
     def wdir(self, name: str) -> Path:
         return self.tmp / f"worker-{name}"
 
-    def setup(self, refusal_limit: int | None) -> None:
-        m = str(self.mdir)
-        self.cli("master", "create-master", "-d", m, "--location", f"tcp:127.0.0.1:{self.port}",
-                 "--port", f"tcp:{self.port}:interface=127.0.0.1")
+    def create_master(self, refusal_limit: int | None = None) -> None:
+        self.cli("master", "create-master", "-d", str(self.mdir), "--location",
+                 f"tcp:127.0.0.1:{self.port}", "--port", f"tcp:{self.port}:interface=127.0.0.1")
         if refusal_limit is not None:
             with open(self.mdir / "furl-master.conf", "a") as f:
                 f.write(f"refusal_limit = {refusal_limit}\n")
-        for name in [*self.names, "probe"]:
-            self.cli("master", "create-worker", "-d", m, name, "-o", str(self.tmp / f"{name}.furl"))
-        self.probe_furl = (self.tmp / "probe.furl").read_text().strip()
-        self.tubid = self.probe_furl.split("//", 1)[1].split("@", 1)[0]
+
+    def start_master(self) -> int:
+        """``furl-master start`` (it returns once the master listens); its pid."""
         self.procs.note_pidfile(self.mdir / "furl-master.pid")
-        self.cli("master", "start", "-d", m)
+        self.cli("master", "start", "-d", str(self.mdir))
         pid = self.procs.note_pidfile(self.mdir / "furl-master.pid")
         if pid is None:
             raise RuntimeError("the master started but wrote no pidfile")
         self.master_pid = pid
+        return pid
+
+    def setup(self, refusal_limit: int | None) -> None:
+        m = str(self.mdir)
+        self.create_master(refusal_limit)
+        for name in [*self.names, "probe"]:
+            self.cli("master", "create-worker", "-d", m, name, "-o", str(self.tmp / f"{name}.furl"))
+        self.probe_furl = (self.tmp / "probe.furl").read_text().strip()
+        self.tubid = self.probe_furl.split("//", 1)[1].split("@", 1)[0]
+        self.start_master()
         for name in self.names:
             self.cli("worker", "create-worker", str(self.wdir(name)), "--furl-file",
                      str(self.tmp / f"{name}.furl"))
@@ -245,9 +253,10 @@ class Rig:
 class Child:
     """A bench/attack_children.py process; its JSON lines go to ``lines``."""
 
-    def __init__(self, procs: Procs, role: str, cfg: dict[str, Any], logfile: Path) -> None:
+    def __init__(self, procs: Procs, role: str, cfg: dict[str, Any], logfile: Path,
+                 module: str = "bench.attack_children") -> None:
         self.log = open(logfile, "wb")
-        self.proc = procs.popen([sys.executable, "-m", "bench.attack_children", role],
+        self.proc = procs.popen([sys.executable, "-m", module, role],
                                 env={**ENV, "BENCH_ATTACK": json.dumps(cfg)}, cwd=str(ROOT),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()

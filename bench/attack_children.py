@@ -229,10 +229,18 @@ def main() -> None:
     die_with_parent()
     role = sys.argv[1]
     cfg = json.loads(os.environ["BENCH_ATTACK"])
+    serve(Attack(cfg) if role == "attack" else Probe(cfg), autostart=role == "probe",
+          stop_when_done=role == "attack")
+
+
+def serve(worker: Any, autostart: bool, stop_when_done: bool) -> None:
+    """Run ``worker`` (``run()``, ``stop()`` coroutines; optional ``command(line)``)
+    under the control channel on stdin/stdout: ``ready`` once the channel is up,
+    ``go`` starts ``run()`` (at once with ``autostart``), ``quit`` or EOF stops it
+    and the reactor; any other line goes to ``worker.command``."""
     from twisted.internet import defer, reactor, stdio
     from twisted.protocols.basic import LineOnlyReceiver
 
-    worker: Any = Attack(cfg) if role == "attack" else Probe(cfg)
     stopping: list[bool] = []
 
     def shutdown() -> None:
@@ -246,7 +254,7 @@ def main() -> None:
     def go() -> None:
         d = defer.Deferred.fromCoroutine(worker.run())
         d.addErrback(lambda f: _emit("error", error=f.getErrorMessage()))
-        if role == "attack":  # the result line goes out before the reactor stops
+        if stop_when_done:  # the result line goes out before the reactor stops
             d.addBoth(lambda _: reactor.callLater(0.2, shutdown))
 
     class Control(LineOnlyReceiver):
@@ -255,14 +263,16 @@ def main() -> None:
         def connectionMade(self) -> None:
             _out.append(self.transport)
             _emit("ready")
-            if role == "probe":
+            if autostart:
                 go()
 
         def lineReceived(self, line: bytes) -> None:
-            if line == b"go" and role == "attack":
+            if line == b"go" and not autostart:
                 go()
             elif line == b"quit":
                 shutdown()
+            elif hasattr(worker, "command"):
+                worker.command(line)
 
         def connectionLost(self, reason: Any) -> None:
             shutdown()
