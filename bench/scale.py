@@ -234,10 +234,12 @@ def timed_reload(rig: Rig, names: list[str], template: Any, stall: Child,
     t0 = time.time()
     add_lines(rig, names, template)
     os.kill(rig.master_pid, signal.SIGHUP)
-    want = f"worker {names[-1]} added"
+    # one by one ("worker NAME added") for a few, summed up ("... to NAME)") for many
+    wants = (f"worker {names[-1]} added", f" to {names[-1]})")
+    want = wants[0]
     deadline = time.monotonic() + timeout
     seen = ""
-    while want not in seen:
+    while not any(w in seen for w in wants):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the master did not log {want!r} in {timeout:.0f} s")
         time.sleep(0.005)

@@ -191,11 +191,25 @@ class _ReportingEndpoint:
         return str(self.endpoint)
 
 
+#: pending connections the kernel keeps for a TCP listener (Twisted's default
+#: is 50: a thousand workers redialing a restarted master overflow it, and
+#: each overflowed SYN costs its worker a kernel retransmit of 1, 3, 7... s)
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """A TCP endpoint description with LISTEN_BACKLOG, unless it names its own."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def listen(tub: Tub, description: str) -> tuple[Any, defer.Deferred[Any]]:
     """``tub.listenOn(description)``: (the foolscap Listener, a Deferred that
     fires once the Tub runs and listens, or fails, e.g. CannotListenError)."""
     try:
-        endpoint = serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, with_backlog(description))
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"bad listening endpoint {description!r}: {e}") from None
     wrapper = _ReportingEndpoint(endpoint, tub)

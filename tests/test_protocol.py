@@ -215,3 +215,42 @@ async def test_oversized_and_malformed_attach_over_the_wire(tmp_path: Any) -> No
     finally:
         await client.stopService()
         await reg.tub.stopService()
+
+
+def test_tcp_listeners_get_a_deep_backlog() -> None:
+    """Twisted's default backlog (50) overflows when a thousand workers redial
+    a restarted master; a description that names its own is left alone."""
+    from buildbot_furl.tubs import LISTEN_BACKLOG, with_backlog
+
+    assert with_backlog("tcp:9990:interface=127.0.0.1") == \
+        f"tcp:9990:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
+    assert with_backlog("tcp6:9990") == f"tcp6:9990:backlog={LISTEN_BACKLOG}"
+    assert with_backlog("tcp:9990:backlog=5") == "tcp:9990:backlog=5"
+    assert with_backlog("unix:/run/furl.sock") == "unix:/run/furl.sock"
+
+
+def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
+    from twisted.logger import globalLogPublisher
+
+    from buildbot_furl.master.registry import ADDED_SHOWN
+
+    reg, _ = _registry(tmp_path)
+    tubid = reg.tubid
+    with furlsfile.update(reg.furls_path, tubid) as ff:
+        for i in range(2, 1002):
+            ff.add(f"w{i}", Furl(tubid, ("tcp:127.0.0.1:9",), new_swissnum()))
+    lines: list[str] = []
+
+    def seen(event: dict[str, Any]) -> None:
+        if "added" in event.get("log_format", ""):
+            lines.append(event["log_format"].format(**event))
+
+    globalLogPublisher.addObserver(seen)
+    try:
+        assert reg.reload()
+    finally:
+        globalLogPublisher.removeObserver(seen)
+    assert len(reg.entries) == 1001 and reg.by_name["w1001"] is not None
+    assert len(lines) == ADDED_SHOWN + 1, lines[-3:]
+    assert lines[0] == "worker w2 added"
+    assert lines[-1] == f"... and {1000 - ADDED_SHOWN} more workers added (w22 to w1001)"

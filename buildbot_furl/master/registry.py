@@ -43,6 +43,9 @@ DUPLICATE_PING_TIMEOUT = 5.0
 
 REFUSED_HANGUP_DELAY = 1.0
 
+#: workers named one by one in the log when a reload adds many
+ADDED_SHOWN = 20
+
 AttachHook = Callable[[WorkerSession], Awaitable[None] | None]
 DetachHook = Callable[[WorkerSession], None]
 #: a graceful stop was asked for a session: stop giving it work, shut it
@@ -182,6 +185,7 @@ class WorkerRegistry:
         for name, entry in list(self.entries.items()):
             if name not in new or new[name].furl.swissnum != entry.furl.swissnum:
                 self._retire(name, "removed" if name not in new else "rotated")
+        added = []
         for name, entry in new.items():
             old = self.entries.get(name)
             if old is None or old.furl.swissnum != entry.furl.swissnum:
@@ -189,7 +193,12 @@ class WorkerRegistry:
                 self.logins[entry.furl.swissnum] = login
                 self.by_name[name] = login
                 if old is None and not strict:
-                    log.info("worker {name} added", name=name)
+                    added.append(name)
+        for name in added[:ADDED_SHOWN]:
+            log.info("worker {name} added", name=name)
+        if len(added) > ADDED_SHOWN:  # thousands of lines at once: one line, not thousands
+            log.info("... and {n} more workers added ({first} to {last})",
+                     n=len(added) - ADDED_SHOWN, first=added[ADDED_SHOWN], last=added[-1])
         self.entries = new
         return True
 
