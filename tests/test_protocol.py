@@ -242,7 +242,7 @@ def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
     lines: list[str] = []
 
     def seen(event: dict[str, Any]) -> None:
-        if "added" in event.get("log_format", ""):
+        if "added" in event.get("log_format", "") or "FURL" in event.get("log_format", ""):
             lines.append(event["log_format"].format(**event))
 
     globalLogPublisher.addObserver(seen)
@@ -254,3 +254,17 @@ def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
     assert len(lines) == ADDED_SHOWN + 1, lines[-3:]
     assert lines[0] == "worker w2 added"
     assert lines[-1] == f"... and {1000 - ADDED_SHOWN} more workers added (w22 to w1001)"
+    # and taking them out again
+    with furlsfile.update(reg.furls_path, tubid) as ff:
+        for i in range(2, 1002):
+            ff.remove(f"w{i}")
+    lines.clear()
+    globalLogPublisher.addObserver(seen)
+    try:
+        assert reg.reload()
+    finally:
+        globalLogPublisher.removeObserver(seen)
+    assert list(reg.entries) == ["w1"] and "w500" not in reg.by_name
+    assert len(lines) == ADDED_SHOWN + 1, lines[-3:]
+    assert lines[0] == "worker w2 removed: its old FURL no longer works"
+    assert lines[-1].startswith(f"... and {1000 - ADDED_SHOWN} more workers removed")

@@ -182,9 +182,15 @@ class WorkerRegistry:
             log.info("workers.furls is fine again and applied")
             self.problem = None
         new = {e.name: e for e in ff.entries}
+        retired = 0
         for name, entry in list(self.entries.items()):
             if name not in new or new[name].furl.swissnum != entry.furl.swissnum:
-                self._retire(name, "removed" if name not in new else "rotated")
+                retired += 1
+                self._retire(name, "removed" if name not in new else "rotated",
+                             quiet=retired > ADDED_SHOWN)
+        if retired > ADDED_SHOWN:
+            log.info("... and {n} more workers removed or rotated: their old FURLs no longer "
+                     "work", n=retired - ADDED_SHOWN)
         added = []
         for name, entry in new.items():
             old = self.entries.get(name)
@@ -202,12 +208,13 @@ class WorkerRegistry:
         self.entries = new
         return True
 
-    def _retire(self, name: str, why: str) -> None:
+    def _retire(self, name: str, why: str, quiet: bool = False) -> None:
         entry = self.entries.pop(name)
         self.logins.pop(entry.furl.swissnum, None)
         self.by_name.pop(name, None)
         self.revoked[secret_digest(entry.furl.swissnum)] = name
-        log.info("worker {name} {why}: its old FURL no longer works", name=name, why=why)
+        if not quiet:
+            log.info("worker {name} {why}: its old FURL no longer works", name=name, why=why)
         session = self.sessions.get(name)
         if session is not None:
             session.drop(f"FURL {why}")
