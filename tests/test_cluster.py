@@ -512,12 +512,15 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster) -> None:
         assert "w1" in other.attached() and "w1" not in first.attached()
         assert first.log().count("FurlWorker w1 attached to Buildbot") == before
 
-        # revoking through the shared file, on master A's directory, drops the
-        # worker on whichever master it is attached to, and it stays off both
+        # revoking on master B (whose workers.furls is a symlink to A's: the
+        # edit goes to A's file and the link stays) drops the worker on
+        # whichever master it is attached to, and it stays off both
         t = time.monotonic()
-        a.furl("revoke-worker", "w1")
+        b.furl("revoke-worker", "w1")
+        assert (b.dir / "workers.furls").is_symlink()
+        assert "w1 " not in (a.dir / "workers.furls").read_text()
         assert wait_for(lambda: mid_other not in sampler.masters_of_w1(), 30, 0.02)
-        print(f"revoked on A: w1 detached from master {other.name} "
+        print(f"revoked on B: w1 detached from master {other.name} "
               f"{time.monotonic() - t:.2f} s later")
         time.sleep(3)
         assert mid_other not in sampler.masters_of_w1()
