@@ -77,6 +77,18 @@ MISSING = missing_part()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"cluster parts missing: {MISSING}")
 
 
+def slow_pids() -> list[int]:
+    """The worker's processes of the slow build's command."""
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            with contextlib.suppress(OSError):
+                if b"cluster-slow-build" in Path(f"/proc/{p}/cmdline").read_bytes() \
+                        and pid_alive(int(p)):
+                    out.append(int(p))
+    return out
+
+
 def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -234,9 +246,13 @@ c['multiMaster'] = True
 c['protocols'] = {{'furl': furl_protocol(basedir)}}
 c['workers'] = load_workers(os.path.join(basedir, 'workers.furls'))
 f = util.BuildFactory([steps.ShellCommand(name='hello', command=['echo', 'built'])])
+slow = util.BuildFactory([steps.ShellCommand(
+    name='slow', command=['sh', '-c', 'test -e {stopfile} || sleep 600 # cluster-slow-build'])])
 c['builders'] = [util.BuilderConfig(name='b', workernames=[w.name for w in c['workers']],
-                                    factory=f)]
-c['schedulers'] = [schedulers.ForceScheduler(name='force', builderNames=['b'])]
+                                    factory=f),
+                 util.BuilderConfig(name='slow', workernames=[w.name for w in c['workers']],
+                                    factory=slow)]
+c['schedulers'] = [schedulers.ForceScheduler(name='force', builderNames=['b', 'slow'])]
 
 
 class ForceFiles(BuildbotService):
@@ -263,10 +279,11 @@ class ForceFiles(BuildbotService):
         for n in sorted(os.listdir(d)) if os.path.isdir(d) else []:
             if n.endswith('.req'):
                 req = os.path.join(d, n)
-                os.rename(req, req + '.taken')
                 sched = self.master.scheduler_manager.namedServices['force']
-                bsid, _ = yield sched.force('cluster-test', builderNames=['b'],
+                builder = open(req).read().strip() or 'b'
+                bsid, _ = yield sched.force('cluster-test', builderNames=[builder],
                                             reason='cluster test')
+                os.rename(req, req + '.taken')
                 with open(req[:-4] + '.done.tmp', 'w') as fp:
                     fp.write(str(bsid))
                 os.rename(req[:-4] + '.done.tmp', req[:-4] + '.done')
@@ -294,8 +311,8 @@ class BBMaster:
                             str(self.dir)], capture_output=True, text=True, timeout=180,
                            env=child_env(), stdin=subprocess.DEVNULL)
         assert p.returncode == 0, p.stdout + p.stderr
-        (self.dir / "master.cfg").write_text(MASTER_CFG.format(name=self.name, db=db,
-                                                               router=router))
+        (self.dir / "master.cfg").write_text(MASTER_CFG.format(
+            name=self.name, db=db, router=router, stopfile=self.dir.parent / "slow.stop"))
 
     def start(self) -> None:
         out = open(self.dir / "stdout.log", "wb")  # noqa: SIM115
@@ -320,12 +337,12 @@ class BBMaster:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
-    def force(self) -> int:
+    def force(self, builder: str = "b") -> int:
         """Force a build through this master; its buildset id."""
         d = self.dir / "force"
         d.mkdir(exist_ok=True)
         self.forced += 1
-        (d / f"{self.forced}.req").write_text("")
+        write_private(str(d / f"{self.forced}.req"), builder)
         done = d / f"{self.forced}.done"
         assert wait_for(done.exists, 60), self.log()[-5000:]
         return int(done.read_text())
@@ -364,6 +381,13 @@ class Cluster:
             "ON b.buildrequestid = r.id WHERE r.buildsetid = %s AND b.complete_at "
             "IS NOT NULL", bsid)
         return rows[0] if rows else None
+
+    def builds_of(self, bsid: int) -> list[tuple[int, int | None]]:
+        """(masterid, results) of every build of buildset bsid, oldest first
+        (results None: not finished)."""
+        return [tuple(r) for r in self.pg.query(  # type: ignore[misc]
+            "SELECT b.masterid, b.results FROM builds b JOIN buildrequests r "
+            "ON b.buildrequestid = r.id WHERE r.buildsetid = %s ORDER BY b.id", bsid)]
 
     def assert_no_secret_in_logs(self) -> None:
         for path in self.tmp.rglob("*"):
@@ -423,7 +447,11 @@ class Sampler(threading.Thread):
         self.join(60)
 
 
-def test_worker_fails_over_between_two_masters(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> None:
+    """``killed``: SIGKILL, the kernel closes its connections (a crash);
+    ``hung``: SIGSTOP, its connections stay open and silent (a frozen host or
+    a cut network), so the worker notices only by its keepalive."""
     c = cluster
     t0 = time.monotonic()
     c.pg.start()
@@ -480,16 +508,24 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster) -> None:
         assert wait_for(lambda: c.build_of(bsid), 90), "the first build did not finish"
         assert c.build_of(bsid) == (mid_first, 0)
 
+        # a long build running on the worker's master when it dies
+        slow = other.force("slow")
+        assert wait_for(lambda: c.builds_of(slow) == [(mid_first, None)]
+                        and slow_pids(), 60), c.builds_of(slow)
+
         # the worker's master dies; the worker goes to the other by itself
         killed = time.monotonic()
-        first.kill()
+        if how == "killed":
+            first.kill()
+        else:
+            first.proc.send_signal(signal.SIGSTOP)
         sampler.dead.add(mid_first)
-        assert wait_for(lambda: mid_other in sampler.masters_of_w1(), 60, 0.02), \
+        assert wait_for(lambda: mid_other in sampler.masters_of_w1(), 90, 0.02), \
             "w1 did not attach to the surviving master"
         failover = time.monotonic() - killed
-        print(f"FAILOVER: w1 connected to master {other.name} (Buildbot's connected_workers) "
-              f"{failover:.2f} s after master {first.name} was killed")
-        assert failover < 30
+        print(f"FAILOVER ({how}): w1 connected to master {other.name} (Buildbot's "
+              f"connected_workers) {failover:.2f} s after master {first.name} was {how}")
+        assert failover < (5 if how == "killed" else 60)
         assert "w1" in other.attached()
 
         # the next build runs there
@@ -500,10 +536,23 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster) -> None:
         print(f"build after failover: forced and finished in {time.monotonic() - t:.1f} s "
               f"on master {other.name}")
 
+        # the long build: Buildbot leaves it to its dead master (not finished,
+        # its request claimed); the worker ends its command once its session
+        # with the dead master is over
+        assert c.builds_of(slow) == [(mid_first, None)]
+        gone = wait_for(lambda: not slow_pids(), 120, 0.5)
+        print(f"the dead master's command ended on the worker "
+              f"{time.monotonic() - killed:.1f} s after the master was {how}"
+              if gone else "the dead master's command still runs on the worker")
+        assert gone
+        (c.tmp / "slow.stop").write_text("")
+
         # the killed master comes back: the worker stays where it is.  (Its
         # connected_workers row from before the kill stays in the database:
         # Buildbot 4.3 removes neither at the restart nor at expiry; it is
         # not counted, and the master's own list says the truth.)
+        if how == "hung":
+            first.kill()  # SIGKILL ends a stopped process too
         before = first.log().count("FurlWorker w1 attached to Buildbot")
         first.start()
         first.wait_running()
@@ -511,6 +560,10 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster) -> None:
         assert mid_other in sampler.masters_of_w1()
         assert "w1" in other.attached() and "w1" not in first.attached()
         assert first.log().count("FurlWorker w1 attached to Buildbot") == before
+        # its restart ends the build it had: Buildbot 4.3 records it as
+        # CANCELLED (5) and does not run it again
+        assert wait_for(lambda: c.builds_of(slow) == [(mid_first, 5)], 60), c.builds_of(slow)
+        print("the dead master's build: CANCELLED at its restart, not run again")
 
         # revoking on master B (whose workers.furls is a symlink to A's: the
         # edit goes to A's file and the link stays) drops the worker on
