@@ -511,7 +511,7 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         # a long build running on the worker's master when it dies
         slow = other.force("slow")
         assert wait_for(lambda: c.builds_of(slow) == [(mid_first, None)]
-                        and slow_pids(), 60), c.builds_of(slow)
+                        and slow_pids(), 60), (c.builds_of(slow), slow_pids())
 
         # the worker's master dies; the worker goes to the other by itself
         killed = time.monotonic()
@@ -560,10 +560,15 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         assert mid_other in sampler.masters_of_w1()
         assert "w1" in other.attached() and "w1" not in first.attached()
         assert first.log().count("FurlWorker w1 attached to Buildbot") == before
-        # its restart ends the build it had: Buildbot 4.3 records it as
-        # CANCELLED (5) and does not run it again
-        assert wait_for(lambda: c.builds_of(slow) == [(mid_first, 5)], 60), c.builds_of(slow)
-        print("the dead master's build: CANCELLED at its restart, not run again")
+        # its restart ends the build it had (Buildbot 4.3 recorded CANCELLED,
+        # 5, in our runs; its housekeeping code says RETRY, 4, which would
+        # run it again: either is accepted, a rerun only on the survivor)
+        assert wait_for(lambda: c.builds_of(slow)[0][1] is not None, 60), c.builds_of(slow)
+        time.sleep(2)
+        builds = c.builds_of(slow)
+        print(f"the dead master's build after its restart: {builds} (masterid, results)")
+        assert builds[0][0] == mid_first and builds[0][1] in (4, 5)
+        assert all(m == mid_other for m, _ in builds[1:])
 
         # revoking on master B (whose workers.furls is a symlink to A's: the
         # edit goes to A's file and the link stays) drops the worker on
