@@ -65,9 +65,8 @@ def missing_part() -> str | None:
     except ImportError:
         return "psycopg2 is not installed (pip install -r requirements-test.txt)"
     if find_crossbar() is None:
-        return ("no crossbar executable: set FURL_TEST_CROSSBAR or make "
-                f"{CROSSBAR_VENV} (python3.11 -m venv {CROSSBAR_VENV} && "
-                f"{CROSSBAR_VENV}/bin/pip install crossbar==26.10.1)")
+        return ("no crossbar executable: set FURL_TEST_CROSSBAR or run "
+                f"scripts/crossbar-venv.sh (crossbar==26.10.1 in {CROSSBAR_VENV})")
     if not (BIN / "buildbot").exists():
         return f"no buildbot executable next to {sys.executable}"
     return None
