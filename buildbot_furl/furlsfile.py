@@ -215,7 +215,11 @@ def update(path: str, tubid: str | None = None) -> Iterator[FurlsFile]:
     The new text is written only if the block succeeds.  A hand edit that
     lands between our read and our rename is detected: then nothing is
     written and ConfigError asks the admin to run the command again.
+
+    A symlinked file (masters of a cluster sharing one workers.furls) is
+    edited where it points, with the lock beside the target: the link stays.
     """
+    path = os.path.realpath(path)
     with locked(path):
         before = _snapshot(path)
         ff = read(path, tubid)
@@ -233,6 +237,7 @@ def update(path: str, tubid: str | None = None) -> Iterator[FurlsFile]:
 
 def ensure_exists(path: str) -> None:
     """Create an empty (header-only) file, 0600, if there is none."""
+    path = os.path.realpath(path)
     with locked(path):
         if not os.path.exists(path):
             write_private(path, HEADER)

@@ -107,6 +107,29 @@ def test_update_writes_0600_atomically_and_keeps_hand_edits(tmp_path) -> None:
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
+def test_update_through_a_symlink_edits_the_target_and_keeps_the_link(tmp_path) -> None:
+    """Masters of a cluster share one workers.furls through symlinks: an edit
+    made through any of them reaches all (a rename over the link would
+    silently give that master a file of its own)."""
+    real = tmp_path / "a" / "workers.furls"
+    real.parent.mkdir()
+    furlsfile.ensure_exists(str(real))
+    link = tmp_path / "b" / "workers.furls"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    furlsfile.ensure_exists(str(link))  # there already: nothing happens
+    with furlsfile.update(str(link), TUBID) as ff:
+        ff.add("w1", parse_furl(furl()))
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert "w1 " in real.read_text()
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600
+    assert not (tmp_path / "b" / "workers.furls.lock").exists()
+    with furlsfile.update(str(link), TUBID) as ff:
+        ff.remove("w1")
+    assert "w1 " not in real.read_text()
+    assert os.listdir(tmp_path / "b") == ["workers.furls"]
+
+
 def test_failed_update_writes_nothing(tmp_path) -> None:
     p = str(tmp_path / "workers.furls")
     furlsfile.ensure_exists(p)
