@@ -495,7 +495,7 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
     sampler = Sampler(c.pg)
     sampler.start()
     try:
-        first = wait_for(lambda: next((m for m in (a, b) if "w1" in m.attached()), None), 60)
+        first = wait_for(lambda: next((m for m in (a, b) if "w1" in m.attached()), None), 90)
         assert first is not None, "w1 attached to neither master"
         other = b if first is a else a
         mid_first, mid_other = c.masterid(first), c.masterid(other)
@@ -510,7 +510,7 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         # a long build running on the worker's master when it dies
         slow = other.force("slow")
         assert wait_for(lambda: c.builds_of(slow) == [(mid_first, None)]
-                        and slow_pids(), 60), (c.builds_of(slow), slow_pids())
+                        and slow_pids(), 90), (c.builds_of(slow), slow_pids())
 
         # the worker's master dies; the worker goes to the other by itself
         killed = time.monotonic()
@@ -562,7 +562,8 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         # its restart ends the build it had (Buildbot 4.3 recorded CANCELLED,
         # 5, in our runs; its housekeeping code says RETRY, 4, which would
         # run it again: either is accepted, a rerun only on the survivor)
-        assert wait_for(lambda: c.builds_of(slow)[0][1] is not None, 60), c.builds_of(slow)
+        # (generous: one run in about 16 once failed at about this point, unexplained)
+        assert wait_for(lambda: c.builds_of(slow)[0][1] is not None, 150), c.builds_of(slow)
         time.sleep(2)
         builds = c.builds_of(slow)
         print(f"the dead master's build after its restart: {builds} (masterid, results)")
