@@ -20,15 +20,6 @@ def _worker_pid(farm: Farm, name: str) -> int:
     return int((farm.wdir(name) / "furl-worker.pid").read_text().split()[0])
 
 
-def _exited(pid: int, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _log(farm: Farm, name: str) -> str:
     return (farm.wdir(name) / "worker.log").read_text()
 
@@ -59,7 +50,7 @@ def test_worker_side_graceful_stop_lets_the_running_command_finish(farm: Farm) -
     (farm.wdir("w1") / "go").write_text("")
     out, _ = slow.communicate(timeout=60)
     assert slow.returncode == 0 and out == b"finished\n"
-    assert _exited(pid)
+    assert farm.wait_for(lambda: not pid_alive(pid), 30)
     _, err = stopping.communicate(timeout=30)
     assert stopping.returncode == 0, err
     assert "stopped gracefully" in err
@@ -78,7 +69,7 @@ def test_graceful_stop_of_an_idle_worker_by_signal(farm: Farm) -> None:
     farm.start_worker("w1", farm.furls["w1"])
     pid = _worker_pid(farm, "w1")
     os.kill(pid, signal.SIGUSR2)
-    assert _exited(pid, 20)
+    assert farm.wait_for(lambda: not pid_alive(pid), 20)
     log = _log(farm, "w1")
     assert "telling it to stop" in (farm.mdir / "master.log").read_text()
     assert "shutting down on request of the master" in log
@@ -96,7 +87,7 @@ def test_master_side_drain(farm: Farm) -> None:
     assert farm.run("w1", "true").returncode == 2
     out, _ = slow.communicate(timeout=60)
     assert out == b"done\n"
-    assert _exited(pid)
+    assert farm.wait_for(lambda: not pid_alive(pid), 30)
     assert farm.master("drain", "w2", "--wait", "30").returncode == 0
     assert farm.wait_for(lambda: all(w["state"] == "not connected"
                                      for w in farm.workers().values()), 10)
@@ -118,7 +109,7 @@ def test_graceful_stop_timeout_falls_back_to_a_normal_stop(farm: Farm, tmp_path:
     assert p.returncode == 0, p.stderr
     assert "not drained within 2 s: stopping it now" in p.stderr
     assert time.monotonic() - t0 < 30
-    assert _exited(pid, 5)
+    assert farm.wait_for(lambda: not pid_alive(pid), 5)
     slow.wait(60)
     assert slow.returncode != 0
     usage = cli("furl-worker", "stop", str(farm.wdir("w1")), "--timeout", "2")
@@ -136,7 +127,7 @@ def test_graceful_stop_of_a_worker_whose_master_is_down(farm: Farm) -> None:
     farm.stop_master()
     p = cli("furl-worker", "stop", str(farm.wdir("w1")), "--graceful", "--timeout", "20")
     assert p.returncode == 0 and "stopped gracefully" in p.stderr, p.stderr
-    assert _exited(pid, 5)
+    assert farm.wait_for(lambda: not pid_alive(pid), 5)
     assert "not attached and nothing runs; stopping now" in _log(farm, "w1")
 
 

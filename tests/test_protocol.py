@@ -232,7 +232,7 @@ def test_tcp_listeners_get_a_deep_backlog() -> None:
 def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
     from twisted.logger import globalLogPublisher
 
-    from buildbot_furl.master.registry import ADDED_SHOWN
+    from buildbot_furl.master.registry import NAMED_IN_LOG
 
     reg, _ = _registry(tmp_path)
     tubid = reg.tubid
@@ -251,9 +251,9 @@ def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
     finally:
         globalLogPublisher.removeObserver(seen)
     assert len(reg.entries) == 1001 and reg.by_name["w1001"] is not None
-    assert len(lines) == ADDED_SHOWN + 1, lines[-3:]
+    assert len(lines) == NAMED_IN_LOG + 1, lines[-3:]
     assert lines[0] == "worker w2 added"
-    assert lines[-1] == f"... and {1000 - ADDED_SHOWN} more workers added (w22 to w1001)"
+    assert lines[-1] == f"... and {1000 - NAMED_IN_LOG} more workers added (w22 to w1001)"
     # and taking them out again
     with furlsfile.update(reg.furls_path, tubid) as ff:
         for i in range(2, 1002):
@@ -265,6 +265,6 @@ def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
     finally:
         globalLogPublisher.removeObserver(seen)
     assert list(reg.entries) == ["w1"] and "w500" not in reg.by_name
-    assert len(lines) == ADDED_SHOWN + 1, lines[-3:]
+    assert len(lines) == NAMED_IN_LOG + 1, lines[-3:]
     assert lines[0] == "worker w2 removed: its old FURL no longer works"
-    assert lines[-1].startswith(f"... and {1000 - ADDED_SHOWN} more workers removed")
+    assert lines[-1].startswith(f"... and {1000 - NAMED_IN_LOG} more workers removed")

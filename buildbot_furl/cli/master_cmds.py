@@ -16,7 +16,12 @@ import click
 from buildbot_furl import daemon, furlsfile
 from buildbot_furl.cli.common import Failed, note
 from buildbot_furl.cli.exits import Exit
-from buildbot_furl.client.connect import MasterNotRunning, master_pid, run_with_admin
+from buildbot_furl.client.connect import (
+    MasterNotRunning,
+    master_pid,
+    require_standalone,
+    run_with_admin,
+)
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.furl import Furl, new_swissnum
 from buildbot_furl.master import config as mconfig
@@ -339,8 +344,6 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
 
 
 def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
-    from buildbot_furl.client.connect import require_standalone
-
     conf = cfg.config()
 
     async def ask(admin: Any) -> bool:

@@ -43,8 +43,8 @@ DUPLICATE_PING_TIMEOUT = 5.0
 
 REFUSED_HANGUP_DELAY = 1.0
 
-#: workers named one by one in the log when a reload adds many
-ADDED_SHOWN = 20
+#: workers named one by one in the log when a reload adds or retires many
+NAMED_IN_LOG = 20
 
 AttachHook = Callable[[WorkerSession], Awaitable[None] | None]
 DetachHook = Callable[[WorkerSession], None]
@@ -187,10 +187,10 @@ class WorkerRegistry:
             if name not in new or new[name].furl.swissnum != entry.furl.swissnum:
                 retired += 1
                 self._retire(name, "removed" if name not in new else "rotated",
-                             quiet=retired > ADDED_SHOWN)
-        if retired > ADDED_SHOWN:
+                             quiet=retired > NAMED_IN_LOG)
+        if retired > NAMED_IN_LOG:
             log.info("... and {n} more workers removed or rotated: their old FURLs no longer "
-                     "work", n=retired - ADDED_SHOWN)
+                     "work", n=retired - NAMED_IN_LOG)
         added = []
         for name, entry in new.items():
             old = self.entries.get(name)
@@ -200,11 +200,11 @@ class WorkerRegistry:
                 self.by_name[name] = login
                 if old is None and not strict:
                     added.append(name)
-        for name in added[:ADDED_SHOWN]:
+        for name in added[:NAMED_IN_LOG]:
             log.info("worker {name} added", name=name)
-        if len(added) > ADDED_SHOWN:  # thousands of lines at once: one line, not thousands
+        if len(added) > NAMED_IN_LOG:  # thousands of lines at once: one line, not thousands
             log.info("... and {n} more workers added ({first} to {last})",
-                     n=len(added) - ADDED_SHOWN, first=added[ADDED_SHOWN], last=added[-1])
+                     n=len(added) - NAMED_IN_LOG, first=added[NAMED_IN_LOG], last=added[-1])
         self.entries = new
         return True
 

@@ -99,7 +99,7 @@ def _update(item: Any) -> dict[str, Any]:
             raise BadRequest("update 'log' must carry [logname, text]")
         value = (value[0], value[1])
     elif key == "rc":
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        if value is not None and not _is_int(value):
             raise BadRequest("update 'rc' must carry an integer")
     elif key == "elapsed":
         if not _is_number(value):
@@ -129,7 +129,7 @@ def decode_updates(raw: Any) -> list[dict[str, Any]]:
 
 
 def check_seq(seq: Any) -> int:
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not _is_int(seq) or seq < 0:
         raise BadRequest("a sequence number must be a non-negative integer")
     return seq
 
@@ -208,7 +208,7 @@ class AttachInfo:
                 and SESSION_ID_RE.fullmatch(r["session"]) \
                 and SESSION_SECRET_RE.fullmatch(r["secret"]):
             resume = (r["session"], r["secret"])
-        return cls(tuple(p for p in protocols if isinstance(p, int) and not isinstance(p, bool)),
+        return cls(tuple(p for p in protocols if _is_int(p)),
                    str(info.get("version", "?"))[:40], wi if isinstance(wi, dict) else {},
                    resume)
 
@@ -287,8 +287,7 @@ class ResumeState:
     def from_wire(cls, raw: bytes) -> ResumeState:
         v = _map(raw, "a resume state")
         ints = {k: v.get(k, 0) for k in ("applied", "written", "read")}
-        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                   for x in ints.values()):
+        if not all(_is_int(x) and x >= 0 for x in ints.values()):
             raise BadRequest("a resume state wants non-negative integers")
         return cls(ints["applied"], v.get("completed") is True, ints["written"], ints["read"])
 
