@@ -10,11 +10,14 @@ holds an exclusive lock on its pid file for as long as it lives, so
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
+import resource
 import select
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -76,6 +79,54 @@ class PidFile:
         return None
 
 
+def python_argv(module: str, *args: str) -> list[str]:
+    """The argv that runs ``python -m module args`` for a process we start.
+
+    ``-P`` keeps the caller's working directory off ``sys.path``: without it a
+    ``msgpack.py`` (say) left in the directory a daemon is started from --
+    a worker directory the master may write into, a world-writable one --
+    would be imported into the daemon and run with its rights.
+    """
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def daemon_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) for a daemon we start, less relative entries of
+    ``PYTHONPATH``: an empty one (``export PYTHONPATH=$PYTHONPATH:/x`` with
+    nothing before makes one) or ``.`` means the starting directory, which
+    ``-P`` alone does not keep off ``sys.path``."""
+    env = dict(os.environ if env is None else env)
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if os.path.isabs(p)]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del env["PYTHONPATH"]
+    return env
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def forbid_core_dumps() -> None:
+    """Keep this process's memory (every swissnum it holds) out of core files.
+
+    ``PR_SET_DUMPABLE`` 0 stops the kernel from dumping it (and other users'
+    ptrace); it is not inherited across exec, so the commands a worker runs
+    are unaffected by it.  The soft ``RLIMIT_CORE`` 0 also covers kernels set
+    to dump every process (``suid_dumpable``); children inherit that soft
+    limit but keep the hard one, so a build that wants cores can still
+    ``ulimit -c`` back up.
+    """
+    with contextlib.suppress(ValueError, OSError):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def secret_pipe(secret: bytes) -> int:
     """A pipe's read end, inheritable, already holding ``secret`` (and EOF).
 
@@ -117,7 +168,7 @@ def spawn(argv: list[str], log_path: str, timeout: float, *,
             stderr=log_fd,
             start_new_session=True,
             close_fds=True,
-            env=env,
+            env=daemon_environ(env),
         )
     finally:
         for fd in fds:
@@ -177,7 +228,9 @@ def stop(pidfile: PidFile, timeout: float = 15.0) -> int | None:
 
 def claim(path: str, ready_fd: int | None, what: str) -> PidFile | None:
     """Take the pid file for this process; on failure report it through the
-    readiness pipe and return None (or raise, in the foreground)."""
+    readiness pipe and return None (or raise, in the foreground).  Also the
+    moment a daemon starts to hold secrets: core dumps are turned off."""
+    forbid_core_dumps()
     pidfile = PidFile(path, what)
     try:
         pidfile.acquire()

@@ -31,7 +31,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a CLI or daemon a test starts: ours, less any
     FURL_* variable, with the checkout on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FURL_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # no empty entry: that would put each child's working directory on sys.path
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(extra or {})
     return env
 

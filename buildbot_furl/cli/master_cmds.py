@@ -289,7 +289,7 @@ def start(cfg: MasterCli, nodaemon: bool, ready_fd: int | None) -> None:
     pid = master_pid(conf.paths)
     if pid is not None:
         raise Failed(daemon.already_running("master", conf.paths.basedir, pid))
-    argv = [sys.executable, "-m", "buildbot_furl.cli.master", "start", "-d", conf.paths.basedir]
+    argv = daemon.python_argv("buildbot_furl.cli.master", "start", "-d", conf.paths.basedir)
     ok, message = daemon.spawn(argv, conf.paths.log, timeout=30)
     if not ok:
         raise Failed(message)

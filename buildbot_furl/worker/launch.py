@@ -22,8 +22,8 @@ FURL_FD_OPTION = "--furl-fd"
 
 
 def _argv(paths: WorkerPaths, options: WorkerOptions, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "buildbot_furl.cli.worker", "start", paths.basedir,
-            *options.to_argv(), *extra]
+    return daemon.python_argv("buildbot_furl.cli.worker", "start", paths.basedir,
+                              *options.to_argv(), *extra)
 
 
 def start_background(paths: WorkerPaths, source: FurlSource, options: WorkerOptions) -> str:
@@ -51,7 +51,7 @@ def run_foreground(paths: WorkerPaths, source: FurlSource, options: WorkerOption
             argv += ["--ready-fd", str(ready_fd)]
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, argv, clean_environ())
+        os.execve(sys.executable, argv, daemon.daemon_environ(clean_environ()))
     from buildbot_furl.worker.service import run_worker
 
     return run_worker(paths, source.furl, ready_fd, ready_fd is None, options)
