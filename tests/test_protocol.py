@@ -268,3 +268,29 @@ def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
     assert len(lines) == NAMED_IN_LOG + 1, lines[-3:]
     assert lines[0] == "worker w2 removed: its old FURL no longer works"
     assert lines[-1].startswith(f"... and {1000 - NAMED_IN_LOG} more workers removed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_workers_furls_keeps_the_last_good_list(tmp_path: Any) -> None:
+    """A moved file or an NFS lapse must not revoke every worker: only an
+    existing file that says so removes workers."""
+    import os
+
+    reg, swiss = _registry(tmp_path)
+    login = reg._lookup(swiss)
+    await reg.attach(login, FakeBot(), _info([1]))
+    session = reg.sessions["w1"]
+    aside = reg.furls_path + ".aside"
+    os.rename(reg.furls_path, aside)
+    reg.poll()
+    assert reg._lookup(swiss) is login and reg.sessions.get("w1") is session
+    assert reg.problem is not None and "missing" in reg.problem
+    assert not session.dropped and not session.gone
+    os.rename(aside, reg.furls_path)
+    reg.poll()
+    assert reg.problem is None and reg._lookup(swiss) is login
+    # an existing, empty file does remove the worker
+    with furlsfile.update(reg.furls_path, reg.tubid) as ff:
+        ff.remove("w1")
+    reg.poll()
+    assert reg._lookup(swiss) is None

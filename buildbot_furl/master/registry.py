@@ -167,6 +167,14 @@ class WorkerRegistry:
         """Re-read workers.furls and apply it; a bad file keeps the old state."""
         stamp = self._file_stamp()
         try:
+            if stamp is None and not strict:
+                # Gone while we run: moved, or a network file system away for a
+                # moment (the shared file of a cluster).  Read as empty, that would
+                # revoke every worker and kill its commands; only a file that
+                # exists and says so removes workers.
+                raise ConfigError(f"{self.furls_path} is missing (moved, or its file "
+                                  "system is away); restore it, or empty it to remove "
+                                  "every worker")
             ff = furlsfile.read(self.furls_path, self.tubid)
         except ConfigError as e:
             self._stamp = stamp
