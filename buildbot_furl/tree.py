@@ -49,6 +49,16 @@ class _Digest:
         return self.h.hexdigest()
 
 
+
+def transferred_mode(mode: int) -> int:
+    """The mode a single transferred file gets: its permission bits only.
+
+    setuid, setgid and sticky never cross a transfer in either direction (a
+    worker's 6755 file must not arrive setuid-root on the admin's machine, nor
+    a master's request create a setuid file on the worker); trees mask them too.
+    """
+    return mode & 0o777
+
 def _entries(top_fd: int) -> Iterator[tuple[str, int, os.stat_result, str]]:
     """(relative path, descriptor of its directory, lstat, name) for every
     entry below ``top_fd``, depth first, sorted by name; never follows a

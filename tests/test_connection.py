@@ -311,6 +311,21 @@ async def test_download_file(pair: Pair, tmp_path: Path) -> None:
     assert reader.fp is None  # closed by the worker
 
 
+@pytest_twisted.ensureDeferred
+async def test_download_file_never_sets_setuid_or_setgid(pair: Pair, tmp_path: Path) -> None:
+    """A master asking for mode 6755 gets 0755: no setuid file on the worker,
+    whatever the policy lets it transfer."""
+    src = tmp_path / "tool"
+    src.write_bytes(b"#!/bin/sh\n")
+    reader = FileReader(open(src, "rb"))  # noqa: SIM115 - the worker's close closes it
+    rc = await pair.run("downloadFile", {
+        "workdir": "build", "workerdest": "suid-tool", "reader": reader,
+        "maxsize": None, "blocksize": 16 * 1024, "mode": 0o6755,
+    })
+    assert rc.rc == 0, rc.text("stderr")
+    assert stat.S_IMODE(pair.path("build", "suid-tool").stat().st_mode) == 0o755
+
+
 @pytest.mark.parametrize("compress", [None, "gz", "bz2"])
 @pytest_twisted.ensureDeferred
 async def test_upload_directory(pair: Pair, tmp_path: Path, compress: str | None) -> None:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -303,3 +304,20 @@ def test_a_program_that_cannot_start_is_one_line_like_a_shell(two: Farm) -> None
                                  "worker 'w1'\n")
     # the worker is fine afterwards
     assert two.run("w1", "true").returncode == 0
+
+
+def test_setuid_and_setgid_bits_never_cross_put_or_get(two: Farm, tmp_path: Path) -> None:
+    """A 6755 file keeps its permission bits but not setuid/setgid, both ways."""
+    local = tmp_path / "tool"
+    local.write_bytes(b"#!/bin/sh\necho hi\n")
+    local.chmod(0o6755)
+    p = two.master("put", "w1", str(local), "suid-put")
+    assert p.returncode == 0, p.stderr
+    assert stat.S_IMODE((two.wdir("w1") / "suid-put").stat().st_mode) == 0o755
+    theirs = two.wdir("w1") / "suid-get"
+    theirs.write_bytes(b"#!/bin/sh\n")
+    theirs.chmod(0o6755)
+    back = tmp_path / "back"
+    p = two.master("get", "w1", "suid-get", str(back))
+    assert p.returncode == 0, p.stderr
+    assert stat.S_IMODE(back.stat().st_mode) == 0o755

@@ -125,7 +125,7 @@ class LocalSink(Referenceable):
             self._commit_tree(info.manifest)
             return
         if info.mode is not None:
-            os.chmod(self.tmp_path, info.mode & 0o7777)
+            os.chmod(self.tmp_path, tree.transferred_mode(info.mode))
         self.fp.close()
         self.fp = None
         os.replace(self.tmp_path, self.dest)

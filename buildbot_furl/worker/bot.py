@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest, CommandFailed, PolicyRefused
+from buildbot_furl.tree import transferred_mode
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
 from buildbot_furl.protocol.messages import RESUMED, UNKNOWN_COMMAND, ResumeState
@@ -102,6 +103,9 @@ class FurlBot(Referenceable, BotPbLike):
         key = (builder, command_id)
         if key in self.commands:
             raise BadRequest(f"command {command_id!r} already runs in builder {builder!r}")
+        if command == "downloadFile" and isinstance(cargs.get("mode"), int):
+            # buildbot-worker chmods to whatever the master asks: no setuid/setgid
+            cargs["mode"] = transferred_mode(cargs["mode"])
         if writer is not None:
             cargs["writer"] = writer
         if reader is not None:

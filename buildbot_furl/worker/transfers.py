@@ -167,7 +167,7 @@ class PutCommand(_Transfer):
                 raise CommandFailed(f"checksum mismatch after copying to {self.path!r}; "
                                     "nothing kept")
             mode = self.mode if self.mode is not None else _default_mode()
-            os.fchmod(fd, mode & 0o7777)
+            os.fchmod(fd, tree.transferred_mode(mode))
             os.fsync(fd)
             os.close(fd)
             fd = -1
