@@ -24,15 +24,17 @@ def test_create_start_attach_and_list(farm: Farm) -> None:
     assert st.returncode == 0 and "0 of 1 worker(s) connected" in st.stdout
     info = farm.tmp / "worker-w1" / "info"
     info.mkdir(parents=True)
-    (info / "host").write_text("build-box-7, 16 cores\n")
+    # an escape sequence (here: retitle the terminal) never reaches the admin's terminal
+    (info / "host").write_text("build-box-7,\x1b]0;pwned\x07 16 cores\n")
     w = farm.start_worker("w1", furl)
     assert "attached" in w.stderr
     rows = farm.workers()
     assert rows["w1"]["connected"] is True
     assert rows["w1"]["peer"].startswith("127.0.0.1:")
     assert rows["w1"]["comment"] == "linux box"
-    assert rows["w1"]["host"] == "build-box-7, 16 cores"  # from the worker's info/host
-    assert "(build-box-7, 16 cores)" in farm.master("list-workers", check=True).stdout
+    assert rows["w1"]["host"] == "build-box-7,?]0;pwned? 16 cores"  # from its info/host
+    listed = farm.master("list-workers", check=True).stdout
+    assert "(build-box-7,?]0;pwned? 16 cores)" in listed and "\x1b" not in listed
     assert "furl" not in rows["w1"]  # hidden unless asked
     shown = farm.master("list-workers", "--show-furls", check=True).stdout
     assert furl in shown

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from buildbot_furl.cli.exits import Exit, code_for
+from buildbot_furl.display import printable
 from buildbot_furl.errors import FurlError
 
 
@@ -23,7 +24,8 @@ class Failed(click.ClickException):
         self.prog = (ctx.find_root().info_name if ctx else None) or "furl"
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"{self.prog}: error: {self.format_message()}", err=True)
+        # the message may carry a peer's text (a worker's error): no escapes
+        click.echo(f"{self.prog}: error: {printable(self.format_message())}", err=True)
 
 
 def guarded(exit_code: int = Exit.ERROR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from buildbot_furl import __version__, furlsfile
+from buildbot_furl.display import printable
 from buildbot_furl.errors import (
     BadRequest,
     ConfigError,
@@ -396,4 +397,4 @@ def _info_line(value: Any) -> str | None:
     """First line of a worker's info/ file, bounded, for display."""
     if not isinstance(value, str) or not value.strip():
         return None
-    return value.strip().splitlines()[0][:200]
+    return printable(value.strip().splitlines()[0][:200])
