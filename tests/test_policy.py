@@ -162,6 +162,65 @@ def test_more_roots_limits_and_environment(tmp_path: Path) -> None:
         p.check("uploadFile", {"path": str(big)}, 0)
 
 
+def test_code_loading_variables_need_naming_while_commands_are_restricted(
+        tmp_path: Path) -> None:
+    """LD_PRELOAD=./evil.so with an allowed ``true`` would run anything."""
+    restricted = policy(tmp_path, "[commands]\nallow = true\n")  # [environment]: any
+    for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "GCONV_PATH", "BASH_ENV", "ENV",
+                 "PYTHONPATH", "PERL5OPT", "RUBYOPT", "NODE_OPTIONS", "GIT_SSH_COMMAND"):
+        with pytest.raises(PolicyRefused, match=f"set {name}"):
+            restricted.check("shell", shell(["true"], env={name: "./evil.so"}), 0)
+    restricted.check("shell", shell(["true"], env={"CC": "gcc", "LANG": "C"}), 0)
+    star = policy(tmp_path, "[commands]\nallow = true\n[environment]\nallow = *\n")
+    with pytest.raises(PolicyRefused, match="set LD_PRELOAD"):
+        star.check("shell", shell(["true"], env={"LD_PRELOAD": "x"}), 0)
+    named = policy(tmp_path, "[commands]\nallow = true\n[environment]\nallow = LD_*, CC\n")
+    named.check("shell", shell(["true"], env={"LD_LIBRARY_PATH": "/opt/lib"}), 0)
+    # [commands] any: the master may run anything anyway, so nothing more is refused
+    policy(tmp_path, "").check("shell", shell(["true"], env={"LD_PRELOAD": "x"}), 0)
+
+
+def test_a_program_name_never_resolves_into_what_the_master_may_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path / "w"
+    (base / "bin").mkdir(parents=True)
+    planted = base / "bin" / "true"
+    planted.write_text("#!/bin/sh\nid\n")
+    planted.chmod(0o755)
+    p = policy(base, "[commands]\nallow = true\n")
+    # an empty PATH entry or "." means the worker's current directory
+    monkeypatch.chdir(base / "bin")
+    monkeypatch.setenv("PATH", f":.:{os.path.dirname(TRUE)}")
+    args = shell(["true"])
+    p.check("shell", args, 0)
+    assert args["command"] == [TRUE]
+    # an absolute PATH entry inside the writable paths
+    monkeypatch.setenv("PATH", f"{base / 'bin'}:{os.path.dirname(TRUE)}")
+    with pytest.raises(PolicyRefused, match="inside the paths"):
+        p.check("shell", shell(["true"]), 0)
+
+
+def test_glob_with_a_wildcard_in_the_first_component(tmp_path: Path) -> None:
+    p = policy(tmp_path / "w", "")
+    for pattern in ("/*", "/[e]tc/pass*", "/**", "/?tc/*"):
+        with pytest.raises(PolicyRefused, match="outside the paths"):
+            p.check("glob", {"path": pattern}, 0)
+    p.check("glob", {"path": "*.txt"}, 0)
+    p.check("glob", {"path": str(tmp_path / "w" / "*")}, 0)
+
+
+def test_builder_directories_are_checked(tmp_path: Path) -> None:
+    base = tmp_path / "w"
+    base.mkdir()
+    write_private(str(base / "furl-worker.policy"), "[commands]\nallow = any\n")
+    pf = PolicyFile(str(base / "furl-worker.policy"), str(base))
+    pf.builder_dirs(["b1", str(base / "b2")])
+    pf.builder_dirs(["."])  # the standalone master's builder
+    for bad in (str(tmp_path / "elsewhere"), "../x", "/"):
+        with pytest.raises(PolicyRefused):
+            pf.builder_dirs([bad])
+
+
 def test_the_file_is_read_again_fails_closed_and_outlives_removal(tmp_path: Path) -> None:
     path = tmp_path / "furl-worker.policy"
     holder = PolicyFile(str(path), str(tmp_path))

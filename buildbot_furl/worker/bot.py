@@ -86,6 +86,7 @@ class FurlBot(Referenceable, BotPbLike):
             for x in wanted
         ):
             raise BadRequest("setBuilderList wants a list of [name, builddir] pairs")
+        self.policy.builder_dirs([d for _, d in wanted])
         result = await BotPbLike.remote_setBuilderList(self, [tuple(x) for x in wanted])
         return sorted(result)
 

@@ -63,6 +63,17 @@ _KEYS = {
     "environment": ("allow",),
 }
 _ENV_PATTERN = re.compile(r"^[A-Za-z_*?][A-Za-z0-9_*?]*$")
+#: Variables that make an allowed program load or run other code: the dynamic
+#: loader's, the shells' start-up files, and interpreters' module paths and
+#: options.  While [commands] is restricted they are refused unless the
+#: policy's [environment] names them (a pattern with more than wildcards), since
+#: ``LD_PRELOAD=./evil.so true`` would otherwise run anything as an allowed ``true``.
+CODE_LOADING = ("LD_*", "GCONV_PATH", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4",
+                "PYTHON*", "PERL5*", "PERLLIB", "PERL_*", "RUBY*", "GEM_*", "NODE_OPTIONS",
+                "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
+                "LUA_*", "TCLLIBPATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_EXEC_PATH",
+                "GIT_PROXY_COMMAND", "GIT_ASKPASS", "SSH_ASKPASS", "GIT_CONFIG*",
+                "GIT_EXTERNAL_DIFF", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS")
 _MAGIC = re.compile(r"[*?\[]")
 
 
@@ -151,7 +162,10 @@ class Policy:
         fixed = next((i for i, part in enumerate(parts) if _MAGIC.search(part)), len(parts))
         if ".." in parts[fixed:]:
             raise PolicyRefused(f"glob pattern {pattern!r}: '..' after a wildcard")
-        self.read(os.sep.join(parts[:fixed]) or ".", "glob pattern")
+        prefix = os.sep.join(parts[:fixed])
+        if not prefix:  # "/*", "/[e]tc/...": the wildcard is in the first component
+            prefix = os.sep if pattern.startswith(os.sep) else "."
+        self.read(prefix, "glob pattern")
 
     def _program(self, args: dict[str, Any], workdir: str) -> None:
         command = args.get("command")
@@ -168,6 +182,11 @@ class Policy:
         if not isinstance(argv0, str) or not argv0:
             raise PolicyRefused("shell: the program is not a string")
         found = _which(argv0, workdir)
+        if found is not None and "/" not in argv0 and self.roots is not None and any(
+                _within(os.path.realpath(found), root) for root in self.roots):
+            # a name found in a directory the master may write: it could have put it there
+            raise PolicyRefused(f"program {argv0!r} is found in {os.path.dirname(found)!r}, "
+                                "inside the paths the worker's policy lets the master write")
         allowed = found is not None and any(
             (entry_path := _which(entry, workdir)) is not None
             and os.path.realpath(entry_path) == os.path.realpath(found)
@@ -181,15 +200,24 @@ class Policy:
             args["command"] = [found, *list(command)[1:]]
 
     def _environment(self, env: Any) -> None:
-        if not env or self.environment is None:
+        if not env:
             return
         if not isinstance(env, dict):
             raise PolicyRefused("shell: the environment is not a mapping")
-        refused = sorted(str(k) for k in env
-                         if not any(fnmatch.fnmatchcase(str(k), p) for p in self.environment))
+        refused = sorted(str(k) for k in env if not self._may_set(str(k)))
         if refused:
             shown = ", ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
             raise PolicyRefused(f"the worker's policy does not let the master set {shown}")
+
+    def _may_set(self, name: str) -> bool:
+        """May the master set variable ``name`` for a command?"""
+        if self.programs is not None and any(fnmatch.fnmatchcase(name, p)
+                                             for p in CODE_LOADING):
+            # only if the admin named it: "*" or "any" do not count
+            return any(fnmatch.fnmatchcase(name, p) and p.strip("*?") != ""
+                       for p in self.environment or ())
+        return self.environment is None or any(fnmatch.fnmatchcase(name, p)
+                                               for p in self.environment)
 
     def _shell(self, args: dict[str, Any]) -> None:
         workdir = self.read(args.get("workdir"), "workdir")
@@ -201,6 +229,12 @@ class Policy:
                 name = value.get("filename") if isinstance(value, dict) else value
                 self.read(os.path.join(workdir, name) if isinstance(name, str) else None,
                           "logfile")
+
+    def builder_dirs(self, builddirs: list[str]) -> None:
+        """Refuse a builder directory outside the allowed paths (setBuilderList
+        creates them; the standalone master's is the worker's directory)."""
+        for d in builddirs:
+            self.read(d, "builder directory")
 
     def _upload_file(self, args: dict[str, Any]) -> None:
         real = self.read(args.get("path"))
@@ -276,7 +310,11 @@ def _which(program: str, workdir: str) -> str | None:
     if "/" in program:
         path = os.path.join(workdir, program)
         return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-    found = shutil.which(program, path=os.environ.get("PATH", os.defpath))
+    # only absolute entries: an empty one or "." would mean whatever directory
+    # the worker happens to be in
+    search = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                             if os.path.isabs(p))
+    found = shutil.which(program, path=search)
     return None if found is None else os.path.abspath(found)
 
 
@@ -472,6 +510,17 @@ class PolicyFile:
         if self.policy is None:
             return NO_LIMITS
         return self.policy.check(command, args, running)
+
+    def builder_dirs(self, builddirs: list[str]) -> None:
+        """See :meth:`Policy.builder_dirs`; no policy file: any.  A broken
+        policy allows the worker's directory only (its commands are refused,
+        each saying why)."""
+        self.refresh()
+        if self.error is not None:
+            Policy(os.path.realpath(self.basedir),
+                   roots=(os.path.realpath(self.basedir),)).builder_dirs(builddirs)
+        elif self.policy is not None:
+            self.policy.builder_dirs(builddirs)
 
     def summary(self) -> dict[str, Any] | None:
         if self.error is not None:
