@@ -294,3 +294,42 @@ async def test_a_missing_workers_furls_keeps_the_last_good_list(tmp_path: Any) -
         ff.remove("w1")
     reg.poll()
     assert reg._lookup(swiss) is None
+
+
+class _SilentBot(FakeBot):
+    """A thief's first connection: attached, and never answers a ping."""
+
+    def callRemote(self, method: str, *args: Any) -> Any:
+        return defer.Deferred()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rotation_during_an_attach_never_yields_a_session(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thief holds connection A (ignoring the duplicate-check ping) and starts a
+    second attach B on the same login; the admin rotates meanwhile.  B must not
+    become the worker, and the real worker's new FURL must attach."""
+    from buildbot_furl.master import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "DUPLICATE_PING_TIMEOUT", 0.2)
+    monkeypatch.setattr(registry_module, "REFUSED_HANGUP_DELAY", 0.0)
+    reg, swiss = _registry(tmp_path)
+    login = reg._lookup(swiss)
+    await reg.attach(login, _SilentBot(), _info([1]))  # A
+    pending = defer.Deferred.fromCoroutine(reg.attach(login, FakeBot(), _info([1])))  # B
+    assert login.attaching, "B is waiting on A's ping"
+    new = new_swissnum()
+    with furlsfile.update(reg.furls_path, reg.tubid) as ff:
+        ff.replace_furl("w1", Furl(reg.tubid, ("tcp:127.0.0.1:9",), new))
+    reg.reload()
+    assert "w1" not in reg.sessions  # A was dropped
+    with pytest.raises(errors.Revoked):
+        await pending
+    assert "w1" not in reg.sessions
+    fresh = await reg.attach(reg._lookup(new), FakeBot(), _info([1]))
+    assert AttachAnswer.from_wire(fresh).session and "w1" in reg.sessions
+    # the old login, called again (in a loop, say), is refused without a log line each
+    for _ in range(5):
+        with pytest.raises(errors.Revoked):
+            await reg.attach(login, FakeBot(), _info([1]))
+    assert reg.refusals.total >= 5

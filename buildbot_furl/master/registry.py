@@ -37,6 +37,7 @@ from buildbot_furl.master.refusals import DEFAULT_LIMIT, Refusals
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT, WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, decode_session
+from buildbot_furl.tubs import sever
 
 log = Logger()
 
@@ -61,6 +62,9 @@ class WorkerLogin(Referenceable):
     def __init__(self, registry: WorkerRegistry, name: str) -> None:
         self.registry = registry
         self.name = name
+        #: connections in the middle of an attach on this login: a revocation
+        #: severs them too, since they hold it without a session yet
+        self.attaching: set[Any] = set()
 
     @remote_method
     async def remote_attach(self, bot: Any, info: bytes) -> dict[str, Any]:
@@ -219,7 +223,7 @@ class WorkerRegistry:
 
     def _retire(self, name: str, why: str, quiet: bool = False) -> None:
         entry = self.entries.pop(name)
-        self.logins.pop(entry.furl.swissnum, None)
+        login = self.logins.pop(entry.furl.swissnum, None)
         self.by_name.pop(name, None)
         self.revoked[secret_digest(entry.furl.swissnum)] = name
         if not quiet:
@@ -227,15 +231,33 @@ class WorkerRegistry:
         session = self.sessions.get(name)
         if session is not None:
             session.drop(f"FURL {why}")
+        for bot in list(login.attaching if login is not None else ()):
+            sever(bot, f"FURL {why}")  # attaching, no session yet: cut as well
 
     # -- attach ---------------------------------------------------------------
+    def _current(self, login: WorkerLogin, bot: Any) -> None:
+        """Raise Revoked unless ``login`` is still its worker's FURL.  Asked again
+        after every wait of an attach: a rotation may land during any of them,
+        and a revoked login must never yield a session."""
+        if self.by_name.get(login.name) is login:
+            return
+        # Rationed like every refusal (a holder of an old FURL may call in a
+        # loop), and the connection is cut once the answer is on its way.
+        self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], login.name)
+        reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, "its FURL was revoked")
+        raise Revoked(f"the FURL of worker {login.name!r} has been revoked or rotated")
+
     async def attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
+        login.attaching.add(bot)
+        try:
+            return await self._attach(login, bot, info)
+        finally:
+            login.attaching.discard(bot)
+
+    async def _attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         name = login.name
         peer = peer_of(bot)
-        if self.by_name.get(name) is not login:
-            log.info("refused attach of worker {name} from {peer}: FURL revoked", name=name,
-                     peer=peer)
-            raise Revoked(f"the FURL of worker {name!r} has been revoked or rotated")
+        self._current(login, bot)
         theirs = list(info.protocols)
         common = [v for v in PROTOCOL_VERSIONS if v in theirs]
         if not common:
@@ -253,8 +275,11 @@ class WorkerRegistry:
         try:
             old = self.sessions.get(name)
             if old is not None and old.proves(info.resume):
-                return (await self._resume(old, bot, peer, info)).to_wire()
+                answer = await self._resume(old, bot, peer, info)
+                self._current(login, bot)  # (a revocation dropped the session too)
+                return answer.to_wire()
             await self._settle_duplicate(name, peer)
+            self._current(login, bot)
             session = WorkerSession(name, bot, info, max(common), peer, self.grace(name),
                                     self.call_timeout)
             self.sessions[name] = session
@@ -272,6 +297,7 @@ class WorkerRegistry:
                     self._forget(session, drop=False)
                     reactor.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
                     raise
+            self._current(login, bot)  # revoked while Buildbot took it (it was dropped)
             return AttachAnswer(session.protocol, session.session_id,
                                 session.hand_out_secret(), session.grace,
                                 __version__).to_wire()
