@@ -333,3 +333,36 @@ async def test_a_rotation_during_an_attach_never_yields_a_session(
         with pytest.raises(errors.Revoked):
             await reg.attach(login, FakeBot(), _info([1]))
     assert reg.refusals.total >= 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_or_malformed_attach_is_refused_before_decoding(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 MiB of empty msgpack arrays would decode to ~300 MB of lists: the size is
+    checked first, the refusal is counted (rationed log) and the caller cut."""
+    import resource
+
+    from buildbot_furl.master import registry as registry_module
+    from buildbot_furl.protocol import unwrap
+
+    cut: list[str] = []
+    monkeypatch.setattr(registry_module, "sever", lambda bot, why: cut.append(why))
+    monkeypatch.setattr(registry_module, "REFUSED_HANGUP_DELAY", 0.0)
+    reg, swiss = _registry(tmp_path)
+    login = reg._lookup(swiss)
+    bomb = b"\xdc\x00\x40" + (b"\xdc\xff\xff" + b"\x90" * 65535) * 64
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for payload, why in ((bomb, "too large"), (b"\xc1", "undecodable")):
+        with pytest.raises(errors.BadRequest, match=why):
+            unwrap(await login.remote_attach(FakeBot(), payload))
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 50_000, f"RSS grew by {grown} KiB"
+    await defer.Deferred.fromCoroutine(_turn())
+    assert reg.refusals.total == 2 and len(cut) == 2
+    assert "w1" not in reg.sessions
+
+
+async def _turn() -> None:
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, 0.01, lambda: None)

@@ -68,7 +68,14 @@ class WorkerLogin(Referenceable):
 
     @remote_method
     async def remote_attach(self, bot: Any, info: bytes) -> dict[str, Any]:
-        return await self.registry.attach(self, bot, AttachInfo.from_wire(info))
+        try:
+            parsed = AttachInfo.from_wire(info)
+        except BadRequest:
+            # a FURL holder sending garbage, perhaps in a loop: rationed like
+            # any refusal, and cut once the answer is on its way
+            self.registry.refuse_malformed(self, bot)
+            raise
+        return await self.registry.attach(self, bot, parsed)
 
     @remote_method
     def remote_leave(self, session: bytes) -> bool:
@@ -246,6 +253,11 @@ class WorkerRegistry:
         self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], login.name)
         reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, "its FURL was revoked")
         raise Revoked(f"the FURL of worker {login.name!r} has been revoked or rotated")
+
+    def refuse_malformed(self, login: WorkerLogin, bot: Any) -> None:
+        """An attach whose info cannot be read."""
+        self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], None)
+        reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, "a malformed attach")
 
     async def attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         login.attaching.add(bot)

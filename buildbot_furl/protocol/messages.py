@@ -21,6 +21,8 @@ from buildbot_furl.protocol.interfaces import MAX_NAME, MAX_TEXT
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TEXT_KEYS = ("stdout", "stderr", "header")
+#: the most an attach's info or a session proof may weigh, checked before decoding
+SMALL_PAYLOAD = 64 * 1024
 
 
 def _is_int(v: Any) -> bool:
@@ -194,7 +196,7 @@ class AttachInfo:
 
     @classmethod
     def from_wire(cls, raw: bytes) -> AttachInfo:
-        info = decode(raw)
+        info = decode(raw, SMALL_PAYLOAD)
         if not isinstance(info, dict):
             info = {}
         protocols = info.get("protocols")
@@ -219,7 +221,7 @@ def encode_session(session: tuple[str, str]) -> bytes:
 
 
 def decode_session(raw: bytes) -> tuple[str, str] | None:
-    v = decode(raw)
+    v = decode(raw, SMALL_PAYLOAD)
     if isinstance(v, dict) and isinstance(v.get("session"), str) \
             and isinstance(v.get("secret"), str) and SESSION_ID_RE.fullmatch(v["session"]) \
             and SESSION_SECRET_RE.fullmatch(v["secret"]):
