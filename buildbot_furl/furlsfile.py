@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.furl import Furl, parse_furl
 from buildbot_furl.layout import FURLS_NAME
-from buildbot_furl.privatefiles import check_private_mode, write_private
+from buildbot_furl.privatefiles import Changed, check_private_mode, write_private
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 FILENAME = FURLS_NAME
@@ -227,12 +227,13 @@ def update(path: str, tubid: str | None = None) -> Iterator[FurlsFile]:
         text = ff.render()
         if before is None:
             text = HEADER + text
-        if _snapshot(path) != before:
+        try:
+            write_private(path, text, unchanged=lambda old: _snapshot(old) == before)
+        except Changed:
             raise ConfigError(
                 f"{path} changed while it was being updated (a hand edit?); nothing was "
                 "written, run the command again"
-            )
-        write_private(path, text)
+            ) from None
 
 
 def ensure_exists(path: str) -> None:

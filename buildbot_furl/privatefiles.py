@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import secrets
 import stat
+from collections.abc import Callable
 
 from buildbot_furl.errors import ConfigError
 
@@ -24,8 +27,40 @@ def check_private_mode(path: str) -> None:
         )
 
 
-def write_private(path: str, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 (temp, fsync, rename)."""
+class Changed(Exception):
+    """The file changed under a conditional write; nothing was written."""
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap ``a`` and ``b`` in one step (Linux renameat2); False where the
+    system or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def write_private(path: str, data: str | bytes,
+                  unchanged: Callable[[str], bool] | None = None) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 (temp, fsync, rename).
+
+    With ``unchanged`` (a test of the file it replaces, given that file's
+    path) the write is conditional: if the file was changed since the caller
+    read it, Changed is raised and the file is left as the other writer left
+    it.  The test runs on the very file that was swapped out (renameat2
+    ``RENAME_EXCHANGE``), so an edit landing while we write is never lost.
+    """
     raw = data.encode("utf-8") if isinstance(data, str) else data
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
@@ -35,7 +70,10 @@ def write_private(path: str, data: str | bytes) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if unchanged is None:
+            os.replace(tmp, path)
+        else:
+            _replace_if(tmp, path, unchanged)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -46,6 +84,27 @@ def write_private(path: str, data: str | bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _replace_if(tmp: str, path: str, unchanged: Callable[[str], bool]) -> None:
+    if not os.path.lexists(path):
+        try:
+            os.link(tmp, path)  # fails if someone made the file meanwhile
+        except FileExistsError:
+            raise Changed(path) from None
+        os.unlink(tmp)
+        return
+    if not _exchange(tmp, path):
+        # no atomic swap here: check, then replace (a small window remains)
+        if not unchanged(path):
+            raise Changed(path)
+        os.replace(tmp, path)
+        return
+    # ``tmp`` now holds the file we replaced: was it the one the caller read?
+    if not unchanged(tmp):
+        _exchange(tmp, path)  # put the other writer's file back
+        raise Changed(path)
+    os.unlink(tmp)
 
 
 def reserve_private(path: str) -> int:

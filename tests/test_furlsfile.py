@@ -167,3 +167,47 @@ def test_concurrent_writers_lose_nothing(tmp_path) -> None:
         assert w.exitcode == 0
     names = {e.name for e in furlsfile.read(p, TUBID).entries}
     assert names == {f"p{k}-{i}" for k in range(4) for i in range(25)}
+
+
+def test_hand_edits_racing_the_cli_are_never_lost(tmp_path: Path) -> None:
+    """An editor saving (write a copy, rename it over) while create-worker runs:
+    a command that finds the file changed writes nothing; no hand line is lost."""
+    import threading
+    import time
+
+    from buildbot_furl.privatefiles import write_private
+
+    path = str(tmp_path / "workers.furls")
+    with furlsfile.update(path, TUBID):
+        pass
+    stop = threading.Event()
+    refused = []
+    added = []
+
+    def cli() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                with furlsfile.update(path, TUBID) as ff:
+                    ff.add(f"w{i}", parse_furl(furl()))
+                added.append(i)
+            except ConfigError:
+                refused.append(i)
+
+    t = threading.Thread(target=cli)
+    t.start()
+    try:
+        for n in range(150):
+            with open(path) as f:
+                text = f.read()
+            write_private(path, text + f"# hand edit {n}\n")
+            time.sleep(0.02)  # an editor's pace: the CLI gets writes in between
+    finally:
+        stop.set()
+        t.join()
+    final = open(path).read()
+    lost = [n for n in range(150) if f"# hand edit {n}\n" not in final]
+    assert not lost, f"hand edits lost: {lost[:10]} ({len(added)} CLI writes, " \
+                     f"{len(refused)} refused)"
+    assert added, "the CLI never got a write in"
