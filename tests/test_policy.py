@@ -221,6 +221,37 @@ def test_builder_directories_are_checked(tmp_path: Path) -> None:
             pf.builder_dirs([bad])
 
 
+def test_the_worker_discloses_only_what_its_policy_says(tmp_path: Path) -> None:
+    """getWorkerInfo's environ: all without a policy (Buildbot's behaviour), as
+    [environment] allow by default, as disclose when given, none when broken."""
+    from buildbot_furl.protocol import unwrap
+    from buildbot_furl.worker.bot import FurlBot
+
+    env = {"PATH": "/bin", "LANG": "C", "AWS_SECRET_ACCESS_KEY": "k", "LC_ALL": "C"}
+    assert policy(tmp_path, "").disclose(env) == env
+    assert policy(tmp_path, "[environment]\nallow = LANG, LC_*\n").disclose(env) == {
+        "LANG": "C", "LC_ALL": "C"}
+    assert policy(tmp_path, "[environment]\nallow = any\ndisclose = PATH\n").disclose(
+        env) == {"PATH": "/bin"}
+    assert policy(tmp_path, "[environment]\ndisclose = none\n").disclose(env) == {}
+    with pytest.raises(ConfigError, match="not a variable name"):
+        policy(tmp_path, "[environment]\ndisclose = A-B\n")
+    base = tmp_path / "w"
+    base.mkdir()
+    bot = FurlBot(str(base))
+    assert "PATH" in unwrap_info(bot, unwrap)
+    write_private(str(base / "furl-worker.policy"), "[environment]\ndisclose = LANG\n")
+    assert set(unwrap_info(bot, unwrap)) <= {"LANG"}
+    write_private(str(base / "furl-worker.policy"), "[environment]\nbogus = 1\n")
+    assert unwrap_info(bot, unwrap) == {}
+
+
+def unwrap_info(bot: Any, unwrap: Any) -> dict[str, Any]:
+    out: list[Any] = []
+    bot.remote_getWorkerInfo().addCallback(out.append)
+    return unwrap(out[0])["environ"]
+
+
 def test_the_file_is_read_again_fails_closed_and_outlives_removal(tmp_path: Path) -> None:
     path = tmp_path / "furl-worker.policy"
     holder = PolicyFile(str(path), str(tmp_path))

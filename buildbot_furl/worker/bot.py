@@ -76,7 +76,10 @@ class FurlBot(Referenceable, BotPbLike):
 
     @remote_method
     def remote_getWorkerInfo(self) -> dict[str, Any]:
-        return BotPbLike.remote_getWorkerInfo(self)
+        info = BotPbLike.remote_getWorkerInfo(self)
+        if isinstance(info.get("environ"), dict):  # the policy decides what it sees
+            info["environ"] = self.policy.disclose(info["environ"])
+        return info
 
     @remote_method
     async def remote_setBuilderList(self, builders: bytes) -> list[str]:

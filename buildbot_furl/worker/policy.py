@@ -24,6 +24,9 @@ master gets :class:`~buildbot_furl.errors.PolicyRefused`.  An example::
     [environment]
     # variables the master may set for a command ("any" or "none"; * and ?)
     allow = CC, CFLAGS, LANG, LC_*
+    # the worker's own variables the master may see (Buildbot's worker info);
+    # default: as "allow"
+    disclose = PATH, LANG
 
 The file is the admin's, not the master's: it must belong to the worker's
 user (or root) and not be readable or writable by group or others (0600);
@@ -60,7 +63,7 @@ _KEYS = {
     "commands": ("allow",),
     "paths": ("allow",),
     "limits": ("max_upload", "max_download", "max_commands"),
-    "environment": ("allow",),
+    "environment": ("allow", "disclose"),
 }
 _ENV_PATTERN = re.compile(r"^[A-Za-z_*?][A-Za-z0-9_*?]*$")
 #: Variables that make an allowed program load or run other code: the dynamic
@@ -98,12 +101,21 @@ class Policy:
     limits: Limits = NO_LIMITS
     max_commands: int | None = None
     environment: tuple[str, ...] | None = None
+    disclosed: tuple[str, ...] | None = None  # the worker's variables the master may see
 
     def summary(self) -> dict[str, Any]:
         """What is in force, for ``furl-worker status --json``."""
         return {"programs": _listed(self.programs), "paths": _listed(self.roots),
                 "max_upload": self.limits.upload, "max_download": self.limits.download,
-                "max_commands": self.max_commands, "environment": _listed(self.environment)}
+                "max_commands": self.max_commands, "environment": _listed(self.environment),
+                "disclosed": _listed(self.disclosed)}
+
+    def disclose(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """The part of the worker's environment the master may see."""
+        if self.disclosed is None:
+            return environ
+        return {k: v for k, v in environ.items()
+                if any(fnmatch.fnmatchcase(str(k), p) for p in self.disclosed)}
 
     def describe(self) -> str:
         """The same, in one line."""
@@ -114,7 +126,8 @@ class Policy:
         return (f"programs: {_words(s['programs'])}; paths: {_words(s['paths'])}; "
                 f"upload {size(self.limits.upload)}, download {size(self.limits.download)}, "
                 f"commands at once: {self.max_commands or 'any'}; "
-                f"environment: {_words(s['environment'])}")
+                f"environment: {_words(s['environment'])}; "
+                f"disclosed: {_words(s['disclosed'])}")
 
     # -- the checks -----------------------------------------------------------
     def check(self, command: str, args: dict[str, Any], running: int) -> Limits:
@@ -406,6 +419,12 @@ def parse_policy(text: str, basedir: str, origin: str = "policy") -> Policy:
         for name in environment or ():
             if not _ENV_PATTERN.match(name):
                 raise ConfigError(f"{where}: {name!r} is not a variable name or pattern")
+    disclosed = environment
+    if (got := listed("environment.disclose")) is not None:
+        disclosed, where = got
+        for name in disclosed or ():
+            if not _ENV_PATTERN.match(name):
+                raise ConfigError(f"{where}: {name!r} is not a variable name or pattern")
     sizes: dict[str, int | None] = {}
     for key in ("max_upload", "max_download"):
         raw, where = fields.get(f"limits.{key}", (None, ""))
@@ -421,7 +440,7 @@ def parse_policy(text: str, basedir: str, origin: str = "policy") -> Policy:
             raise ConfigError(f"{where}: give a whole number, 1 or more")
         max_commands = int(raw)
     return Policy(base, programs, roots, Limits(sizes["max_upload"], sizes["max_download"]),
-                  max_commands, environment)
+                  max_commands, environment, disclosed)
 
 
 def read_policy(path: str, basedir: str) -> Policy:
@@ -521,6 +540,14 @@ class PolicyFile:
                    roots=(os.path.realpath(self.basedir),)).builder_dirs(builddirs)
         elif self.policy is not None:
             self.policy.builder_dirs(builddirs)
+
+    def disclose(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """See :meth:`Policy.disclose`; no policy file: all of it (Buildbot's
+        behaviour); a broken one: none of it (fail closed)."""
+        self.refresh()
+        if self.error is not None:
+            return {}
+        return environ if self.policy is None else self.policy.disclose(environ)
 
     def summary(self) -> dict[str, Any] | None:
         if self.error is not None:
