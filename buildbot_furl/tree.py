@@ -141,13 +141,34 @@ class _HashingReader:
         return data
 
 
-def pack(top_fd: int, out: IO[bytes]) -> str:
+class TooLarge(Exception):
+    """A pack grew past the limit it was given (nothing more was written)."""
+
+
+class _Bounded:
+    """A write-only file that refuses to grow past ``limit`` bytes."""
+
+    def __init__(self, out: IO[bytes], limit: int) -> None:
+        self.out, self.limit, self.written = out, limit, 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        if self.written > self.limit:
+            raise TooLarge(self.limit)
+        return self.out.write(data)
+
+
+def pack(top_fd: int, out: IO[bytes], limit: int | None = None) -> str:
     """Write the tree below ``top_fd`` to ``out`` as a tar stream; its manifest.
 
     A file that changes size while it is read fails the whole pack (the
-    archive would not say what the tree holds).
+    archive would not say what the tree holds).  With ``limit``, a stream
+    that would be longer raises TooLarge as soon as it gets there (the worker's
+    ``max_upload``: a 200 MB tree is not packed whole to find out).
     """
     d = _Digest()
+    if limit is not None:
+        out = _Bounded(out, limit)  # type: ignore[assignment]
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel, fd, st, name in _entries(top_fd):
             ti = tarfile.TarInfo(rel)

@@ -360,6 +360,13 @@ def test_transfer_sizes(pfarm: Farm, tmp_path: Path) -> None:
     p = pfarm.master("get", "p", "big-here.bin", str(tmp_path / "got.bin"))
     assert p.returncode == 2 and "(max_upload)" in p.stderr, p.stderr
     assert not (tmp_path / "got.bin").exists()
+    tree_dir = pfarm.wdir("p") / "big-tree"
+    tree_dir.mkdir()
+    for i in range(3):
+        (tree_dir / f"f{i}").write_bytes(os.urandom(1 << 20))
+    p = pfarm.master("get", "p", "big-tree", str(tmp_path / "got-tree"))
+    assert p.returncode == 2 and "(max_upload)" in p.stderr, p.stderr
+    assert not (tmp_path / "got-tree").exists()
     small = tmp_path / "small.bin"
     small.write_bytes(b"s" * 1000)
     assert pfarm.master("put", "p", str(small), "small.bin").returncode == 0

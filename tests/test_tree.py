@@ -143,3 +143,26 @@ def test_pack_fails_on_a_file_that_shrinks_while_read(tmp_path: Path,
             tree.pack(fd, io.BytesIO())
     finally:
         os.close(fd)
+
+
+def test_pack_stops_at_its_limit(tmp_path: Path) -> None:
+    """A tree larger than the limit is not packed whole to find out."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(256 * 1024))
+    out = io.BytesIO()
+    with pytest.raises(tree.TooLarge):
+        _pack_limited(src, out, 300 * 1024)
+    assert len(out.getvalue()) <= 300 * 1024
+    whole = io.BytesIO()
+    _pack_limited(src, whole, 4 << 20)  # under the limit: as without one
+    assert len(whole.getvalue()) > 2 << 20
+
+
+def _pack_limited(src: Path, out: io.BytesIO, limit: int) -> str:
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return tree.pack(fd, out, limit)
+    finally:
+        os.close(fd)

@@ -99,6 +99,10 @@ class FurlProtocolCommand(ProtocolCommandPb):
         yield self._get_sender().complete(encode_failure(text))
 
     # -- the policy's limits ---------------------------------------------------
+    def count_moved(self, way: str, n: int) -> bool:
+        """:meth:`_past_limit`, for the worker's own transfer commands."""
+        return self._past_limit(way, n)
+
     def _past_limit(self, way: str, n: int) -> bool:
         """Count ``n`` more bytes moved ``way``; True (and the command is
         stopped) if that is more than the policy allows.

@@ -237,8 +237,15 @@ class GetCommand(_Transfer):
                 info["sha256"] = await self._send_fd(fd)
                 await self.protocol_command.protocol_update_upload_file_close(self.writer)
             elif info["kind"] == "dir":
+                limit = self.protocol_command.limits.upload
                 with tempfile.TemporaryFile() as tmp:
-                    info["manifest"] = await threads.deferToThread(tree.pack, fd, tmp)
+                    try:
+                        info["manifest"] = await threads.deferToThread(tree.pack, fd, tmp,
+                                                                       limit)
+                    except tree.TooLarge:
+                        # refused as a transfer past the limit is, before a byte goes
+                        self.protocol_command.count_moved("upload", limit + 1)
+                        raise
                     tmp.seek(0)
                     info["sha256"] = await self._send_fd(tmp.fileno())
                 await self.protocol_command.protocol_update_upload_directory(self.writer)
