@@ -366,3 +366,43 @@ async def _turn() -> None:
     from twisted.internet import reactor, task
 
     await task.deferLater(reactor, 0.01, lambda: None)
+
+
+class _CutBot(FakeBot):
+    """A connection that is cut while ``shutdown`` is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def callRemote(self, method: str, *args: Any) -> Any:
+        from foolscap.api import DeadReferenceError
+
+        self.calls.append(method)
+        self.lose()
+        return defer.fail(DeadReferenceError("cut"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shutdown_lost_with_a_cut_is_sent_again_after_the_resume(
+        tmp_path: Any) -> None:
+    """A graceful stop must not hang because the cut took the master's call."""
+    from buildbot_furl.master.connection import FurlConnection
+
+    reg, swiss = _registry(tmp_path)
+    reg.grace = lambda name: 60.0
+    login = reg._lookup(swiss)
+    first = _CutBot()
+    answer = AttachAnswer.from_wire(await reg.attach(login, first, _info([1])))
+    session = reg.sessions["w1"]
+    done = FurlConnection(session).remoteShutdown()
+    assert first.calls == ["shutdown"] and not done.called  # lost with the link
+    second = FakeBot()
+    sent: list[str] = []
+    orig = second.callRemote
+    second.callRemote = lambda method, *a: (sent.append(method), orig(method, *a))[1]
+    proof = AttachInfo((1,), "test", {}, (answer.session, answer.secret))
+    await reg.attach(login, second, proof)  # the worker resumes its session
+    await done
+    assert sent == ["shutdown"]
+    session.end("test over")

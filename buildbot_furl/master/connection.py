@@ -360,9 +360,11 @@ class FurlConnection:
 
         async def shutdown() -> None:
             try:
-                await call(self.session.bot, "shutdown")
+                # a cut may lose the call while the session lives on: it is
+                # sent again once the worker is back (else a graceful stop hangs)
+                await self.session.call_through_cuts("shutdown")
             except ConnectionLost:
-                pass  # it went; its session ends when it says it leaves
+                pass  # it went; its session ended
 
         return defer.Deferred.fromCoroutine(shutdown())
 

@@ -246,3 +246,36 @@ class WorkerSession:
         log.info("dropping connection of worker {name} ({why})", name=self.name, why=why)
         sever(self.bot, why)
         self.end(why)
+
+    async def call_through_cuts(self, method: str, *args: Any) -> Any:
+        """Call the worker's ``method``; if the link is cut first, again once
+        the session has a connection again (a resumed session lost the call
+        with the old link), until it answers or the session ends."""
+        from buildbot_furl.protocol import call  # (protocol imports no master code)
+
+        while True:
+            await self.wait_attached()
+            bot = self.bot
+            try:
+                return await call(bot, method, *args)
+            except ConnectionLost:
+                if self.gone:
+                    raise
+                if self.bot is bot and self.detached_at is None:
+                    # lost, yet still attached on that link as far as we know:
+                    # wait until the session notices the cut
+                    await self._link_change()
+
+    def _link_change(self) -> defer.Deferred[None]:
+        """Fires when the link drops or comes back, or the session ends."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def changed(up: bool = False) -> None:
+            self.remove_link_listener(changed)
+            self.remove_disconnect_callback(changed)
+            if not d.called:
+                d.callback(None)
+
+        self.add_link_listener(changed)
+        self.add_disconnect_callback(changed)
+        return d

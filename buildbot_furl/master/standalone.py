@@ -330,7 +330,8 @@ class Standalone:
             await session.wait_attached()
             log.info("worker {name}: drained, nothing runs on it; telling it to stop",
                      name=session.name)
-            await call(session.bot, "shutdown")
+            # a cut may lose the call: the session resumes, and is told again
+            await session.call_through_cuts("shutdown")
         except WireError as e:
             log.info("worker {name}: drained, but it could not be told to stop: {err}",
                      name=session.name, err=str(e))
