@@ -11,13 +11,14 @@ well-behaved worker does still is.
 from __future__ import annotations
 
 import io
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from unittest import mock
 
 import pytest
 from buildbot.process.remotetransfer import FileReader
 from hypothesis import HealthCheck, example, given, settings
+from foolscap.ipb import DeadReferenceError
 from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -42,21 +43,37 @@ BLOCKSIZES = [16 * 1024, 32 * 1024, 256 * 1024, C - 1, C, C + 1, 3 * C + 5]
 class Loopback:
     """A RemoteReference stand-in: calls reach ``target``'s ``remote_*``
     methods one after another, in the order they were made, and their
-    answers come back on a later turn of ``clock``."""
+    answers come back on a later turn of ``clock``.  ``cut_after``: the
+    connection drops after that many calls have reached the target; every
+    answer not yet back is lost, and every later call fails."""
 
-    def __init__(self, target: Any, clock: task.Clock) -> None:
+    def __init__(self, target: Any, clock: task.Clock, cut_after: int | None = None) -> None:
         self.target = target
         self.clock = clock
+        self.cut_after = cut_after
+        self.delivered = 0
+        self.dead = False
 
     def callRemote(self, method: str, *args: Any) -> defer.Deferred[Any]:  # noqa: N802
         answer: defer.Deferred[Any] = defer.Deferred()
+        if self.dead:
+            return defer.fail(DeadReferenceError("cut"))
 
         def deliver() -> None:
+            if self.dead:
+                answer.errback(DeadReferenceError("cut"))
+                return
+            self.delivered += 1
             d = defer.maybeDeferred(getattr(self.target, "remote_" + method), *args)
-            d.addBoth(lambda r: self.clock.callLater(0, _fire, answer, r))
+            if self.delivered == self.cut_after:
+                self.dead = True
+            d.addBoth(lambda r: self.clock.callLater(0, self._answer, answer, r))
 
         self.clock.callLater(0, deliver)
         return answer
+
+    def _answer(self, answer: defer.Deferred[Any], result: Any) -> None:
+        _fire(answer, Failure(DeadReferenceError("cut")) if self.dead else result)
 
 
 def _fire(d: defer.Deferred[Any], result: Any) -> None:
@@ -66,13 +83,15 @@ def _fire(d: defer.Deferred[Any], result: Any) -> None:
         d.callback(result)
 
 
-def drive(clock: task.Clock, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` to its end by turning ``clock`` (no reactor, no sleep)."""
+def drive(clock: task.Clock, coro: Coroutine[Any, Any, Any],
+          reattach: Callable[[], bool] = lambda: False) -> Any:
+    """Run ``coro`` to its end by turning ``clock`` (no reactor, no sleep);
+    when nothing moves, ``reattach()`` may bring a cut link back."""
     out: list[Any] = []
     with mock.patch.object(streams, "fireEventually",
                            lambda value=None: task.deferLater(clock, 0, lambda: value)):
         defer.Deferred.fromCoroutine(coro).addBoth(out.append)
-        while not out and clock.getDelayedCalls():
+        while not out and (clock.getDelayedCalls() or reattach()):
             clock.advance(0)
     assert out, "the transfer is stuck: nothing more to deliver and no end"
     if isinstance(out[0], Failure):
@@ -114,15 +133,26 @@ def _blob(size: int) -> bytes:
 
 
 def download(data: bytes, blocksize: int, contract: Contract | None = None,
-             step: int | None = None) -> tuple[bytes, list[str]]:
+             step: int | None = None, cuts: list[int] = ()) -> tuple[bytes, list[str]]:
     """What buildbot-worker's downloadFile loop gets through the worker's
-    read-ahead from the master's reader; and the violations counted."""
+    read-ahead from the master's reader; and the violations counted.
+    ``cuts``: the link drops after that many calls (one cut after another),
+    and the worker reattaches as a resumed session does."""
     clock = task.Clock()
     violations: list[str] = []
     impl = FileReader(io.BytesIO(data)) if step is None else Trickle(data, step)
     kw = {} if contract is None else {"contract": contract}
     master = FileReaderAdapter(impl, violations.append, **kw)
-    worker = ReadAhead(Loopback(master, clock), **kw)
+    pending = list(cuts)
+    link = [Loopback(master, clock, pending.pop(0) if pending else None)]
+    worker = ReadAhead(link[0], **kw)
+
+    def reattach() -> bool:
+        if not worker.link.down:
+            return False
+        link[0] = Loopback(master, clock, pending.pop(0) if pending else None)
+        worker.rebind(link[0], master.sent)
+        return True
 
     async def loop() -> bytes:
         out = bytearray()
@@ -134,11 +164,11 @@ def download(data: bytes, blocksize: int, contract: Contract | None = None,
         await worker.close()
         return bytes(out)
 
-    return drive(clock, loop()), violations
+    return drive(clock, loop(), reattach), violations
 
 
 def upload(data: bytes, blocksize: int, limit: int | None,
-           contract: Contract | None = None) -> tuple[bytes, list[str]]:
+           contract: Contract | None = None, cuts: list[int] = ()) -> tuple[bytes, list[str]]:
     """What buildbot-worker's uploadFile loop writes through the worker's
     write-behind into the master's writer; and the violations counted."""
     clock = task.Clock()
@@ -146,14 +176,23 @@ def upload(data: bytes, blocksize: int, limit: int | None,
     sink = Sink()
     kw = {} if contract is None else {"contract": contract}
     master = FileWriterAdapter(sink, limit, violations.append, **kw)
-    worker = ChunkWriter(Loopback(master, clock), **kw)
+    pending = list(cuts)
+    link = [Loopback(master, clock, pending.pop(0) if pending else None)]
+    worker = ChunkWriter(link[0], **kw)
+
+    def reattach() -> bool:
+        if not worker.link.down:
+            return False
+        link[0] = Loopback(master, clock, pending.pop(0) if pending else None)
+        worker.rebind(link[0], master.written)
+        return True
 
     async def loop() -> None:
         for start in range(0, len(data), blocksize):
             await worker.write(data[start:start + blocksize])
         await worker.finish("close")
 
-    drive(clock, loop())
+    drive(clock, loop(), reattach)
     assert sink.closed == 1
     return bytes(sink.data), violations
 
@@ -182,3 +221,123 @@ def test_an_upload_of_any_size_arrives_whole_with_no_violation(size: int, blocks
     got, violations = upload(data, blocksize, size if exact else None)
     assert violations == []
     assert got == data
+
+
+# -- any contract: chunks x windows x sizes x blocksizes x sources -------------------
+
+
+@st.composite
+def _cases(draw: Any) -> tuple[Contract, int, int, int | None]:
+    contract = Contract(chunk=draw(st.integers(1, 64)), window=draw(st.integers(1, 6)))
+    c, ahead = contract.chunk, contract.ahead
+    edges = [0, 1, c - 1, c, c + 1, ahead - 1, ahead, ahead + 1, 2 * ahead - 1,
+             2 * ahead + 1, 3 * ahead + c - 1]
+    size = draw(st.one_of(st.sampled_from([e for e in edges if e >= 0]),
+                          st.integers(0, 4 * ahead + 3)))
+    blocksize = draw(st.one_of(st.sampled_from([1, c - 1 or 1, c, c + 1, ahead + 1]),
+                               st.integers(1, 3 * c + 2)))
+    step = draw(st.one_of(st.none(), st.integers(1, 2 * c)))
+    return contract, size, blocksize, step
+
+
+CUTS = st.lists(st.integers(1, 12), max_size=3)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases(), cuts=CUTS)
+def test_any_contract_any_size_downloads_whole_with_no_violation(
+        case: tuple[Contract, int, int, int | None], cuts: list[int]) -> None:
+    """... across cuts too: the reads asked again after a reattach are served."""
+    contract, size, blocksize, step = case
+    data = _blob(size)
+    got, violations = download(data, blocksize, contract, step, cuts)
+    assert violations == []
+    assert got == data
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases(), exact=st.booleans(), cuts=CUTS)
+def test_any_contract_any_size_uploads_whole_with_no_violation(
+        case: tuple[Contract, int, int, int | None], exact: bool, cuts: list[int]) -> None:
+    contract, size, blocksize, _ = case
+    data = _blob(size)
+    got, violations = upload(data, blocksize, size if exact else None, contract, cuts)
+    assert violations == []
+    assert got == data
+
+
+def test_the_read_ahead_asks_only_what_the_contract_lets_a_reader_ask() -> None:
+    c = Contract(chunk=10, window=3)
+    assert list(c.next_reads(0, 0)) == [0, 10, 20]
+    assert list(c.next_reads(0, 30)) == []  # three in flight already
+    assert list(c.next_reads(12, 30)) == [30, 40]  # up to received + ahead
+    for position in (0, 7, 30):
+        for offset in range(0, position + c.ahead):  # behind, at, and ahead within the window
+            c.check_read(offset, position, kept=position)
+
+
+# -- what no well-behaved worker does is still refused, and counted -------------------
+
+
+def _read(reader: FileReaderAdapter, offset: int, length: int) -> Any:
+    return unwrap(pytest_twisted_result(reader.remote_read(offset, length)))
+
+
+def pytest_twisted_result(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the call did not answer at once"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def test_reads_outside_the_window_are_refused_and_counted() -> None:
+    c = Contract(chunk=4, window=2)  # ahead 8, replay 16
+    violations: list[str] = []
+    r = FileReaderAdapter(FileReader(io.BytesIO(_blob(100))), violations.append, contract=c)
+    assert _read(r, 4, 4) == _blob(8)[4:]  # ahead of the source, within the window: served
+    assert _read(r, 0, 4) == _blob(4)
+    assert r.sent == 8
+    with pytest.raises(BadRequest, match="skips bytes"):
+        _read(r, 8 + c.ahead, 4)
+    for offset in range(8, 48, 4):
+        assert len(_read(r, offset, 4)) == 4
+    with pytest.raises(BadRequest, match="too far back"):
+        _read(r, 48 - c.replay - 1, 4)
+    assert len(violations) == 2
+    for offset in range(48, 100, 4):
+        assert _read(r, offset, 4) == _blob(100)[offset:offset + 4]
+    for offset in (100, 101, 104, 107):  # at and past the end, within the window: nothing
+        assert _read(r, offset, 4) == b""
+    assert _read(r, 98, 4) == _blob(100)[98:]
+    assert len(violations) == 2
+
+
+def test_writes_with_a_gap_or_past_the_announced_size_are_refused_and_counted() -> None:
+    violations: list[str] = []
+    sink = Sink()
+    w = FileWriterAdapter(sink, 10, violations.append)
+    assert unwrap(pytest_twisted_result(w.remote_write(0, b"abcdef"))) == 6
+    with pytest.raises(BadRequest, match="gap"):
+        unwrap(pytest_twisted_result(w.remote_write(7, b"x")))
+    with pytest.raises(BadRequest, match="announced size"):
+        unwrap(pytest_twisted_result(w.remote_write(6, b"ghijk")))  # 11 bytes in all
+    assert unwrap(pytest_twisted_result(w.remote_write(0, b"abcdefghij"))) == 10  # exactly 10
+    assert bytes(sink.data) == b"abcdefghij" and len(violations) == 2
+
+
+def test_a_failing_sink_fails_the_writes_in_flight_without_counting_them() -> None:
+    """The master's own sink failing (a full disk) is no fault of the
+    worker: the writes it had in flight get the same error, not a count."""
+
+    class Full(Sink):
+        def remote_write(self, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+    violations: list[str] = []
+    w = FileWriterAdapter(Full(), None, violations.append, contract=Contract(chunk=4, window=4))
+    for offset in (0, 4, 8):
+        with pytest.raises(Exception, match="No space left"):
+            unwrap(pytest_twisted_result(w.remote_write(offset, b"abcd")))
+    assert violations == []
