@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from buildbot_furl.errors import BadRequest
 from buildbot_furl.master.files import FileReaderAdapter, FileWriterAdapter
 from buildbot_furl.master.session import MAX_VIOLATIONS, Strikes, WorkerSession
-from buildbot_furl.protocol import MAX_CHUNK, unwrap
+from buildbot_furl.protocol import encode, unwrap
 from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.protocol.transfer import CONTRACT, Contract
 from buildbot_furl.worker import streams
@@ -341,3 +341,92 @@ def test_a_failing_sink_fails_the_writes_in_flight_without_counting_them() -> No
         with pytest.raises(Exception, match="No space left"):
             unwrap(pytest_twisted_result(w.remote_write(offset, b"abcd")))
     assert violations == []
+
+
+# -- counting: per command, forgotten with time ------------------------------------------
+
+
+class FakeBot:
+    """The worker's reference, as a session and a connection use it: it
+    takes startCommand and keeps what the master handed over."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Any, ...]] = []
+
+    def notifyOnDisconnect(self, *args: Any) -> None:  # noqa: N802
+        pass
+
+    def callRemote(self, method: str, *args: Any) -> defer.Deferred[bytes]:  # noqa: N802
+        if method == "startCommand":
+            self.started.append(args)
+        return defer.succeed(encode(["ok", None]))
+
+
+class FakeRemoteCommand:
+    def remote_update(self, updates: list[Any]) -> None:
+        pass
+
+    def remote_complete(self, failure: Any = None) -> None:
+        pass
+
+
+def _session(clock: task.Clock) -> WorkerSession:
+    return WorkerSession("w1", FakeBot(), AttachInfo((1,), "test", {}), 1, "127.0.0.1:1",
+                         clock=clock)
+
+
+def test_violations_are_counted_per_command_and_forgotten_with_time() -> None:
+    clock = task.Clock()
+    s = _session(clock)
+    for _ in range(20):  # a long-lived worker's rare mishaps, one per command
+        blame = s.command_blame()
+        for _ in range(MAX_VIOLATIONS - 1):
+            blame("something odd")
+    assert not s.gone and s.violations == 20 * (MAX_VIOLATIONS - 1)
+    for _ in range(MAX_VIOLATIONS - 1):  # outside any command: forgotten after a while
+        s.violation("a call out of bounds")
+        clock.advance(60)
+    clock.advance(600)
+    for _ in range(MAX_VIOLATIONS - 1):
+        s.violation("a call out of bounds")
+    assert not s.gone
+    s.violation("one too many")  # ten within the memory: a hostile peer
+    assert s.gone
+    s2 = _session(clock)
+    blame = s2.command_blame()
+    for _ in range(MAX_VIOLATIONS):
+        blame("a gap")
+    assert s2.gone  # ten in one command: cut off
+
+
+def test_strikes_remember_only_the_recent_ones() -> None:
+    clock = task.Clock()
+    strikes = Strikes(clock, memory=10)
+    assert [strikes.add() for _ in range(3)] == [1, 2, 3]
+    clock.advance(10)
+    assert strikes.add() == 1
+
+
+def test_an_upload_past_buildbots_maxsize_is_refused_counted_and_never_written() -> None:
+    """The master checks every upload against the size the step announced
+    (Buildbot's ``maxsize``), whatever the worker does: a worker that
+    writes past it is refused, the refusal is counted against it, and no
+    byte past the limit reaches the sink."""
+    from buildbot_furl.master.connection import FurlConnection
+
+    clock = task.Clock()
+    s = _session(clock)
+    conn = FurlConnection(s)
+    sink = Sink()
+    pytest_twisted_result(conn.remoteStartCommand(
+        FakeRemoteCommand(), "b", "1", "uploadFile",
+        {"workdir": "build", "workersrc": "f", "writer": sink, "maxsize": 10,
+         "blocksize": 16384, "keepstamp": False}))
+    writer = s.bot.started[-1][-2]  # startCommand(..., status, writer, reader)
+    assert isinstance(writer, FileWriterAdapter)
+    assert unwrap(pytest_twisted_result(writer.remote_write(0, b"0123456789"))) == 10
+    for offset, data in ((10, b"x"), (5, b"56789abc"), (0, b"0123456789" * 2)):
+        with pytest.raises(BadRequest, match="announced size"):
+            unwrap(pytest_twisted_result(writer.remote_write(offset, data)))
+    assert bytes(sink.data) == b"0123456789"
+    assert s.violations == 3
