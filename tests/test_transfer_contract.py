@@ -280,10 +280,11 @@ def test_the_read_ahead_asks_only_what_the_contract_lets_a_reader_ask() -> None:
 
 
 def _read(reader: FileReaderAdapter, offset: int, length: int) -> Any:
-    return unwrap(pytest_twisted_result(reader.remote_read(offset, length)))
+    return unwrap(answer_now(reader.remote_read(offset, length)))
 
 
-def pytest_twisted_result(d: defer.Deferred[Any]) -> Any:
+def answer_now(d: defer.Deferred[Any]) -> Any:
+    """What a call that needs no turn of any clock answered."""
     out: list[Any] = []
     d.addBoth(out.append)
     assert out, "the call did not answer at once"
@@ -318,12 +319,12 @@ def test_writes_with_a_gap_or_past_the_announced_size_are_refused_and_counted() 
     violations: list[str] = []
     sink = Sink()
     w = FileWriterAdapter(sink, 10, violations.append)
-    assert unwrap(pytest_twisted_result(w.remote_write(0, b"abcdef"))) == 6
+    assert unwrap(answer_now(w.remote_write(0, b"abcdef"))) == 6
     with pytest.raises(BadRequest, match="gap"):
-        unwrap(pytest_twisted_result(w.remote_write(7, b"x")))
+        unwrap(answer_now(w.remote_write(7, b"x")))
     with pytest.raises(BadRequest, match="announced size"):
-        unwrap(pytest_twisted_result(w.remote_write(6, b"ghijk")))  # 11 bytes in all
-    assert unwrap(pytest_twisted_result(w.remote_write(0, b"abcdefghij"))) == 10  # exactly 10
+        unwrap(answer_now(w.remote_write(6, b"ghijk")))  # 11 bytes in all
+    assert unwrap(answer_now(w.remote_write(0, b"abcdefghij"))) == 10  # exactly 10
     assert bytes(sink.data) == b"abcdefghij" and len(violations) == 2
 
 
@@ -339,7 +340,7 @@ def test_a_failing_sink_fails_the_writes_in_flight_without_counting_them() -> No
     w = FileWriterAdapter(Full(), None, violations.append, contract=Contract(chunk=4, window=4))
     for offset in (0, 4, 8):
         with pytest.raises(Exception, match="No space left"):
-            unwrap(pytest_twisted_result(w.remote_write(offset, b"abcd")))
+            unwrap(answer_now(w.remote_write(offset, b"abcd")))
     assert violations == []
 
 
@@ -418,15 +419,15 @@ def test_an_upload_past_buildbots_maxsize_is_refused_counted_and_never_written()
     s = _session(clock)
     conn = FurlConnection(s)
     sink = Sink()
-    pytest_twisted_result(conn.remoteStartCommand(
+    answer_now(conn.remoteStartCommand(
         FakeRemoteCommand(), "b", "1", "uploadFile",
         {"workdir": "build", "workersrc": "f", "writer": sink, "maxsize": 10,
          "blocksize": 16384, "keepstamp": False}))
     writer = s.bot.started[-1][-2]  # startCommand(..., status, writer, reader)
     assert isinstance(writer, FileWriterAdapter)
-    assert unwrap(pytest_twisted_result(writer.remote_write(0, b"0123456789"))) == 10
+    assert unwrap(answer_now(writer.remote_write(0, b"0123456789"))) == 10
     for offset, data in ((10, b"x"), (5, b"56789abc"), (0, b"0123456789" * 2)):
         with pytest.raises(BadRequest, match="announced size"):
-            unwrap(pytest_twisted_result(writer.remote_write(offset, data)))
+            unwrap(answer_now(writer.remote_write(offset, data)))
     assert bytes(sink.data) == b"0123456789"
     assert s.violations == 3

@@ -25,10 +25,6 @@ from buildbot_furl.protocol import (
 )
 from buildbot_furl.protocol.transfer import CONTRACT, Contract, TransferViolation
 
-#: how much of a download is kept to be sent again after a reattach (and
-#: to answer reads that come ahead of the source's position)
-REPLAY = CONTRACT.replay
-
 
 async def _maybe_await(result: Any) -> Any:
     if isinstance(result, defer.Deferred):
@@ -128,7 +124,7 @@ class FileWriterAdapter(Referenceable):
 class FileReaderAdapter(Referenceable):
     """A download's source (Buildbot's FileReaderImpl duck type) as a reference.
 
-    The last :data:`REPLAY` bytes read are kept, so that reads asked for
+    The last ``contract.replay`` bytes read are kept, so that reads asked for
     again after a reattach (their answers were lost with the connection)
     are served the same bytes, and the source is read once, in order.
     Which reads are served, and what a read past the end answers, is the
