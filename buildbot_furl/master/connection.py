@@ -279,7 +279,7 @@ class FurlConnection:
                     f"the arguments of command {commandName!r} cannot be sent: {e}"
                 ) from None
             command_id = name_arg(commandId, "command id")
-            blame = self.session.violation
+            blame = self.session.command_blame()  # counted per command
             maxsize = args.get("maxsize")
             limit = maxsize if isinstance(maxsize, int) and not isinstance(maxsize, bool) else None
             run = _Running(name_arg(builderName, "builder name"),

@@ -18,28 +18,18 @@ from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest
 from buildbot_furl.protocol import (
-    MAX_CHUNK,
     RIFileReader,
     RIFileWriter,
     decode,
     remote_method,
 )
-
-#: how much of a download is kept to be sent again after a reattach: the
-#: worker has at most this much asked for and not yet received
-REPLAY = 8 * MAX_CHUNK
+from buildbot_furl.protocol.transfer import CONTRACT, Contract, TransferViolation
 
 
 async def _maybe_await(result: Any) -> Any:
     if isinstance(result, defer.Deferred):
         return await result
     return result
-
-
-def _offset(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest("an offset must be a non-negative integer")
-    return value
 
 
 @implementer(RIFileWriter)
@@ -50,23 +40,26 @@ class FileWriterAdapter(Referenceable):
     when it answers with Deferreds, since the worker keeps several in flight.
     Every write says where its bytes go: after a reattach the worker sends
     again what it had not seen acknowledged, and bytes already written are
-    skipped, so the writer sees each byte once, in order.  ``close``,
+    skipped, so the writer sees each byte once, in order (the transfer
+    contract, :mod:`buildbot_furl.protocol.transfer`, says which writes are
+    refused: a gap, bytes past the announced size).  ``close``,
     ``unpack`` and ``utime`` happen once however often they are asked for.
     """
 
     def __init__(self, impl: Any, limit: int | None = None,
-                 on_violation: Callable[[str], None] = lambda what: None) -> None:
+                 on_violation: Callable[[str], None] = lambda what: None,
+                 contract: Contract = CONTRACT) -> None:
         self.impl = impl
         #: the most bytes the transfer may bring (its announced maxsize)
         self.limit = limit
         self.on_violation = on_violation
+        self.contract = contract
         self.written = 0  # bytes handed to impl
+        #: what the sink raised: every later write gets it too (not counted:
+        #: the worker's writes in flight meanwhile are no fault of its own)
+        self.failed: Exception | None = None
         self._done: set[str] = set()
         self._lock = defer.DeferredLock()
-
-    def _refuse(self, what: str) -> BadRequest:
-        self.on_violation(what)
-        return BadRequest(what)
 
     async def _serial(self, method: str, *args: Any) -> None:
         await self._lock.acquire()
@@ -83,19 +76,24 @@ class FileWriterAdapter(Referenceable):
 
     @remote_method
     async def remote_write(self, offset: int, data: bytes) -> int:
-        offset = _offset(offset)
         if not isinstance(data, bytes):
             raise BadRequest("write wants bytes")
         await self._lock.acquire()
         try:
-            if offset > self.written:
-                raise self._refuse(f"a write at {offset} that leaves a gap after byte "
-                                   f"{self.written}")
-            fresh = data[self.written - offset:]
-            if self.limit is not None and self.written + len(fresh) > self.limit:
-                raise self._refuse(f"an upload past its announced size ({self.limit} bytes)")
+            if self.failed is not None:
+                raise self.failed
+            try:
+                skip = self.contract.check_write(offset, len(data), self.written, self.limit)
+            except TransferViolation as e:
+                self.on_violation(e.message)
+                raise
+            fresh = data[skip:]
             if fresh:
-                await _maybe_await(self.impl.remote_write(fresh))
+                try:
+                    await _maybe_await(self.impl.remote_write(fresh))
+                except Exception as e:
+                    self.failed = e
+                    raise
                 self.written += len(fresh)
             return self.written
         finally:
@@ -126,18 +124,24 @@ class FileWriterAdapter(Referenceable):
 class FileReaderAdapter(Referenceable):
     """A download's source (Buildbot's FileReaderImpl duck type) as a reference.
 
-    The last :data:`REPLAY` bytes read are kept, so that reads asked for
+    The last ``contract.replay`` bytes read are kept, so that reads asked for
     again after a reattach (their answers were lost with the connection)
     are served the same bytes, and the source is read once, in order.
+    Which reads are served, and what a read past the end answers, is the
+    transfer contract's (:mod:`buildbot_furl.protocol.transfer`).
     """
 
     def __init__(self, impl: Any,
-                 on_violation: Callable[[str], None] = lambda what: None) -> None:
+                 on_violation: Callable[[str], None] = lambda what: None,
+                 contract: Contract = CONTRACT) -> None:
         self.impl = impl
         self.on_violation = on_violation
+        self.contract = contract
         self.sent = 0  # bytes read from impl
         self._recent = bytearray()  # the last bytes read, ending at self.sent
         self._closed = False
+        self._ended = False  # impl said it has no more
+        self.failed: Exception | None = None  # what impl raised, for every later read
         self._lock = defer.DeferredLock()
 
     async def _read_more(self, length: int) -> bytes:
@@ -160,37 +164,39 @@ class FileReaderAdapter(Referenceable):
 
     @remote_method
     async def remote_read(self, offset: int, length: int) -> bytes:
-        offset = _offset(offset)
-        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-            raise BadRequest("read wants a non-negative length")
-        length = min(length, MAX_CHUNK)
+        length = self.contract.read_length(length)
         await self._lock.acquire()
         try:
-            if offset > self.sent:
-                self.on_violation(f"a read at {offset} that skips bytes after {self.sent}")
-                raise BadRequest(f"read at {offset} skips bytes after {self.sent}")
-            if offset < self.sent:
-                start = len(self._recent) - (self.sent - offset)
-                if start < 0:
-                    self.on_violation(f"a read at {offset}, too far back to be served again")
-                    raise BadRequest(f"read at {offset} is too far back to be served again")
-                old = bytes(self._recent[start:start + length])
-                if len(old) == length or self._closed:
-                    return old
-                return old + await self._fresh(length - len(old))
-            return await self._fresh(length)
+            if self.failed is not None:
+                raise self.failed
+            try:
+                self.contract.check_read(offset, self.sent, len(self._recent))
+            except TransferViolation as e:
+                self.on_violation(e.message)
+                raise
+            if offset + length > self.sent:  # ahead of the source: read it forward
+                try:
+                    await self._fresh(offset + length - self.sent)
+                except Exception as e:
+                    self.failed = e
+                    raise
+            # (at or past the end of the source: nothing)
+            start = len(self._recent) - (self.sent - offset)
+            return bytes(self._recent[start:start + length])
         finally:
             self._lock.release()
 
-    async def _fresh(self, length: int) -> bytes:
-        if self._closed:
-            return b""
+    async def _fresh(self, length: int) -> None:
+        """Read ``length`` more bytes from the source into the kept ones."""
+        if self._closed or self._ended:
+            return
         data = await self._read_more(length)
+        self._ended = len(data) < length
         self.sent += len(data)
         self._recent += data
-        if len(self._recent) > REPLAY:
-            del self._recent[:len(self._recent) - REPLAY]
-        return data
+        keep = self.contract.replay
+        if len(self._recent) > keep:
+            del self._recent[:len(self._recent) - keep]
 
     @remote_method
     async def remote_close(self) -> None:

@@ -17,10 +17,12 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from buildbot_furl.errors import ConnectionLost
@@ -30,8 +32,11 @@ from buildbot_furl.tubs import sever
 log = Logger()
 
 
-#: protocol violations after which a worker is cut off
+#: protocol violations after which a worker is cut off: within one command
+#: (its updates, its file transfer), or outside any command, each forgotten
+#: VIOLATION_MEMORY seconds after it happened
 MAX_VIOLATIONS = 10
+VIOLATION_MEMORY = 600.0
 #: seconds a worker has to answer a call (start a command, set builders, ...)
 DEFAULT_CALL_TIMEOUT = 120.0
 
@@ -46,6 +51,26 @@ def peer_of(rref: Any) -> str:
         return "?"
 
 
+class Strikes:
+    """The protocol violations counted in one scope (a command, or the
+    session outside its commands); each is forgotten ``memory`` seconds
+    after it happened, so that a long-lived worker never adds up to a
+    cut-off out of rare, unrelated mishaps."""
+
+    def __init__(self, clock: IReactorTime, memory: float = VIOLATION_MEMORY) -> None:
+        self.clock = clock
+        self.memory = memory
+        self._times: deque[float] = deque()
+
+    def add(self) -> int:
+        """Count one more; how many are remembered now."""
+        now = self.clock.seconds()
+        self._times.append(now)
+        while self._times and self._times[0] <= now - self.memory:
+            self._times.popleft()
+        return len(self._times)
+
+
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -54,7 +79,8 @@ class WorkerSession:
     """A worker's session; ``bot`` is the worker's current reference."""
 
     def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int, peer: str,
-                 grace: float = 0.0, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+                 grace: float = 0.0, call_timeout: float = DEFAULT_CALL_TIMEOUT,
+                 clock: IReactorTime | None = None) -> None:
         self.name = name
         self.bot = bot
         self.info = info
@@ -77,7 +103,10 @@ class WorkerSession:
         self._link_listeners: list[Callable[[bool], None]] = []
         self._attached_waiters: list[defer.Deferred[None]] = []
         self._grace_timer: Any = None
-        self.violations = 0
+        #: the clock violations are counted on
+        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self.violations = 0  # all of them, for the record
+        self._strikes = Strikes(self.clock)  # those outside any command
         #: who asked for a graceful stop (no new work; stop when idle), or None
         self.draining: str | None = None
         bot.notifyOnDisconnect(self._link_lost, bot)
@@ -147,15 +176,23 @@ class WorkerSession:
         self._attached_waiters.append(d)
         return d
 
-    def violation(self, what: str) -> None:
+    def violation(self, what: str, strikes: Strikes | None = None) -> None:
         """The worker broke the protocol (the call was refused with a typed
-        error): log it, and cut the worker off after MAX_VIOLATIONS."""
+        error): log it, and cut the worker off once MAX_VIOLATIONS are
+        remembered in ``strikes`` (a command's; by default the session's own)."""
         if self.gone:
             return
         self.violations += 1
+        count = (strikes if strikes is not None else self._strikes).add()
         log.warn("worker {name}: refused {what}", name=self.name, what=what)
-        if self.violations >= MAX_VIOLATIONS:
-            self.drop(f"cut off after {self.violations} protocol violations")
+        if count >= MAX_VIOLATIONS:
+            self.drop(f"cut off after {count} protocol violations")
+
+    def command_blame(self) -> Callable[[str], None]:
+        """What reports one command's violations: they are counted apart
+        from every other command's."""
+        strikes = Strikes(self.clock)
+        return lambda what: self.violation(what, strikes)
 
     def uses(self, broker: Any) -> bool:
         """Whether the worker's current connection is ``broker``."""

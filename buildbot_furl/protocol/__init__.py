@@ -2,7 +2,8 @@
 
 * :mod:`.interfaces` — size bounds, versions, the remote interfaces;
 * :mod:`.envelope` — answers as ok/error envelopes, ``call`` and ``remote_method``;
-* :mod:`.messages` — the shape of every structured message.
+* :mod:`.messages` — the shape of every structured message;
+* :mod:`.transfer` — the read/write contract of a file transfer.
 
 See docs/protocol.md.
 """

@@ -27,15 +27,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from buildbot_furl.errors import ConnectionLost
-from buildbot_furl.protocol import MAX_CHUNK, call
+from buildbot_furl.protocol import call
 from buildbot_furl.protocol.messages import encode_updates, items_size
+from buildbot_furl.protocol.transfer import CONTRACT, Contract
 
 log = Logger()
 
 BATCH_BYTES = 256 * 1024
 UPDATE_WINDOW = 4 * 1024 * 1024
-CHUNK = MAX_CHUNK
-FILE_WINDOW = 4
 
 
 class SessionEnded(ConnectionLost):
@@ -237,10 +236,12 @@ class UpdateSender:
 
 
 class ChunkWriter:
-    """An upload to one master-side file writer: coalesced into CHUNK-sized
-    writes tagged with their offset, FILE_WINDOW of them unacknowledged at most."""
+    """An upload to one master-side file writer: coalesced into chunk-sized
+    writes tagged with their offset, the contract's window of them
+    unacknowledged at most (:mod:`buildbot_furl.protocol.transfer`)."""
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, contract: Contract = CONTRACT) -> None:
+        self.contract = contract
         self.link = _Link(writer)
         self.buf = bytearray()
         self.offset = 0  # where the next chunk starts
@@ -257,11 +258,12 @@ class ChunkWriter:
         if self.error is not None:
             return defer.fail(self.error)
         self.buf += data
-        while len(self.buf) >= CHUNK:
-            chunk = bytes(self.buf[:CHUNK])
-            del self.buf[:CHUNK]
+        size = self.contract.chunk
+        while len(self.buf) >= size:
+            chunk = bytes(self.buf[:size])
+            del self.buf[:size]
             self._queue(chunk)
-        if len(self.unacked) < FILE_WINDOW:
+        if len(self.unacked) < self.contract.window:
             return fireEventually(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._room.append(d)
@@ -297,7 +299,7 @@ class ChunkWriter:
         self._wake()
 
     def _wake(self) -> None:
-        while self._room and (len(self.unacked) < FILE_WINDOW or self.error):
+        while self._room and (len(self.unacked) < self.contract.window or self.error):
             d = self._room.pop(0)
             d.errback(self.error) if self.error is not None else d.callback(None)
         if not self.unacked or self.error is not None:
@@ -349,9 +351,12 @@ class ChunkWriter:
 
 
 class ReadAhead:
-    """A download from one master-side file reader, read ahead by offset."""
+    """A download from one master-side file reader, read ahead by offset
+    as far as the transfer contract lets a reader ask
+    (:meth:`~buildbot_furl.protocol.transfer.Contract.next_reads`)."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, contract: Contract = CONTRACT) -> None:
+        self.contract = contract
         self.link = _Link(reader)
         self.buf = bytearray()
         self.received = 0  # bytes delivered into buf, from offset 0 on
@@ -360,11 +365,13 @@ class ReadAhead:
         self.eof = False
 
     def _fill(self) -> None:
-        while (not self.eof and not self.link.down and self.link.ended is None
-               and len(self.inflight) < FILE_WINDOW):
-            d = defer.Deferred.fromCoroutine(call(self.link.ref, "read", self.requested, CHUNK))
-            self.inflight.append((self.requested, d, self.link.generation))
-            self.requested += CHUNK
+        if self.eof or self.link.down or self.link.ended is not None:
+            return
+        size = self.contract.chunk
+        for offset in list(self.contract.next_reads(self.received, self.requested)):
+            d = defer.Deferred.fromCoroutine(call(self.link.ref, "read", offset, size))
+            self.inflight.append((offset, d, self.link.generation))
+            self.requested = offset + size
 
     async def read(self, length: int) -> bytes:
         while not self.buf and not self.eof:
@@ -394,7 +401,7 @@ class ReadAhead:
                 break
             self.buf += data
             self.received += len(data)
-            if len(data) < CHUNK:  # a short read is the end: do not wait for more
+            if len(data) < self.contract.chunk:  # a short read is the end: wait for no more
                 self.eof = True
                 self._forget_inflight()
         out = bytes(self.buf[:length])
