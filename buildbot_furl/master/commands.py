@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest, ConnectionLost, RemoteError
 from buildbot_furl.protocol import RICommandStatus, remote_method
+from buildbot_furl.protocol.interfaces import UPDATES_IN_FLIGHT
 from buildbot_furl.protocol.messages import check_seq, decode_failure, decode_updates
 
 
@@ -34,6 +35,7 @@ class CommandStatus(Referenceable):
         #: fires once the command's completion has been handed on
         self.finished: defer.Deferred[None] = defer.Deferred()
         self._lock = defer.DeferredLock()
+        self._in_flight = 0  # bytes of update batches received and not answered yet
 
     def _finish(self) -> None:
         if not self.finished.called:
@@ -76,13 +78,27 @@ class CommandStatus(Referenceable):
 
     @remote_method
     async def remote_update(self, seq: int, batch: bytes) -> int:
+        # Bounded before anything is decoded: an honest worker leaves at most
+        # about UPDATE_WINDOW unacknowledged; a hostile one sending a hundred
+        # 4 MB batches at once must not make the master hold them all.
+        size = len(batch) if isinstance(batch, bytes) else 0
+        if self._in_flight + size > UPDATES_IN_FLIGHT:
+            raise self._refuse(f"more than {UPDATES_IN_FLIGHT} bytes of update batches "
+                               "waiting at once (the worker ignores its window)")
+        self._in_flight += size
         try:
-            seq = check_seq(seq)
-            updates = [[u, 0] for u in decode_updates(batch)]
-        except BadRequest as e:
-            raise self._refuse(f"a malformed update batch ({e})") from None
+            return await self._update(seq, batch)
+        finally:
+            self._in_flight -= size
+
+    async def _update(self, seq: int, batch: bytes) -> int:
         await self._lock.acquire()
         try:
+            try:  # decoded one at a time, under the lock: one decoded batch in memory
+                seq = check_seq(seq)
+                updates = [[u, 0] for u in decode_updates(batch)]
+            except BadRequest as e:
+                raise self._refuse(f"a malformed update batch ({e})") from None
             if self.completed:
                 raise self._refuse(f"an update batch ({seq}) for a command that has ended")
             if seq <= self.applied:

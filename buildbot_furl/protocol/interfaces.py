@@ -17,6 +17,12 @@ PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 
 MAX_PAYLOAD = 4 * 1024 * 1024 + 64 * 1024
 MAX_CHUNK = 1024 * 1024
+#: update bytes a worker leaves unacknowledged per command before it pauses the
+#: command's output (it may overshoot by what the pipes already held)
+UPDATE_WINDOW = 4 * 1024 * 1024
+#: update bytes the master holds unanswered per command before it refuses more:
+#: far above what an honest worker sends, well below what fills its memory
+UPDATES_IN_FLIGHT = 4 * UPDATE_WINDOW
 MAX_NAME = 200  # characters
 MAX_TEXT = 64 * 1024  # characters
 Payload = ByteStringConstraint(maxLength=MAX_PAYLOAD)

@@ -28,13 +28,13 @@ from twisted.python.failure import Failure
 
 from buildbot_furl.errors import ConnectionLost
 from buildbot_furl.protocol import call
+from buildbot_furl.protocol.interfaces import UPDATE_WINDOW
 from buildbot_furl.protocol.messages import encode_updates, items_size
 from buildbot_furl.protocol.transfer import CONTRACT, Contract
 
 log = Logger()
 
 BATCH_BYTES = 256 * 1024
-UPDATE_WINDOW = 4 * 1024 * 1024
 
 
 class SessionEnded(ConnectionLost):
