@@ -177,6 +177,9 @@ def _readlink(dir_fd: int, name: str) -> str | None:
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.ENOENT):
             return None
+        if e.errno == errno.ENAMETOOLONG:
+            raise PathRefused(f"a path component is too long ({len(name)} characters)") \
+                from None
         raise
 
 

@@ -126,3 +126,15 @@ def test_resolution_never_leaves_the_root(tmp_path_factory: pytest.TempPathFacto
             assert not (kernel == real_root or kernel.startswith(real_root + "/"))
     except (FileNotFoundError, NotADirectoryError):
         pass
+
+
+def test_a_component_longer_than_the_system_allows_is_refused(tmp_path: Path) -> None:
+    """ENAMETOOLONG is a refused path, not an OSError (found by fuzzing archives)."""
+    from buildbot_furl import confine
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(PathRefused, match="too long"):
+            confine._readlink(fd, "x" * 300)
+    finally:
+        os.close(fd)
