@@ -1,0 +1,41 @@
+"""Every command the worker runs leads a process group of its own.
+
+buildbot-worker starts a command (``shell``, and the ``rm``/``cp`` of its
+file-system commands) as a ``ProcGroupProcess``, whose child calls
+``setpgid(0, 0)`` between fork and exec, so that an interrupt or a
+timeout signals the whole tree (``killpg``).  Twisted, however, starts a
+child with ``posix_spawnp`` instead of fork whenever it can, and it can
+whenever the working directory is the worker's own (the daemon's current
+directory, e.g. ``furl-master run`` without ``--workdir``): the hook is
+then never called, the command shares the daemon's process group, the
+``killpg`` fails (``No such process``) and only the direct child is
+killed, its children are left to init.
+
+:class:`ProcGroupProcess` always forks, so the hook always runs; the
+worker installs it in place of buildbot-worker's (:func:`install`), and
+Buildbot steps and standalone commands both go through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot_worker import runprocess
+
+_Base: Any = getattr(runprocess, "ProcGroupProcess", None)
+
+
+if _Base is not None:
+
+    class ProcGroupProcess(_Base):  # type: ignore[misc, valid-type]
+        """buildbot-worker's ProcGroupProcess that never skips its child hook."""
+
+        def _trySpawnInsteadOfFork(self, *args: Any, **kwargs: Any) -> bool:  # noqa: N802
+            # posix_spawnp() would skip _setupChild, hence setpgid
+            return False
+
+
+def install() -> None:
+    """Make buildbot-worker start every command through :class:`ProcGroupProcess`."""
+    if _Base is not None and runprocess.ProcGroupProcess is _Base:
+        runprocess.ProcGroupProcess = ProcGroupProcess
