@@ -61,6 +61,9 @@ class FileWriterAdapter(Referenceable):
         self.limit = limit
         self.on_violation = on_violation
         self.written = 0  # bytes handed to impl
+        #: the error a write into impl ended with (a full disk...): the answer to
+        #: every later write, which the worker had in flight, not a gap
+        self.failed: Exception | None = None
         self._done: set[str] = set()
         self._lock = defer.DeferredLock()
 
@@ -88,6 +91,8 @@ class FileWriterAdapter(Referenceable):
             raise BadRequest("write wants bytes")
         await self._lock.acquire()
         try:
+            if self.failed is not None:
+                raise self.failed
             if offset > self.written:
                 raise self._refuse(f"a write at {offset} that leaves a gap after byte "
                                    f"{self.written}")
@@ -95,7 +100,11 @@ class FileWriterAdapter(Referenceable):
             if self.limit is not None and self.written + len(fresh) > self.limit:
                 raise self._refuse(f"an upload past its announced size ({self.limit} bytes)")
             if fresh:
-                await _maybe_await(self.impl.remote_write(fresh))
+                try:
+                    await _maybe_await(self.impl.remote_write(fresh))
+                except Exception as e:
+                    self.failed = e
+                    raise
                 self.written += len(fresh)
             return self.written
         finally:
@@ -136,6 +145,9 @@ class FileReaderAdapter(Referenceable):
         self.impl = impl
         self.on_violation = on_violation
         self.sent = 0  # bytes read from impl
+        #: the error a read from impl ended with (the admin's CLI went away...):
+        #: the answer to every later read, which the worker had in flight
+        self.failed: Exception | None = None
         self._recent = bytearray()  # the last bytes read, ending at self.sent
         self._closed = False
         self._lock = defer.DeferredLock()
@@ -166,6 +178,8 @@ class FileReaderAdapter(Referenceable):
         length = min(length, MAX_CHUNK)
         await self._lock.acquire()
         try:
+            if self.failed is not None:
+                raise self.failed
             if offset > self.sent:
                 self.on_violation(f"a read at {offset} that skips bytes after {self.sent}")
                 raise BadRequest(f"read at {offset} skips bytes after {self.sent}")
@@ -185,7 +199,11 @@ class FileReaderAdapter(Referenceable):
     async def _fresh(self, length: int) -> bytes:
         if self._closed:
             return b""
-        data = await self._read_more(length)
+        try:
+            data = await self._read_more(length)
+        except Exception as e:
+            self.failed = e
+            raise
         self.sent += len(data)
         self._recent += data
         if len(self._recent) > REPLAY:
