@@ -433,12 +433,14 @@ class WorkerService(service.MultiService):
                      mv=answer.master_version)
         self.session = (answer.session, answer.secret)
         self.grace = answer.grace
-        login.notifyOnDisconnect(self._disconnected)
+        login.notifyOnDisconnect(self._disconnected, login)
         self._outcome(True, "attached")
         if self.drain == "asked" or (self.drain == "accepted" and not answer.resumed):
             defer.Deferred.fromCoroutine(self._send_drain(login, self.session))
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, login: Any = None) -> None:
+        if login is not None and login is not self.login:
+            return  # a connection we hung up ourselves (a new FURL): not the one in use
         self.login = None
         if self.reconnector is None:
             return  # we hung up ourselves (stop, or a new FURL)
