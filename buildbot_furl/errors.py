@@ -20,6 +20,14 @@ class ConfigError(FurlError):
     """Bad local input: a file, a name, an option.  Its text is for the admin."""
 
 
+class Interrupted(FurlError):
+    """The admin stopped a command (Ctrl-C) before it was done."""
+
+
+class LocalFileError(FurlError):
+    """A file on the admin's side could not be written (a full disk, ...)."""
+
+
 class WireError(FurlError):
     """An error that may cross the wire: a message plus string fields."""
 

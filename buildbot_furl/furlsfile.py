@@ -41,6 +41,38 @@ def check_name(name: str) -> str:
     return name
 
 
+#: Buildbot's own rule for worker names (buildbot.config.master's check of
+#: c['workers'], with buildbot.util.identifiers.ident_re), within the
+#: characters NAME_RE allows: a letter, '_' or '-' first, no '.', at most 50
+#: characters, not a reserved word.  Kept here so that the standalone side
+#: imports nothing of Buildbot; tests compare it with Buildbot's own check.
+BUILDBOT_NAME_RE = re.compile(r"^[A-Za-z_-][A-Za-z0-9_-]*$")
+BUILDBOT_NAME_MAX = 50
+BUILDBOT_RESERVED = ("debug", "change", "status")
+
+
+def buildbot_name_problem(name: str) -> str | None:
+    """Why Buildbot refuses ``name`` (a name check_name accepts) as a
+    worker name, or None if it takes it."""
+    if name in BUILDBOT_RESERVED:
+        return "Buildbot reserves that name"
+    if len(name) > BUILDBOT_NAME_MAX:
+        return f"Buildbot takes at most {BUILDBOT_NAME_MAX} characters"
+    if not BUILDBOT_NAME_RE.match(name):
+        return ("Buildbot takes only A-Z a-z 0-9 _ - (no '.'), and not a digit "
+                "first")
+    return None
+
+
+def check_buildbot_name(name: str) -> str:
+    """check_name, and Buildbot's own rule (for a Buildbot master's directory)."""
+    check_name(name)
+    why = buildbot_name_problem(name)
+    if why is not None:
+        raise ConfigError(f"invalid worker name {name!r} for a Buildbot master: {why}")
+    return name
+
+
 @dataclasses.dataclass
 class Entry:
     """One worker line."""

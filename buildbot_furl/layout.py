@@ -65,6 +65,11 @@ class WorkerPaths:
         return os.path.join(self.basedir, "master.furl")
 
     @property
+    def furl_new(self) -> str:
+        """A FURL set-furl asks the worker to try; master.furl once it attached."""
+        return os.path.join(self.basedir, "master.furl.new")
+
+    @property
     def info(self) -> str:
         return os.path.join(self.basedir, "info")
 

@@ -25,7 +25,9 @@ def load_workers(path: str, **worker_kwargs: Any) -> list[FurlWorker]:
 
     ``path`` may also be the directory holding it.  ``worker_kwargs``
     (``max_builds``, ``properties``, ...) go to every worker.  Errors in
-    the file become Buildbot configuration errors naming file and line.
+    the file become Buildbot configuration errors naming file and line; a
+    line whose name Buildbot refuses (``furlsfile.buildbot_name_problem``)
+    is left out with one log line, so that it cannot block a reconfig.
     """
     path = os.path.expanduser(path)
     if os.path.isdir(path):
@@ -38,7 +40,15 @@ def load_workers(path: str, **worker_kwargs: Any) -> list[FurlWorker]:
     except ConfigError as e:
         config_error(str(e))
         return []
-    return [FurlWorker(e.name, furl=e.furl, **worker_kwargs) for e in ff.entries]
+    workers = []
+    for e in ff.entries:
+        why = furlsfile.buildbot_name_problem(e.name)
+        if why is not None:  # one bad line must not make Buildbot refuse the whole config
+            log.error("{path}, line {line}: worker {name!r} left out: {why}",
+                      path=path, line=e.lineno, name=e.name, why=why)
+            continue
+        workers.append(FurlWorker(e.name, furl=e.furl, **worker_kwargs))
+    return workers
 
 
 class FurlWorker(Worker):

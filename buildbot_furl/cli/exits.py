@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import enum
 
-from buildbot_furl.errors import CommandNotExecutable, CommandNotFound, FurlError
+from buildbot_furl.errors import (
+    CommandNotExecutable,
+    CommandNotFound,
+    FurlError,
+    Interrupted,
+    LocalFileError,
+)
 
 
 class Exit(enum.IntEnum):
@@ -18,6 +24,7 @@ class Exit(enum.IntEnum):
     NOT_FOUND = 127
     INTERRUPTED = 130
     TIMEOUT = 137
+    BROKEN_PIPE = 141
 
 
 MEANING = {
@@ -33,12 +40,16 @@ MEANING = {
     Exit.NOT_FOUND: "the program was not found on the worker",
     Exit.INTERRUPTED: "interrupted (Ctrl-C)",
     Exit.TIMEOUT: "--timeout expired: the command was killed",
+    Exit.BROKEN_PIPE: "the output was closed early (e.g. '| head'): the command was\n"
+                      "       stopped quietly, as a Unix tool killed by SIGPIPE",
 }
 
 #: errors whose exit code is theirs whatever the command
 BY_ERROR: dict[type[FurlError], Exit] = {
     CommandNotFound: Exit.NOT_FOUND,
     CommandNotExecutable: Exit.NOT_EXECUTABLE,
+    Interrupted: Exit.INTERRUPTED,
+    LocalFileError: Exit.ERROR,
 }
 
 

@@ -164,7 +164,8 @@ def status(cfg: MasterCli, as_json: bool) -> None:
 
 @cli.command(context_settings={"allow_interspersed_args": True},
              epilog=epilog(Exit.UNAVAILABLE, Exit.NOT_EXECUTABLE, Exit.NOT_FOUND,
-                           Exit.INTERRUPTED, Exit.TIMEOUT, Exit.USAGE, passthrough=True))
+                           Exit.INTERRUPTED, Exit.TIMEOUT, Exit.BROKEN_PIPE, Exit.USAGE,
+                           passthrough=True))
 @_basedir
 @click.option("--workdir", default=None,
               help="Directory to run in, relative to the worker's directory (default: it).")
@@ -189,7 +190,7 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
     cmds.run(cfg, workdir, envs, timeout, verbose, name, command)
 
 
-@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.UNAVAILABLE, Exit.USAGE))
+@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.UNAVAILABLE, Exit.INTERRUPTED, Exit.USAGE))
 @_basedir
 @click.argument("name")
 @click.argument("local", type=click.Path(exists=True))
@@ -207,7 +208,7 @@ def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:
     cmds.put(cfg, name, local, remote)
 
 
-@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.UNAVAILABLE, Exit.USAGE))
+@cli.command(epilog=epilog(Exit.OK, Exit.ERROR, Exit.UNAVAILABLE, Exit.INTERRUPTED, Exit.USAGE))
 @_basedir
 @click.argument("name")
 @click.argument("remote")

@@ -110,7 +110,10 @@ def create_master(cfg: MasterCli, location: str, port: str | None,
 
 def create_worker(cfg: MasterCli, name: str, comment: str, output: str | None) -> None:
     conf = cfg.config()
-    furlsfile.check_name(name)
+    if mconfig.is_buildbot_dir(conf.paths):  # a name Buildbot refuses blocks every reconfig
+        furlsfile.check_buildbot_name(name)
+    else:
+        furlsfile.check_name(name)
     tubid = cfg.tubid()
     furl = Furl(tubid, conf.location, new_swissnum())
     with _reserved(output) as fd:

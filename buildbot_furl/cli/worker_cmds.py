@@ -166,32 +166,63 @@ def show_policy(basedir: str, draft: str | None, as_json: bool) -> None:
 
 
 def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float) -> None:
+    """Store a new FURL; a running worker first tries it, and keeps the
+    previous one (in use and in master.furl) unless it attaches."""
     paths = _paths(basedir)
     if not (furl or furl_file or os.environ.get(wconfig.ENV_FURL)):
         raise Failed("give the new FURL with --furl-file FILE (or --furl, or "
                      f"${wconfig.ENV_FURL})", Exit.USAGE)
     source = wconfig.resolve_furl(None, furl, furl_file)
-    write_private(paths.furl, f"{source.furl}\n")
-    note(f"stored the new FURL in {paths.furl} (mode 0600)")
+    new = source.furl
+    where = ",".join(new.hints)
     pid = _pidfile(paths).running_pid()
     if pid is None:
-        note(f"no worker runs in {paths.basedir}; it will use the new FURL when started "
-             f"(furl-worker start {basedir})")
+        write_private(paths.furl, f"{new}\n")
+        note(f"stored the new FURL in {paths.furl} (mode 0600); no worker runs in "
+             f"{paths.basedir}: it will use it when started (furl-worker start {basedir})")
         return
-    want = wconfig.furl_id(source.furl)
+    want = wconfig.furl_id(new)
+    st = _state(paths)
+    if st.get("pid") == pid and st.get("furl_id") == want and st.get("state") == "attached":
+        note(f"the worker (pid {pid}) already uses this FURL and is attached to the master "
+             f"at {where}")
+        return
+    write_private(paths.furl_new, f"{new}\n")
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + wait
-    st: dict[str, Any] = {}
+    switch: dict[str, Any] = {}
     while time.monotonic() < deadline:
         st = _state(paths)
-        if st.get("pid") == pid and st.get("furl_id") == want and st.get("state") == "attached":
-            note(f"the worker (pid {pid}) switched to the new FURL and is attached to the "
-                 f"master at {st.get('master')}")
-            return
+        switch = (st.get("switch") or {}) if st.get("pid") == pid else {}
+        if switch.get("furl_id") == want and switch.get("result") in ("attached", "failed",
+                                                                       "same"):
+            break
         time.sleep(0.1)
-    why = st.get("last_error") if st.get("furl_id") == want else None
-    raise Failed(f"the worker (pid {pid}) is not attached with the new FURL after {wait:g} s"
-                 + (f": {why}" if why else "") + f" (see {paths.log})", Exit.NOT_ATTACHED)
+    result = switch.get("result") if switch.get("furl_id") == want else None
+    if result == "attached":
+        note(f"the worker (pid {pid}) switched to the new FURL and is attached to the "
+             f"master at {where}; stored in {paths.furl}")
+        return
+    if result == "same":  # the FURL in use, not attached now: nothing was changed
+        raise Failed(f"the worker (pid {pid}) already uses this FURL, but is not attached: "
+                     f"{st.get('last_error') or 'connecting'} (see {paths.log})",
+                     Exit.NOT_ATTACHED)
+    now = (f"attached to the master at {st.get('master')}" if st.get("state") == "attached"
+           else f"not attached: {st.get('last_error') or 'connecting'}")
+    if result == "failed":
+        raise Failed(f"the worker (pid {pid}) could not use the new FURL: "
+                     f"{switch.get('error')}; it keeps the previous one ({now}), and "
+                     f"{paths.furl} is unchanged", Exit.NOT_ATTACHED)
+    raise Failed(f"the worker (pid {pid}) is not attached with the new FURL after {wait:g} s "
+                 f"(still trying; unless it attaches within {_switch_limit()} it goes back to the "
+                 f"previous one, and {paths.furl} stays unchanged; see {paths.log})",
+                 Exit.NOT_ATTACHED)
+
+
+def _switch_limit() -> str:
+    from buildbot_furl.worker.service import PROBE_TIMEOUT, SWITCH_TIMEOUT
+
+    return f"{PROBE_TIMEOUT + SWITCH_TIMEOUT:g} s of the request"
 
 
 def _options(paths: WorkerPaths, options: dict[str, Any]

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.internet.task import react
 
 from buildbot_furl.daemon import PidFile
-from buildbot_furl.errors import ConfigError, FurlError
+from buildbot_furl.errors import ConfigError, FurlError, Interrupted
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.protocol import RIAdmin
@@ -80,6 +80,7 @@ class _AdminCall(Generic[T]):
         self.fn = fn
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.done = False
 
     async def _main(self) -> None:
         tub, ref = await connect(self.paths)
@@ -88,6 +89,7 @@ class _AdminCall(Generic[T]):
         except BaseException as e:  # handed back to the synchronous caller
             self.error = e
         finally:
+            self.done = True
             await tub.stopService()
 
     def _entry(self, reactor: Any) -> defer.Deferred[None]:
@@ -103,6 +105,8 @@ class _AdminCall(Generic[T]):
                 raise
         if self.error is not None:
             raise self.error
+        if not self.done:  # the reactor stopped first: Ctrl-C (or SIGTERM)
+            raise Interrupted("interrupted")
         return self.result  # type: ignore[return-value]
 
 

@@ -22,7 +22,13 @@ from zope.interface import implementer
 from buildbot_furl import tree
 from buildbot_furl.client.connect import require_standalone, run_with_admin
 from buildbot_furl.client.progress import Progress
-from buildbot_furl.errors import BadRequest, FurlError
+from buildbot_furl.errors import (
+    BadRequest,
+    CommandFailed,
+    FurlError,
+    Interrupted,
+    LocalFileError,
+)
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.protocol import (
     MAX_CHUNK,
@@ -82,16 +88,27 @@ class LocalSink(Referenceable):
         self.size = 0
         self.finished = False
         self.is_tar = False
+        #: why writing here failed (a full disk...): what the admin is told
+        self.error: LocalFileError | None = None
 
     @remote_method
     def remote_write(self, offset: int, data: bytes) -> int:
+        if self.error is not None:
+            raise CommandFailed(str(self.error))
         if self.fp is None or self.finished:
             raise BadRequest("write after close")
         if not isinstance(data, bytes):
             raise BadRequest("write wants bytes")
         if offset != self.size:
             raise BadRequest(f"write at {offset}: the copy is at {self.size}")
-        self.fp.write(data)
+        try:
+            self.fp.write(data)
+            self.fp.flush()  # a full disk is found now, not at the end
+        except OSError as e:
+            self.error = LocalFileError(f"cannot write {self.dest}: {e.strerror or e}")
+            self.cancel()  # nothing is kept: free the space at once
+            # a typed error, so that the worker stops sending (no traceback here)
+            raise CommandFailed(str(self.error)) from None
         self.sha.update(data)
         self.size += len(data)
         self.progress.add(len(data))
@@ -140,7 +157,9 @@ class LocalSink(Referenceable):
             self.fp.seek(0)
             try:
                 digest = tree.unpack(self.fp, dfd, part)
-            except (OSError, FurlError) as e:
+            except OSError as e:
+                raise LocalFileError(f"cannot write {self.dest}: {e.strerror or e}") from None
+            except FurlError as e:
                 raise TransferFailed(f"cannot unpack the directory: {e}") from None
             if digest != expect:
                 tree.remove_tree(dfd, part)
@@ -205,6 +224,10 @@ class PutOperation:
 
         try:
             result = run_with_admin(self.paths, go)
+        except (Interrupted, KeyboardInterrupt):
+            # the master interrupts the transfer when we go: the worker removes its part
+            raise Interrupted(f"interrupted: {self.remote} was not written on worker "
+                              f"{self.worker!r} (it discards what it received)") from None
         finally:
             bar.finish()
         if source.sha.hexdigest() != digest:
@@ -241,6 +264,14 @@ class GetOperation:
         try:
             info = run_with_admin(self.paths, go)
             sink.commit(info)
+        except (Interrupted, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: nothing was written to {self.local}") from None
+        except FurlError:
+            if sink.error is not None:  # the cause; what the worker or master said follows from it
+                raise sink.error from None
+            raise
+        except OSError as e:  # at the end: fsync, rename, unpack
+            raise LocalFileError(f"cannot write {self.local}: {e.strerror or e}") from None
         finally:
             bar.finish()
             sink.cancel()

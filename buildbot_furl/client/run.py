@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from foolscap.api import Referenceable
@@ -18,6 +20,9 @@ from buildbot_furl.protocol import RIOutput, call, remote_method
 from buildbot_furl.protocol.messages import NOTICE, RunAnswer, RunRequest, decode_output
 
 INTERRUPTED = 130
+#: our output was closed early ('| head'): 128 + SIGPIPE, what a shell reports
+#: for a Unix tool that SIGPIPE killed (cli/exits.py: Exit.BROKEN_PIPE)
+BROKEN_PIPE = 141
 
 
 @implementer(RIOutput)
@@ -25,27 +30,47 @@ class OutputSink(Referenceable):
     """Receives a run's output and writes it to our stdout/stderr as it comes."""
 
     def __init__(self, stdout: BinaryIO, stderr: BinaryIO, verbose: bool = False,
-                 notices: bool = False) -> None:
+                 notices: bool = False, on_broken: Callable[[], None] = lambda: None) -> None:
         self.streams = {"stdout": stdout, "stderr": stderr}
         self.verbose = verbose
         self.notices = notices or verbose
+        #: a stream of ours was closed (``| head``): output is dropped from then on
+        self.broken = False
+        self.on_broken = on_broken
 
     @remote_method
     def remote_output(self, batch: bytes) -> None:
         for key, text in decode_output(batch):
             if key == NOTICE:
                 if self.notices:
-                    self.streams["stderr"].write(f"furl-master: {text}\n".encode())
-                    self.streams["stderr"].flush()
+                    self._put("stderr", f"furl-master: {text}\n".encode())
                 continue
             if key == "header":
                 if self.verbose:
-                    self.streams["stderr"].write(text.encode("utf-8", "replace"))
+                    self._put("stderr", text.encode("utf-8", "replace"))
                 continue
-            stream = self.streams.get(key)
-            if stream is not None:
-                stream.write(text.encode("utf-8", "surrogateescape"))
-                stream.flush()
+            if key in self.streams:
+                self._put(key, text.encode("utf-8", "surrogateescape"))
+
+    def _put(self, key: str, data: bytes) -> None:
+        if self.broken:
+            return
+        stream = self.streams[key]
+        try:
+            stream.write(data)
+            stream.flush()
+        except BrokenPipeError:
+            self._broke(stream)
+
+    def _broke(self, stream: BinaryIO) -> None:
+        """Quietly, as a Unix tool does: no more output, and none at exit
+        (Python would flush what the stream holds again, and complain)."""
+        self.broken = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+        self.on_broken()
 
 
 class RunOperation:
@@ -63,7 +88,7 @@ class RunOperation:
                                   timeout)
         self.timeout = timeout
         self.sink = OutputSink(sys.stdout.buffer, sys.stderr.buffer, verbose,
-                               notices=sys.stderr.isatty())
+                               notices=sys.stderr.isatty(), on_broken=self._interrupt)
         self.interrupts = 0
         self.admin: Any = None
 
@@ -90,6 +115,8 @@ class RunOperation:
     def run(self) -> tuple[int, str | None]:
         """Run it; (exit code, a message for stderr or None)."""
         result = run_with_admin(self.paths, self._go)
+        if self.sink.broken:  # the remote command was stopped: nobody reads its output
+            return BROKEN_PIPE, None
         if self.interrupts:
             return INTERRUPTED, "interrupted"
         message = None

@@ -16,6 +16,7 @@ name; for a get it reports the digests of exactly what it sent.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -337,9 +338,22 @@ class Standalone:
                      name=session.name, err=str(e))
 
     # -- files ----------------------------------------------------------------
-    async def _transfer(self, worker: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run one of the worker's confined transfer commands; its answer."""
-        collector = await self._command(worker, command, args)
+    async def _transfer(self, worker: str, command: str, args: dict[str, Any],
+                        client: Any = None) -> dict[str, Any]:
+        """Run one of the worker's confined transfer commands; its answer.
+        If the admin's ``client`` (its file object) goes away, the transfer
+        is interrupted: the worker then discards what it received."""
+        run_id = f"{command}-{next(self._ids)}"
+        marker = None
+        if client is not None and hasattr(client, "notifyOnDisconnect"):
+            marker = client.notifyOnDisconnect(
+                lambda: self.interrupt(run_id, "the admin CLI went away"))
+        try:
+            collector = await self._command(worker, command, args, run_id=run_id)
+        finally:
+            if marker is not None:
+                with contextlib.suppress(Exception):
+                    client.dontNotifyOnDisconnect(marker)
         raise_transfer_error(collector.updates.get(TRANSFER_ERROR), worker)
         result = collector.updates.get(TRANSFER_RESULT)
         if collector.rc != 0 or not isinstance(result, dict):
@@ -352,7 +366,7 @@ class Standalone:
         final = confine(request.remote)
         args = {"path": final, "reader": _Relay(source), "kind": request.kind,
                 "sha256": request.sha256, "manifest": request.manifest, "mode": request.mode}
-        result = await self._transfer(worker, PUT_COMMAND, args)
+        result = await self._transfer(worker, PUT_COMMAND, args, source)
         return {"sha256": request.sha256, "manifest": result.get("manifest"), "remote": final,
                 "kind": request.kind}
 
@@ -361,7 +375,7 @@ class Standalone:
         (written through ``sink``); the answer carries the worker's digests."""
         remote = confine(request.remote)
         result = await self._transfer(worker, GET_COMMAND,
-                                      {"path": remote, "writer": _Relay(sink)})
+                                      {"path": remote, "writer": _Relay(sink)}, sink)
         try:
             return FileInfo.from_wire(result)
         except BadRequest:
@@ -383,7 +397,15 @@ class _Relay:
         self.write_offset = 0
 
     def _fwd(self, method: str, *args: Any) -> defer.Deferred[Any]:
-        return defer.Deferred.fromCoroutine(call(self.target, method, *args))
+        return defer.Deferred.fromCoroutine(self._call(method, *args))
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return await call(self.target, method, *args)
+        except ConnectionLost:
+            # the CLI's link, not the worker's: a worker told ConnectionLost waits
+            # for its own link to come back (and keeps its part file meanwhile)
+            raise CommandFailed("the admin's CLI went away") from None
 
     def remote_read(self, maxlength: int) -> defer.Deferred[Any]:
         def got(data: Any) -> Any:

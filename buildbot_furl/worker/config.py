@@ -29,8 +29,9 @@ ENV_FURL = "FURL_WORKER_FURL"
 
 
 def furl_id(furl: Furl) -> str:
-    """A short stand-in for a FURL in the state file (a digest, never the secret)."""
-    return secret_digest(furl.swissnum)[:16]
+    """A short stand-in for a FURL in the state file (a digest, never the
+    secret), of the whole FURL: a new address or TUBID is a new FURL."""
+    return secret_digest(str(furl))[:16]
 
 
 def read_furl_file(path: str) -> Furl:

@@ -10,6 +10,7 @@ failed attempts in a row and the process exits with ``EXIT_GAVE_UP``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,7 +29,9 @@ from foolscap.tokens import (
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet import error as terror
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
@@ -65,6 +68,10 @@ MAX_DELAY = 60.0
 #: session's commands running (the master may notice the loss later than we do)
 ORPHAN_MARGIN = 15.0
 LEAVE_TIMEOUT = 2.0
+#: how long a new FURL (set-furl) has to reach its master before it is refused
+PROBE_TIMEOUT = 10.0
+#: ... and, once reached, to attach before the worker goes back to the old one
+SWITCH_TIMEOUT = 30.0
 
 #: attach errors after which retrying cannot help until an admin acts
 FATAL = (Revoked, IncompatibleProtocol)
@@ -134,8 +141,11 @@ class WorkerService(service.MultiService):
 
     def __init__(self, paths: WorkerPaths, furl: Furl, keepalive: int = DEFAULT_KEEPALIVE,
                  disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT,
-                 numcpus: int | None = None, maxretries: int = 0) -> None:
+                 numcpus: int | None = None, maxretries: int = 0,
+                 clock: IReactorTime | None = None) -> None:
         super().__init__()
+        #: the timers of a FURL switch run on it (tests give a task.Clock)
+        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.paths = paths
         self.furl = furl
         self.bot = FurlBot(paths.basedir)
@@ -164,6 +174,10 @@ class WorkerService(service.MultiService):
         self.on_event: Callable[[bool, str, bool], None] = lambda ok, msg, fatal: None
         #: called with the reason once maxretries attempts in a row failed
         self.on_give_up: Callable[[str], None] = lambda msg: None
+        #: the last FURL set-furl asked for: {"furl_id", "result", "error"} (state file)
+        self.switch: dict[str, Any] | None = None
+        #: while a new FURL attaches: (the FURL to go back to, its deadline timer)
+        self._previous: tuple[Furl, Any] | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -216,9 +230,81 @@ class WorkerService(service.MultiService):
         self._stop_connecting()
         await defer.maybeDeferred(super().stopService)
 
+    # -- a new FURL (set-furl) ---------------------------------------------------
+    def try_furl(self, furl: Furl) -> defer.Deferred[None]:
+        """SIGUSR1 (``furl-worker set-furl``): use ``furl`` if it works.
+
+        The connection in use is kept while a separate Tub checks that the
+        new FURL reaches a master that holds it (address, TUBID, swissnum);
+        only then does the worker hang up and attach with it, and only once
+        attached is it stored in master.furl.  A FURL that does not reach,
+        or does not attach within SWITCH_TIMEOUT, is given up and the
+        previous one is used again; the state file says which happened."""
+        return defer.Deferred.fromCoroutine(self._try_furl(furl))
+
+    async def _try_furl(self, furl: Furl) -> None:
+        fid = furl_id(furl)
+        if str(furl) == str(self.furl) and self._previous is None:
+            log.info("the new FURL is the one in use; nothing to switch")
+            self._switched(fid, "attached" if self.login is not None else "same", None)
+            return
+        self._switched(fid, "trying", None)
+        try:
+            await probe(furl, PROBE_TIMEOUT, self.clock)
+        except Exception:
+            reason = describe_failure(Failure(), furl)[0]
+            log.warn("not switching to the new FURL: {reason}; keeping the previous one",
+                     reason=reason)
+            self._switched(fid, "failed", reason)
+            return
+        if self._previous is None:
+            timer = self.clock.callLater(SWITCH_TIMEOUT, self._switch_back,
+                                      f"not attached within {SWITCH_TIMEOUT:.0f} s")
+            self._previous = (self.furl, timer)
+        self.switch_furl(furl)
+
+    def _switched(self, fid: str, result: str, error: str | None) -> None:
+        self.switch = {"furl_id": fid, "result": result, "error": error}
+        if result != "trying":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.paths.furl_new)
+        self._write_state(*self._state)
+
+    def _switch_back(self, reason: str) -> None:
+        """The new FURL did not attach: use the previous one again."""
+        if self._previous is None:
+            return
+        old, timer = self._previous
+        self._previous = None
+        if timer.active():
+            timer.cancel()
+        fid = furl_id(self.furl)
+        log.warn("the new FURL did not attach ({reason}); going back to the previous one",
+                 reason=reason)
+        self.switch_furl(old)
+        self._switched(fid, "failed", reason)
+
+    def _keep_new_furl(self) -> None:
+        """The new FURL attached: it replaces the previous one in master.furl."""
+        assert self._previous is not None
+        _, timer = self._previous
+        self._previous = None
+        if timer.active():
+            timer.cancel()
+        try:
+            write_private(self.paths.furl, f"{self.furl}\n")
+        except OSError as e:
+            log.error("attached with the new FURL, but cannot store it in {path}: {err}",
+                      path=self.paths.furl, err=e.strerror)
+            self._switched(furl_id(self.furl), "failed", f"cannot write {self.paths.furl}: "
+                           f"{e.strerror}")
+            return
+        log.info("the new FURL is attached and stored in {path}", path=self.paths.furl)
+        self._switched(furl_id(self.furl), "attached", None)
+
     def switch_furl(self, furl: Furl) -> bool:
-        """Leave the current FURL for ``furl`` (after ``furl-worker set-furl``):
-        hang up, then dial the new one.  False if it is the same FURL."""
+        """Leave the current FURL for ``furl``: hang up, then dial the new
+        one.  False if it is the same FURL."""
         if str(furl) == str(self.furl):
             log.info("the FURL in {path} is the one in use; nothing to switch",
                      path=self.paths.furl)
@@ -236,9 +322,14 @@ class WorkerService(service.MultiService):
         if ok:
             self.failures = 0
             self._write_state("attached", None)
+            if self._previous is not None:
+                self._keep_new_furl()
         else:
             self.failures += 1
             self._write_state("connecting", message)
+            if self._previous is not None and fatal:
+                self._switch_back(message)
+                return
         self.on_event(ok, message, fatal)
         if not ok and self.maxretries and self.failures >= self.maxretries \
                 and self.reconnector is not None:
@@ -255,7 +346,7 @@ class WorkerService(service.MultiService):
             self._state, self._since = (state, error), time.time()
         record = {"state": state, "since": self._since, "pid": os.getpid(),
                   "master": ",".join(self.furl.hints), "last_error": error,
-                  "furl_id": furl_id(self.furl), "drain": self.drain}
+                  "furl_id": furl_id(self.furl), "drain": self.drain, "switch": self.switch}
         try:
             write_private(self.paths.state, json.dumps(record) + "\n")
         except OSError as e:
@@ -342,12 +433,14 @@ class WorkerService(service.MultiService):
                      mv=answer.master_version)
         self.session = (answer.session, answer.secret)
         self.grace = answer.grace
-        login.notifyOnDisconnect(self._disconnected)
+        login.notifyOnDisconnect(self._disconnected, login)
         self._outcome(True, "attached")
         if self.drain == "asked" or (self.drain == "accepted" and not answer.resumed):
             defer.Deferred.fromCoroutine(self._send_drain(login, self.session))
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, login: Any = None) -> None:
+        if login is not None and login is not self.login:
+            return  # a connection we hung up ourselves (a new FURL): not the one in use
         self.login = None
         if self.reconnector is None:
             return  # we hung up ourselves (stop, or a new FURL)
@@ -419,14 +512,32 @@ class _Startup:
             self._report(True, f"pid {os.getpid()}, connecting")
 
 
-def _switch_to_stored_furl(svc: WorkerService) -> None:
-    """SIGUSR1 (from ``furl-worker set-furl``): use DIR/master.furl now."""
+async def probe(furl: Furl, timeout: float, clock: IReactorTime) -> None:
+    """Reach ``furl``'s object from a Tub of its own (a connection of its
+    own, to the FURL's own address), or raise why not."""
+    tub = make_tub(None, keepalive=0, disconnect_timeout=0)
+    tub.startService()
     try:
-        furl = read_furl_file(svc.paths.furl)
+        d = tub.getReference(str(furl))
+        d.addTimeout(timeout, clock)
+        try:
+            await d
+        except defer.TimeoutError:
+            raise terror.TimeoutError(f"no answer within {timeout:.0f} s") from None
+    finally:
+        await tub.stopService()
+
+
+def _switch_to_stored_furl(svc: WorkerService) -> None:
+    """SIGUSR1 (from ``furl-worker set-furl``): try DIR/master.furl.new (or,
+    without it, DIR/master.furl as edited by hand)."""
+    path = svc.paths.furl_new if os.path.exists(svc.paths.furl_new) else svc.paths.furl
+    try:
+        furl = read_furl_file(path)
     except ConfigError as e:
         log.error("SIGUSR1: not switching FURL: {err}", err=str(e))
         return
-    svc.switch_furl(furl)
+    svc.try_furl(furl)
 
 
 def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: bool,
