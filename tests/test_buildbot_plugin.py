@@ -48,7 +48,7 @@ with warnings.catch_warnings():
                             category=DeprecationWarning)
     from buildbot.schedulers.forcesched import ForceScheduler
 
-from conftest import Procs, cli, free_port, processes
+from conftest import Procs, Timing, cli, free_port, processes
 
 from buildbot_furl import furlsfile
 from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
@@ -524,7 +524,8 @@ async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env]) -> None:
+async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env],
+                                           timing: Timing) -> None:
     """A step stopped mid-run ends the same way on both, and the FURL worker
     is still attached and usable afterwards."""
     env = env_factory(with_pb=True)
@@ -551,8 +552,8 @@ async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env]) -> N
             assert env.master is not None
             await env.master.data.control("stop", {"reason": "stopped by the test"},
                                           ("builds", b["buildid"]))
-            done = await env.finished(b["buildid"], timeout=20)
-            assert time.monotonic() - t0 < 10
+            done = await env.finished(b["buildid"], timeout=60)
+            timing.record(f"a stopped build ends ({kind})", time.monotonic() - t0, 10)
             stopped[kind] = (done["results"], _summary(await env.steps(b["buildid"])))
         assert stopped["furl"] == stopped["pb"]
         assert stopped["furl"][0] == CANCELLED, Results[stopped["furl"][0]]

@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from conftest import Farm, cli, free_port
+from conftest import Farm, Timing, cli, free_port
 
 
 def connected(farm: Farm, name: str) -> bool:
@@ -42,17 +42,17 @@ def test_create_start_attach_and_list(farm: Farm) -> None:
         assert swiss not in log.read_text()
 
 
-def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm) -> None:
+def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm, timing: Timing) -> None:
     furl = farm.create_worker("w1")
     farm.create_worker("w2")
     farm.start_master()
     farm.start_worker("w1", furl)
     t0 = time.monotonic()
     farm.master("revoke-worker", "w1", check=True)
-    assert farm.wait_for(lambda: "w1" not in farm.workers(), 5)
+    assert farm.wait_for(lambda: "w1" not in farm.workers(), 30)
     log = farm.mdir / "master.log"
-    assert farm.wait_for(lambda: "dropping connection of worker w1" in log.read_text(), 5)
-    assert time.monotonic() - t0 < 4
+    assert farm.wait_for(lambda: "dropping connection of worker w1" in log.read_text(), 30)
+    timing.record("revoke-worker drops the live connection", time.monotonic() - t0, 4)
     # the worker keeps dialing and is refused each time
     assert farm.wait_for(lambda: "revoked or rotated FURL of worker w1" in log.read_text(), 10)
     assert "refused attach from 127.0.0.1 " in log.read_text()
