@@ -392,6 +392,18 @@ class Cluster:
             "SELECT b.masterid, b.results FROM builds b JOIN buildrequests r "
             "ON b.buildrequestid = r.id WHERE r.buildsetid = %s ORDER BY b.id", bsid)]
 
+    def stop_masters(self) -> None:
+        """Stop the worker, then the masters, while the router and the database
+        still run (stopped together, a master's last messages fail to publish
+        and it logs tracebacks)."""
+        for p in (self.worker, self.a.proc, self.b.proc):
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGCONT)  # a hung (stopped) master
+                    p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(60)
+
     def assert_no_secret_in_logs(self) -> None:
         for path in self.tmp.rglob("*"):
             if path.is_file() and path.suffix in (".log", ".out") or ".log." in path.name:
@@ -407,6 +419,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     try:
         yield c
     finally:
+        c.stop_masters()  # before the router and the database they need to stop cleanly
         procs.cleanup()
         c.pg.stop()
     c.assert_no_secret_in_logs()
@@ -451,7 +464,12 @@ class Sampler(threading.Thread):
 
 
 # the revocation at the end: the worker, redialing, is refused by the masters
-@pytest.mark.expect_log(r"revoked or rotated", r"refused attach of worker w1 .*: FURL revoked")
+@pytest.mark.expect_log(r"revoked or rotated", r"refused attach of worker w1 .*: FURL revoked",
+                        r"refused \d+ attach attempts from 127\.0\.0\.1",
+                        # crossbar 26.10.1's own start-up noise (its bjdata module
+                        # was built against NumPy 1.x; it goes on without it)
+                        r"\[Router +\d+\] Traceback \(most recent call last\):  File "
+                        r"\"<frozen runpy>\"")
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
                                                timing: Timing) -> None:
@@ -588,7 +606,8 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
         # whichever master it is attached to, and it stays off both
         t = time.monotonic()
         wlog = c.tmp / "worker-w1.out"
-        refused = wlog.read_text().count("revoked or rotated")
+        unknown = "the master does not know this FURL"  # the worker's line for a refusal
+        refused = wlog.read_text().count(unknown)
         b.furl("revoke-worker", "w1")
         assert (b.dir / "workers.furls").is_symlink()
         assert "w1 " not in (a.dir / "workers.furls").read_text()
@@ -596,7 +615,7 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
         print(f"revoked on B: w1 detached from master {other.name} "
               f"{time.monotonic() - t:.2f} s later")
         # the worker dials again and is refused (not a pause: the event)
-        assert wait_for(lambda: wlog.read_text().count("revoked or rotated") > refused, 60)
+        assert wait_for(lambda: wlog.read_text().count(unknown) > refused, 60)
         assert mid_other not in sampler.masters_of_w1()
         assert not a.attached() and not b.attached()
         hops = first.log().count("FurlWorker w1 attached to Buildbot") - before

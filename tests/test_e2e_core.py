@@ -6,6 +6,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from conftest import Farm, Timing, cli, free_port
 
 
@@ -42,6 +44,7 @@ def test_create_start_attach_and_list(farm: Farm) -> None:
         assert swiss not in log.read_text()
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm, timing: Timing) -> None:
     furl = farm.create_worker("w1")
     farm.create_worker("w2")
@@ -65,6 +68,7 @@ def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm, timing: 
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_rotate_old_refused_new_works(farm: Farm) -> None:
     old = farm.create_worker("w1")
     farm.start_master()
@@ -80,6 +84,7 @@ def test_rotate_old_refused_new_works(farm: Farm) -> None:
     assert connected(farm, "w1")
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_hand_edit_applies_without_restart(farm: Farm) -> None:
     furl = farm.create_worker("w1")
     farm.start_master()
@@ -108,6 +113,7 @@ def test_restarted_master_gets_its_worker_back(farm: Farm) -> None:
     assert farm.wait_for(lambda: connected(farm, "w1"), 30)
 
 
+@pytest.mark.expect_log(r"refused duplicate attach of worker w1")  # staged
 def test_duplicate_worker_process_is_refused(farm: Farm) -> None:
     furl = farm.create_worker("w1")
     farm.start_master()
@@ -118,6 +124,7 @@ def test_duplicate_worker_process_is_refused(farm: Farm) -> None:
     assert connected(farm, "w1")
 
 
+@pytest.mark.expect_log(r"unknown FURL \(wrong secret\)")  # staged
 def test_bad_furls_give_one_clear_line(farm: Farm, tmp_path) -> None:
     furl = farm.create_worker("w1")
     farm.start_master()
