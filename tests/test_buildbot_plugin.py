@@ -728,7 +728,8 @@ async def test_reconfig_adds_worker_and_revocation_drops_it(
             f.write(f"fw2 {furl2}  # added by hand\n")
         # a worker the master.cfg does not know yet is refused...
         p2 = env.start_furl_worker("fw2", furl2, wait=0)
-        await sleep(2.5)
+        refused = "refused worker fw2: master.cfg configures no FurlWorker"
+        assert await wait_for(lambda: refused in env.log_text(), 30)  # not a pause
         assert env.bb_worker("fw2") is None
         assert p2.poll() is None  # ...but keeps trying
         await m.reconfig()

@@ -27,9 +27,10 @@ def _log(farm: Farm, name: str) -> str:
 def test_worker_side_graceful_stop_lets_the_running_command_finish(farm: Farm) -> None:
     farm.start_two()
     pid = _worker_pid(farm, "w1")
-    slow = farm.run_popen("w1", "sh", "-c", "until [ -e go ]; do sleep 0.1; done; echo finished",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    script = "until [ -e go ]; do sleep 0.1; done; echo finished"
+    slow = farm.run_popen("w1", "sh", "-c", script, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert farm.wait_for(lambda: farm.procs.find("sh", "-c", script), 30)  # it runs
     stopping = farm.procs.popen(sys.executable, "-m", PROGRAMS["furl-worker"], "stop",
                                 str(farm.wdir("w1")), "--graceful",
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,8 +55,7 @@ def test_worker_side_graceful_stop_lets_the_running_command_finish(farm: Farm) -
     _, err = stopping.communicate(timeout=30)
     assert stopping.returncode == 0, err
     assert "stopped gracefully" in err
-    time.sleep(2.0)
-    assert farm.workers()["w1"]["state"] == "not connected"
+    assert farm.wait_for(lambda: farm.workers()["w1"]["state"] == "not connected", 30)
     log = _log(farm, "w1")
     assert "the master gives this worker no new work" in log
     st = cli("furl-worker", "status", str(farm.wdir("w1")), "--json")
@@ -80,7 +80,7 @@ def test_master_side_drain(farm: Farm) -> None:
     pid = _worker_pid(farm, "w1")
     slow = farm.run_popen("w1", "sh", "-c", "sleep 2; echo done",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    assert farm.wait_for(lambda: farm.procs.find("sh", "-c", "sleep 2; echo done"), 30)
     p = farm.master("drain", "w1")
     assert p.returncode == 0, p.stderr
     assert "worker 'w1' is draining" in p.stderr and "1 still run" in p.stderr
@@ -104,7 +104,7 @@ def test_graceful_stop_timeout_falls_back_to_a_normal_stop(farm: Farm, tmp_path:
     farm.start_worker("w1", farm.furls["w1"])
     pid = _worker_pid(farm, "w1")
     slow = farm.run_popen("w1", "sleep", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    assert farm.wait_for(lambda: farm.procs.find("sleep", "60"), 30)  # it runs
     t0 = time.monotonic()
     p = cli("furl-worker", "stop", str(farm.wdir("w1")), "--graceful", "--timeout", "2")
     assert p.returncode == 0, p.stderr

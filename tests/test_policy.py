@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,7 +277,7 @@ def test_transfer_sizes(pfarm: Farm, tmp_path: Path) -> None:
 def test_commands_at_once(pfarm: Farm) -> None:
     set_policy(pfarm, "[limits]\nmax_commands = 1\n")
     slow = pfarm.run_popen("p", "sleep", "3")
-    time.sleep(1.0)
+    assert pfarm.wait_for(lambda: pfarm.procs.find("sleep", "3"), 30)  # it runs
     assert "the most its policy allows at once" in refused(pfarm.run("p", "true"))
     assert slow.wait(30) == 0
     assert pfarm.run("p", "true").returncode == 0

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 from conftest import Farm, cli
@@ -115,7 +114,9 @@ def test_no_secret_reaches_any_output_or_log(farm: Farm, tmp_path: Path) -> None
     good = furls.read_text()
     furls.write_text(good + f"broken pb://{tubid}@{here}/{fake[0]} trailing junk ?\n")
     master("list corrupt", "list-workers")
-    time.sleep(1.5)  # the running master notices the change
+    # the running master notices the change (its log says so; not a pause)
+    mlog = farm.mdir / "master.log"
+    assert farm.wait_for(lambda: "workers.furls not applied" in mlog.read_text(), 30)
     furls.write_text(good)
     os.chmod(furls, 0o600)
     admin = farm.mdir / "private" / "admin.furl"
@@ -159,9 +160,11 @@ def test_no_secret_reaches_any_output_or_log(farm: Farm, tmp_path: Path) -> None
     # the worker's master goes away, and the worker's run with it
     slow = farm.run_popen("w1", "sh", "-c", "echo started; sleep 30", stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    assert slow.stdout is not None
+    started = slow.stdout.readline()  # it runs (not a pause)
     farm.stop_master()
     out, err = slow.communicate(timeout=60)
+    out = started + out
     seen.texts.append(("run cut by the master's stop", out.decode() + err.decode()))
     master("status stopped", "status")
     worker("status masterless", "status", str(wdir), "--json")

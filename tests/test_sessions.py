@@ -101,7 +101,7 @@ def test_cuts_during_attach_and_during_a_reattach(cut_farm: Farm) -> None:
     farm.start_worker("w1", farm.furls["w1"], "--wait", "30")
     assert farm.proxy.cuts == 2
     p = _run_slow(farm)
-    time.sleep(0.8)
+    _wait_found(farm, "sh", "-c", SLOW_LINES)  # it runs
     farm.proxy.cut_after(1500, new_only=True)  # the reattach is cut too
     farm.proxy.cut()
     _check_slow(p)
@@ -228,7 +228,7 @@ def test_a_half_open_link_is_noticed_and_recovered(cut_farm: Farm) -> None:
     farm.configure(keepalive=1, disconnect_timeout=3)
     _attached_worker(farm, "w1", "--keepalive", "1", "--disconnect-timeout", "3")
     p = _run_slow(farm)
-    time.sleep(0.8)
+    _wait_found(farm, "sh", "-c", SLOW_LINES)  # it runs
     farm.proxy.blackhole()  # no RST, no FIN: nothing at all gets through
     _check_slow(p, timeout=120)
     log = (farm.wdir("w1") / "worker.log").read_text()
