@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-from conftest import Farm, Timing, cli, processes
+from conftest import Farm, Timing, cli, pid_alive
 
 # Most tests share one running master with two workers (the module-scoped
 # fixture 'two'); each leaves it as it found it, in directories of its own.
@@ -64,7 +64,8 @@ def test_interrupt_with_ctrl_c_kills_the_remote_command(two: Farm) -> None:
     proc = two.run_popen("w1", "sleep", marker, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
-        assert two.wait_for(lambda: _sleepers(marker), 10)
+        assert two.wait_for(lambda: _sleepers(two, marker), 10)
+        found = _sleepers(two, marker)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -72,11 +73,13 @@ def test_interrupt_with_ctrl_c_kills_the_remote_command(two: Farm) -> None:
             proc.kill()
     assert proc.returncode == 130
     assert b"interrupt" in err
-    assert two.wait_for(lambda: not _sleepers(marker), 10)
+    assert two.wait_for(lambda: not any(map(pid_alive, found)), 10)
 
 
-def _sleepers(marker: str) -> list[int]:
-    return processes("sleep", marker)
+def _sleepers(farm: Farm, marker: str) -> list[int]:
+    """This test's own ``sleep MARKER`` processes (waiting for their end
+    waits on these pids: one orphaned by its worker leaves the test's tree)."""
+    return farm.procs.find("sleep", marker)
 
 
 def test_timeout_kills_and_says_so(two: Farm, timing: Timing) -> None:
@@ -210,7 +213,8 @@ def test_worker_lost_mid_command_is_one_clear_line(farm: Farm) -> None:
     farm.start_two()
     proc = farm.run_popen("w1", "sleep", "62.5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert farm.wait_for(lambda: _sleepers("62.5"), 10)
+        assert farm.wait_for(lambda: _sleepers(farm, "62.5"), 10)
+        found = _sleepers(farm, "62.5")
         cli("furl-worker", "stop", str(farm.wdir("w1")), check=True)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -218,7 +222,8 @@ def test_worker_lost_mid_command_is_one_clear_line(farm: Farm) -> None:
             proc.kill()
     assert proc.returncode == 2
     assert err.decode().strip() == "furl-master: error: worker 'w1' disconnected during the command"
-    assert farm.wait_for(lambda: not _sleepers("62.5"), 10)  # the worker killed it on its way out
+    # the worker killed it on its way out
+    assert farm.wait_for(lambda: not any(map(pid_alive, found)), 10)
 
 
 def test_symlinks_cannot_lead_put_or_get_outside(two: Farm, tmp_path: Path) -> None:
