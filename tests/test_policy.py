@@ -19,6 +19,11 @@ import pytest
 
 from conftest import Farm, Procs, cli, farm_in
 
+# the policy refusals these tests stage
+pytestmark = pytest.mark.expect_log(r"refused '[\w.]+' by the policy",
+                                    r"refused by the worker's policy",
+                                    r"policy file refused, every request is refused")
+
 from buildbot_furl.errors import ConfigError, PolicyRefused
 from buildbot_furl.privatefiles import write_private
 from buildbot_furl.worker.policy import PolicyFile, parse_policy
