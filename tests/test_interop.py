@@ -298,6 +298,9 @@ def test_a_directory_swapped_for_a_symlink_mid_put_is_not_followed(
         assert len(landed) == 1 and (landed[0] / "big.bin").read_bytes() == big.read_bytes()
 
 
+# staged: programs that cannot start; buildbot_worker's RunProcess logs a traceback
+@pytest.mark.expect_log(r"error in RunProcess._startCommand",
+                        r"AbandonChain: .*(No such file|Permission denied)")
 def test_a_program_that_cannot_start_is_one_line_like_a_shell(two: Farm) -> None:
     p = two.run("w1", "no-such-command-xyz", "arg")
     assert p.returncode == 127

@@ -19,6 +19,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import Farm, cli
 
 from buildbot_furl.furl import new_swissnum, secret_digest
@@ -41,6 +43,10 @@ class Seen:
         return p
 
 
+# staged: every error path, to check that no secret is in its text
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker", r"unknown FURL \(wrong secret\)",
+                        r"refused \d+ attach attempts from", r"refused '[\w.]+' by the policy",
+                        r"error in RunProcess._startCommand", r"AbandonChain: .*No such file")
 def test_no_secret_reaches_any_output_or_log(farm: Farm, tmp_path: Path) -> None:
     seen = Seen()
     fake = [new_swissnum() for _ in range(4)]  # in FURLs the test makes up

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from buildbot_furl.testing.faultproxy import DOWN
 from conftest import Farm, Timing, cli, pid_alive
 
@@ -235,6 +237,7 @@ def test_a_half_open_link_is_noticed_and_recovered(cut_farm: Farm) -> None:
     assert "session resumed" in log
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_revocation_during_a_gap_ends_the_session_at_once(cut_farm: Farm,
                                                           timing: Timing) -> None:
     farm = cut_farm
