@@ -48,7 +48,7 @@ with warnings.catch_warnings():
                             category=DeprecationWarning)
     from buildbot.schedulers.forcesched import ForceScheduler
 
-from conftest import Procs, cli, free_port, processes
+from conftest import Procs, Timing, cli, free_port, processes
 
 from buildbot_furl import furlsfile
 from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
@@ -524,7 +524,8 @@ async def test_build_on_furl_worker_matches_pb(env_factory: Callable[..., Env]) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env]) -> None:
+async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env],
+                                           timing: Timing) -> None:
     """A step stopped mid-run ends the same way on both, and the FURL worker
     is still attached and usable afterwards."""
     env = env_factory(with_pb=True)
@@ -551,8 +552,8 @@ async def test_stopped_build_ends_as_on_pb(env_factory: Callable[..., Env]) -> N
             assert env.master is not None
             await env.master.data.control("stop", {"reason": "stopped by the test"},
                                           ("builds", b["buildid"]))
-            done = await env.finished(b["buildid"], timeout=20)
-            assert time.monotonic() - t0 < 10
+            done = await env.finished(b["buildid"], timeout=60)
+            timing.record(f"a stopped build ends ({kind})", time.monotonic() - t0, 10)
             stopped[kind] = (done["results"], _summary(await env.steps(b["buildid"])))
         assert stopped["furl"] == stopped["pb"]
         assert stopped["furl"][0] == CANCELLED, Results[stopped["furl"][0]]
@@ -608,6 +609,7 @@ def policy_factory(data: Path) -> BuildFactory:
     return f
 
 
+@pytest.mark.expect_log(r"refused '\w+' by the policy", r"refused by the worker's policy")  # staged
 @pytest_twisted.ensureDeferred
 async def test_the_workers_policy_fails_steps_with_its_reason(
         env_factory: Callable[..., Env]) -> None:
@@ -654,6 +656,7 @@ async def test_the_workers_policy_fails_steps_with_its_reason(
         assert env.connected("fw")
 
 
+@pytest.mark.expect_log(r"refused duplicate attach of worker fw\b")  # staged
 @pytest_twisted.ensureDeferred
 async def test_second_worker_with_same_furl_is_refused(env_factory: Callable[..., Env]) -> None:
     env = env_factory()
@@ -703,6 +706,11 @@ async def test_furl_master_cli_sees_a_buildbot_master(env_factory: Callable[...,
     assert p.returncode == 3
 
 
+# staged: fw2 attaches before master.cfg configures it, and is revoked at the end
+@pytest.mark.expect_log(r"refused worker fw2: master.cfg configures no FurlWorker",
+                        r"worker fw2: session ended \(attach refused\)",
+                        r"dropping connection of worker fw2 \(attach refused\)",
+                        r"revoked or rotated FURL of worker fw2")
 @pytest_twisted.ensureDeferred
 async def test_reconfig_adds_worker_and_revocation_drops_it(
         env_factory: Callable[..., Env]) -> None:
@@ -720,7 +728,8 @@ async def test_reconfig_adds_worker_and_revocation_drops_it(
             f.write(f"fw2 {furl2}  # added by hand\n")
         # a worker the master.cfg does not know yet is refused...
         p2 = env.start_furl_worker("fw2", furl2, wait=0)
-        await sleep(2.5)
+        refused = "refused worker fw2: master.cfg configures no FurlWorker"
+        assert await wait_for(lambda: refused in env.log_text(), 30)  # not a pause
         assert env.bb_worker("fw2") is None
         assert p2.poll() is None  # ...but keeps trying
         await m.reconfig()
@@ -743,6 +752,8 @@ async def test_reconfig_adds_worker_and_revocation_drops_it(
         assert stat.S_IMODE(os.stat(env.basedir / "private").st_mode) == 0o700
 
 
+# staged (no furl-master.conf); Buildbot itself logs the failed start with a traceback
+@pytest.mark.expect_log(r"while starting BuildMaster")
 @pytest_twisted.ensureDeferred
 async def test_startup_errors_are_clear(env_factory: Callable[..., Env]) -> None:
     # a Buildbot master dir without 'furl-master create-master'

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import Farm, cli
 
 
@@ -38,6 +40,7 @@ def test_create_and_rotate_write_the_furl_to_a_new_private_file(farm: Farm,
     assert p.returncode == 1 and not (tmp_path / "x.furl").exists()
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_set_furl_after_rotation_switches_a_running_worker(farm: Farm,
                                                             tmp_path: Path) -> None:
     old = farm.create_worker("w1")

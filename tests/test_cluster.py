@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from buildbot_furl.privatefiles import write_private
-from conftest import Procs, child_env, cli, free_port, pid_alive
+from conftest import Procs, Timing, child_env, cli, descendants, free_port, pid_alive
 
 BIN = Path(sys.executable).parent
 CROSSBAR_VENV = Path.home() / ".cache" / "buildbot_furl-crossbar"
@@ -76,15 +76,19 @@ MISSING = missing_part()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"cluster parts missing: {MISSING}")
 
 
-def slow_pids() -> list[int]:
-    """The worker's processes of the slow build's command."""
+def slow_pids(c: Cluster) -> list[int]:
+    """This test's processes of the slow build's command: below its own
+    worker, and naming its own stop file.  (Once, any process on the machine
+    with the build's marker counted: under ``pytest -n`` the killed-master
+    case then waited on the hung-master case's command, and each could kill
+    its master before its own command ran; see docs/cluster.md.)"""
+    stop = str(c.tmp / "slow.stop").encode()
     out = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            with contextlib.suppress(OSError):
-                if b"cluster-slow-build" in Path(f"/proc/{p}/cmdline").read_bytes() \
-                        and pid_alive(int(p)):
-                    out.append(int(p))
+    for p in sorted(descendants(c.procs.roots())):
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+            if b"cluster-slow-build" in cmd and stop in cmd and pid_alive(p):
+                out.append(p)
     return out
 
 
@@ -388,6 +392,18 @@ class Cluster:
             "SELECT b.masterid, b.results FROM builds b JOIN buildrequests r "
             "ON b.buildrequestid = r.id WHERE r.buildsetid = %s ORDER BY b.id", bsid)]
 
+    def stop_masters(self) -> None:
+        """Stop the worker, then the masters, while the router and the database
+        still run (stopped together, a master's last messages fail to publish
+        and it logs tracebacks)."""
+        for p in (self.worker, self.a.proc, self.b.proc):
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGCONT)  # a hung (stopped) master
+                    p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(60)
+
     def assert_no_secret_in_logs(self) -> None:
         for path in self.tmp.rglob("*"):
             if path.is_file() and path.suffix in (".log", ".out") or ".log." in path.name:
@@ -403,6 +419,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     try:
         yield c
     finally:
+        c.stop_masters()  # before the router and the database they need to stop cleanly
         procs.cleanup()
         c.pg.stop()
     c.assert_no_secret_in_logs()
@@ -446,8 +463,22 @@ class Sampler(threading.Thread):
         self.join(60)
 
 
+# the revocation at the end: the worker, redialing, is refused by the masters
+@pytest.mark.expect_log(r"revoked or rotated", r"refused attach of worker w1 .*: FURL revoked",
+                        r"refused \d+ attach attempts from 127\.0\.0\.1",
+                        # crossbar 26.10.1's own start-up noise (its bjdata module
+                        # was built against NumPy 1.x; it goes on without it)
+                        r"\[Router +\d+\] Traceback \(most recent call last\):  File "
+                        r"\"<frozen runpy>\"",
+                        # Buildbot's own error when a worker detaches while a build
+                        # starts on it (2 of 6 hung runs): in the revocation window
+                        # the just-restarted master had the worker for an instant
+                        # and started the dead master's released request on it
+                        r"from a running build; this is a serious error[\s\S]*"
+                        r"AttributeError: 'NoneType' object has no attribute ")
 @pytest.mark.parametrize("how", ["killed", "hung"])
-def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> None:
+def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
+                                               timing: Timing) -> None:
     """``killed``: SIGKILL, the kernel closes its connections (a crash);
     ``hung``: SIGSTOP, its connections stay open and silent (a frozen host or
     a cut network), so the worker notices only by its keepalive."""
@@ -510,7 +541,8 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         # a long build running on the worker's master when it dies
         slow = other.force("slow")
         assert wait_for(lambda: c.builds_of(slow) == [(mid_first, None)]
-                        and slow_pids(), 90), (c.builds_of(slow), slow_pids())
+                        and slow_pids(c), 90), (c.builds_of(slow), slow_pids(c))
+        slow_command = slow_pids(c)
 
         # the worker's master dies; the worker goes to the other by itself
         killed = time.monotonic()
@@ -524,7 +556,19 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         failover = time.monotonic() - killed
         print(f"FAILOVER ({how}): w1 connected to master {other.name} (Buildbot's "
               f"connected_workers) {failover:.2f} s after master {first.name} was {how}")
-        assert failover < (5 if how == "killed" else 60)
+        timing.record(f"failover, master {how}", failover, 5 if how == "killed" else 60)
+
+        # the long build: the worker ends its command once its session with
+        # the dead master is over (it attached to the other master without
+        # it).  Waited for here, right after the failover, so that the figure
+        # is when it ended, not when the test next looked.
+        gone = wait_for(lambda: not any(map(pid_alive, slow_command)) and not slow_pids(c),
+                        120, 0.05)
+        print(f"the dead master's command ended on the worker "
+              f"{time.monotonic() - killed:.1f} s after the master was {how}"
+              if gone else "the dead master's command still runs on the worker")
+        assert gone
+        (c.tmp / "slow.stop").write_text("")
         assert "w1" in other.attached()
 
         # the next build runs there
@@ -535,16 +579,9 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         print(f"build after failover: forced and finished in {time.monotonic() - t:.1f} s "
               f"on master {other.name}")
 
-        # the long build: Buildbot leaves it to its dead master (not finished,
-        # its request claimed); the worker ends its command once its session
-        # with the dead master is over
+        # Buildbot leaves the long build to its dead master (not finished,
+        # its request claimed)
         assert c.builds_of(slow) == [(mid_first, None)]
-        gone = wait_for(lambda: not slow_pids(), 120, 0.5)
-        print(f"the dead master's command ended on the worker "
-              f"{time.monotonic() - killed:.1f} s after the master was {how}"
-              if gone else "the dead master's command still runs on the worker")
-        assert gone
-        (c.tmp / "slow.stop").write_text("")
 
         # the killed master comes back: the worker stays where it is.  (Its
         # connected_workers row from before the kill stays in the database:
@@ -555,17 +592,21 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         before = first.log().count("FurlWorker w1 attached to Buildbot")
         first.start()
         first.wait_running()
-        time.sleep(3)
+        # its restart ends the build it had (Buildbot's housekeeping of a
+        # master that starts after a crash: RETRY, 4, which runs it again;
+        # CANCELLED, 5, was seen too: either is accepted, a rerun only on
+        # the survivor)
+        assert wait_for(lambda: c.builds_of(slow)[0][1] is not None, 60), c.builds_of(slow)
+        # that housekeeping ran before the master took workers: the worker
+        # stayed where it is
         assert mid_other in sampler.masters_of_w1()
         assert "w1" in other.attached() and "w1" not in first.attached()
         assert first.log().count("FurlWorker w1 attached to Buildbot") == before
-        # its restart ends the build it had (Buildbot 4.3 recorded CANCELLED,
-        # 5, in our runs; its housekeeping code says RETRY, 4, which would
-        # run it again: either is accepted, a rerun only on the survivor)
-        # (generous: one run in about 16 once failed at about this point, unexplained)
-        assert wait_for(lambda: c.builds_of(slow)[0][1] is not None, 150), c.builds_of(slow)
-        time.sleep(2)
         builds = c.builds_of(slow)
+        if builds[0][1] == 4:  # a rerun: it ends at once (the stop file is there)
+            assert wait_for(lambda: len(c.builds_of(slow)) > 1
+                            and c.builds_of(slow)[-1][1] is not None, 60), c.builds_of(slow)
+            builds = c.builds_of(slow)
         print(f"the dead master's build after its restart: {builds} (masterid, results)")
         assert builds[0][0] == mid_first and builds[0][1] in (4, 5)
         assert all(m == mid_other for m, _ in builds[1:])
@@ -574,13 +615,17 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str) -> No
         # edit goes to A's file and the link stays) drops the worker on
         # whichever master it is attached to, and it stays off both
         t = time.monotonic()
+        wlog = c.tmp / "worker-w1.out"
+        unknown = "the master does not know this FURL"  # the worker's line for a refusal
+        refused = wlog.read_text().count(unknown)
         b.furl("revoke-worker", "w1")
         assert (b.dir / "workers.furls").is_symlink()
         assert "w1 " not in (a.dir / "workers.furls").read_text()
         assert wait_for(lambda: mid_other not in sampler.masters_of_w1(), 30, 0.02)
         print(f"revoked on B: w1 detached from master {other.name} "
               f"{time.monotonic() - t:.2f} s later")
-        time.sleep(3)
+        # the worker dials again and is refused (not a pause: the event)
+        assert wait_for(lambda: wlog.read_text().count(unknown) > refused, 60)
         assert mid_other not in sampler.masters_of_w1()
         assert not a.attached() and not b.attached()
         hops = first.log().count("FurlWorker w1 attached to Buildbot") - before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from conftest import PROGRAMS, Farm, Procs, cli, pid_alive
+from conftest import PROGRAMS, Farm, Procs, Timing, cli, pid_alive
 
 
 def _worker_pid(farm: Farm, name: str) -> int:
@@ -27,9 +27,10 @@ def _log(farm: Farm, name: str) -> str:
 def test_worker_side_graceful_stop_lets_the_running_command_finish(farm: Farm) -> None:
     farm.start_two()
     pid = _worker_pid(farm, "w1")
-    slow = farm.run_popen("w1", "sh", "-c", "until [ -e go ]; do sleep 0.1; done; echo finished",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    script = "until [ -e go ]; do sleep 0.1; done; echo finished"
+    slow = farm.run_popen("w1", "sh", "-c", script, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert farm.wait_for(lambda: farm.procs.find("sh", "-c", script), 30)  # it runs
     stopping = farm.procs.popen(sys.executable, "-m", PROGRAMS["furl-worker"], "stop",
                                 str(farm.wdir("w1")), "--graceful",
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,8 +55,7 @@ def test_worker_side_graceful_stop_lets_the_running_command_finish(farm: Farm) -
     _, err = stopping.communicate(timeout=30)
     assert stopping.returncode == 0, err
     assert "stopped gracefully" in err
-    time.sleep(2.0)
-    assert farm.workers()["w1"]["state"] == "not connected"
+    assert farm.wait_for(lambda: farm.workers()["w1"]["state"] == "not connected", 30)
     log = _log(farm, "w1")
     assert "the master gives this worker no new work" in log
     st = cli("furl-worker", "status", str(farm.wdir("w1")), "--json")
@@ -80,7 +80,7 @@ def test_master_side_drain(farm: Farm) -> None:
     pid = _worker_pid(farm, "w1")
     slow = farm.run_popen("w1", "sh", "-c", "sleep 2; echo done",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    assert farm.wait_for(lambda: farm.procs.find("sh", "-c", "sleep 2; echo done"), 30)
     p = farm.master("drain", "w1")
     assert p.returncode == 0, p.stderr
     assert "worker 'w1' is draining" in p.stderr and "1 still run" in p.stderr
@@ -97,18 +97,19 @@ def test_master_side_drain(farm: Farm) -> None:
     assert gone.returncode == 2 and "not connected" in gone.stderr
 
 
-def test_graceful_stop_timeout_falls_back_to_a_normal_stop(farm: Farm, tmp_path: Path) -> None:
+def test_graceful_stop_timeout_falls_back_to_a_normal_stop(farm: Farm, tmp_path: Path,
+                                                            timing: Timing) -> None:
     farm.create_worker("w1")
     farm.start_master()
     farm.start_worker("w1", farm.furls["w1"])
     pid = _worker_pid(farm, "w1")
     slow = farm.run_popen("w1", "sleep", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    assert farm.wait_for(lambda: farm.procs.find("sleep", "60"), 30)  # it runs
     t0 = time.monotonic()
     p = cli("furl-worker", "stop", str(farm.wdir("w1")), "--graceful", "--timeout", "2")
     assert p.returncode == 0, p.stderr
     assert "not drained within 2 s: stopping it now" in p.stderr
-    assert time.monotonic() - t0 < 30
+    timing.record("stop --graceful --timeout 2 of a busy worker", time.monotonic() - t0, 30)
     assert farm.wait_for(lambda: not pid_alive(pid), 5)
     slow.wait(60)
     assert slow.returncode != 0
@@ -181,8 +182,11 @@ def test_the_cli_when_the_master_cannot_drain(tmp_path: Path, procs: Procs,
     assert "cannot stop it gracefully" in capsys.readouterr().err
     monkeypatch.setattr(worker_cmds.daemon, "stop",
                         lambda pf: real_kill(sleeper.pid, signal.SIGKILL) or sleeper.wait())
-    t0 = time.monotonic()
+    # at once, without one pause: waiting cannot help (the worker is not draining)
+    naps: list[float] = []
+    monkeypatch.setattr(worker_cmds.time, "sleep", naps.append)
     worker_cmds.stop(str(tmp_path), graceful=True, timeout=30)
-    assert time.monotonic() - t0 < 5  # at once: waiting cannot help
+    monkeypatch.undo()
+    assert naps == []
     assert "stopping it now (--timeout)" in capsys.readouterr().err
     assert sleeper.poll() is not None

@@ -6,7 +6,9 @@ import os
 import signal
 import time
 
-from conftest import Farm, cli, free_port
+import pytest
+
+from conftest import Farm, Timing, cli, free_port
 
 
 def connected(farm: Farm, name: str) -> bool:
@@ -44,17 +46,18 @@ def test_create_start_attach_and_list(farm: Farm) -> None:
         assert swiss not in log.read_text()
 
 
-def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm) -> None:
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
+def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm, timing: Timing) -> None:
     furl = farm.create_worker("w1")
     farm.create_worker("w2")
     farm.start_master()
     farm.start_worker("w1", furl)
     t0 = time.monotonic()
     farm.master("revoke-worker", "w1", check=True)
-    assert farm.wait_for(lambda: "w1" not in farm.workers(), 5)
+    assert farm.wait_for(lambda: "w1" not in farm.workers(), 30)
     log = farm.mdir / "master.log"
-    assert farm.wait_for(lambda: "dropping connection of worker w1" in log.read_text(), 5)
-    assert time.monotonic() - t0 < 4
+    assert farm.wait_for(lambda: "dropping connection of worker w1" in log.read_text(), 30)
+    timing.record("revoke-worker drops the live connection", time.monotonic() - t0, 4)
     # the worker keeps dialing and is refused each time
     assert farm.wait_for(lambda: "revoked or rotated FURL of worker w1" in log.read_text(), 10)
     assert "refused attach from 127.0.0.1 " in log.read_text()
@@ -67,6 +70,7 @@ def test_revoke_drops_live_connection_and_refuses_reconnect(farm: Farm) -> None:
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_rotate_old_refused_new_works(farm: Farm) -> None:
     old = farm.create_worker("w1")
     farm.start_master()
@@ -82,6 +86,7 @@ def test_rotate_old_refused_new_works(farm: Farm) -> None:
     assert connected(farm, "w1")
 
 
+@pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
 def test_hand_edit_applies_without_restart(farm: Farm) -> None:
     furl = farm.create_worker("w1")
     farm.start_master()
@@ -110,6 +115,7 @@ def test_restarted_master_gets_its_worker_back(farm: Farm) -> None:
     assert farm.wait_for(lambda: connected(farm, "w1"), 30)
 
 
+@pytest.mark.expect_log(r"refused duplicate attach of worker w1")  # staged
 def test_duplicate_worker_process_is_refused(farm: Farm) -> None:
     furl = farm.create_worker("w1")
     farm.start_master()
@@ -120,6 +126,7 @@ def test_duplicate_worker_process_is_refused(farm: Farm) -> None:
     assert connected(farm, "w1")
 
 
+@pytest.mark.expect_log(r"unknown FURL \(wrong secret\)")  # staged
 def test_bad_furls_give_one_clear_line(farm: Farm, tmp_path) -> None:
     furl = farm.create_worker("w1")
     farm.start_master()
@@ -171,6 +178,7 @@ def test_basedir_errors(tmp_path) -> None:
     assert p.returncode != 0 and "does not exist" in p.stderr
 
 
+@pytest.mark.expect_log(r"unknown FURL \(wrong secret\)")  # staged: its line is not read yet
 def test_sighup_applies_an_edit_at_once(farm: Farm) -> None:
     with open(farm.mdir / "furl-master.conf", "a") as f:
         f.write("reload_interval = 3600\n")

@@ -16,6 +16,10 @@ from buildbot_furl.master.refusals import MAX_LINES, Refusals
 from buildbot_furl.testing.forgery import forge
 from conftest import Farm, cli
 
+# the guessers these tests stage, refused and summed up
+pytestmark = pytest.mark.expect_log(r"unknown FURL \(wrong secret\)",
+                                    r"refused \d+ (more )?attach attempts from")
+
 
 def _tubid(furl: str) -> str:
     return furl.split("//", 1)[1].split("@", 1)[0]

@@ -29,6 +29,10 @@ from buildbot_furl.protocol.messages import AttachInfo, encode_failure
 from buildbot_furl.tubs import make_tub
 from conftest import Farm
 
+# the worker 'evil' breaks the protocol on purpose: refused, then cut off
+pytestmark = pytest.mark.expect_log(r"worker evil: refused ",
+                                    r"worker evil\b.*cut off after \d+ protocol violations")
+
 Misdeed = Callable[[Any, Any, Any], Any]  # (status, writer, reader) -> Deferred
 
 

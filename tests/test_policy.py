@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,11 @@ from typing import Any
 import pytest
 
 from conftest import Farm, Procs, cli, farm_in
+
+# the policy refusals these tests stage
+pytestmark = pytest.mark.expect_log(r"refused '[\w.]+' by the policy",
+                                    r"refused by the worker's policy",
+                                    r"policy file refused, every request is refused")
 
 from buildbot_furl.errors import ConfigError, PolicyRefused
 from buildbot_furl.privatefiles import write_private
@@ -375,7 +379,7 @@ def test_transfer_sizes(pfarm: Farm, tmp_path: Path) -> None:
 def test_commands_at_once(pfarm: Farm) -> None:
     set_policy(pfarm, "[limits]\nmax_commands = 1\n")
     slow = pfarm.run_popen("p", "sleep", "3")
-    time.sleep(1.0)
+    assert pfarm.wait_for(lambda: pfarm.procs.find("sleep", "3"), 30)  # it runs
     assert "the most its policy allows at once" in refused(pfarm.run("p", "true"))
     assert slow.wait(30) == 0
     assert pfarm.run("p", "true").returncode == 0
