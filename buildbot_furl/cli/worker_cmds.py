@@ -71,7 +71,8 @@ def _given_settings(given: dict[str, Any]) -> wsettings.Settings:
         try:
             values[key] = wsettings.PARSERS[key](raw)
         except ConfigError as e:
-            raise Failed(f"--{key}: {e}", Exit.USAGE) from None
+            # exit 1, as the same value in furl-worker.conf does: same mistake, same code
+            raise Failed(f"--{key}: {e}") from None
     return wsettings.Settings(**values)
 
 
@@ -194,18 +195,24 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
                  + (f": {why}" if why else "") + f" (see {paths.log})", Exit.NOT_ATTACHED)
 
 
+def _option(name: str, check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except ConfigError as e:
+        raise Failed(f"{name}: {e}") from None
+
+
 def _options(paths: WorkerPaths, options: dict[str, Any]
              ) -> tuple[wconfig.WorkerOptions, dict[str, Any]]:
     """(WorkerOptions, the FURL and pipe options) from start's keywords and
     BASEDIR/furl-worker.conf (which the command line overrides)."""
-    try:
-        size = logs.parse_size(options.pop("log_size"))
-    except ConfigError as e:
-        raise Failed(f"--log-size: {e}", Exit.USAGE) from None
+    # a bad value exits 1, as the same value in furl-master.conf does
+    size = _option("--log-size", logs.parse_size, options.pop("log_size"))
+    keep = _option("--log-keep", logs.check_keep, options.pop("log_keep"))
     given = _given_settings(options)
     opts = wconfig.WorkerOptions(options.pop("wait"), options.pop("keepalive"),
                                  options.pop("disconnect_timeout"), size,
-                                 options.pop("log_keep"),
+                                 keep,
                                  given.over(wsettings.read_settings(paths.settings)))
     return opts, options
 

@@ -1,0 +1,120 @@
+"""Errors a user meets (issue 15, items 8-10): a bad setting never locks the
+admin out, the same mistake exits the same way on every path, problems are
+reported all at once and each once, and what is echoed back is cut short."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from buildbot_furl.errors import ConfigError
+from buildbot_furl.master import config as mconfig
+from conftest import Farm, cli
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_a_bad_setting_warns_but_never_locks_the_admin_out(farm: Farm, tmp_path: Path) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    farm.configure(log_size="4k")
+    run = farm.run("w1", "echo", "hi")
+    assert run.returncode == 0 and run.stdout == b"hi\n", run.stderr
+    assert len(_warnings(run.stderr.decode())) == 1
+    for args in (("status",), ("list-workers",),
+                 ("put", "w1", str(farm.mdir / "furl-master.conf"), "conf.copy"),
+                 ("get", "w1", "conf.copy", str(tmp_path / "back"))):
+        p = farm.master(*args)
+        assert p.returncode == 0, (args, p.stderr)
+        warned = _warnings(p.stderr)
+        assert len(warned) == 1 and "log_size = 4k" in warned[0], (args, p.stderr)
+    assert (tmp_path / "back").read_bytes() == (farm.mdir / "furl-master.conf").read_bytes()
+    st = json.loads(farm.master("status", "--json").stdout)
+    assert any("log_size" in p for p in st["problems"])
+    # what would start the master with it is refused, and the running one keeps running
+    p = farm.master("restart")
+    assert p.returncode == 1 and "log_size = 4k" in p.stderr
+    assert farm.master("status").returncode == 0
+    p = farm.master("stop")
+    assert p.returncode == 0 and "stopped" in p.stderr, p.stderr
+    assert farm.master("status").returncode == 3
+
+
+def test_the_same_bad_value_exits_1_on_every_path(farm: Farm, tmp_path: Path) -> None:
+    farm.configure(log_size="4k")
+    p = farm.master("start")
+    assert p.returncode == 1 and "log size below 64k" in p.stderr
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    for bad in (("--log-size", "10k"), ("--log-keep", "0"), ("--umask", "999")):
+        p = cli("furl-worker", "start", str(wd), *bad, "--furl-file", str(tmp_path / "none"))
+        assert p.returncode == 1, (bad, p.returncode, p.stderr)
+        assert p.stderr.startswith(f"furl-worker: error: {bad[0]}: "), p.stderr
+    # a file the admin client must read, made unsafe: 1 as well (not run's 2)
+    os.chmod(farm.mdir / "workers.furls", 0o644)
+    for args in (("start",), ("create-worker", "w9")):
+        assert farm.master(*args).returncode == 1, args
+
+
+def test_every_bad_setting_is_named_at_once(tmp_path: Path) -> None:
+    d = tmp_path / "m"
+    mconfig.create(str(d), "tcp:127.0.0.1:9", None)
+    with open(d / "furl-master.conf", "a") as f:
+        f.write("log_size = 4k\nlog_keep = 0\ncall_timeout = soon\n")
+    reading = mconfig.read(str(d))
+    assert reading.config is not None and reading.config.log_size == 10 * 1024 * 1024
+    assert [p.split(": ")[1].split(" =")[0] for p in reading.problems] == \
+        ["log_size", "log_keep", "call_timeout"]
+    assert "call_timeout = soon: not a number" in reading.problems[2]
+    with pytest.raises(ConfigError) as e:
+        mconfig.load(str(d))
+    assert str(e.value).count("furl-master.conf") == 3
+
+
+def test_a_copied_master_directory_reports_every_problem_at_once(farm: Farm) -> None:
+    farm.create_worker("w1")
+    farm.start_master()
+    farm.stop_master()
+    # what a copy that lost its modes looks like
+    for rel, mode in (("private", 0o755), ("private/tub.pem", 0o644),
+                      ("workers.furls", 0o644)):
+        os.chmod(farm.mdir / rel, mode)
+    p = farm.master("start")
+    assert p.returncode == 1
+    for rel in ("private ", "tub.pem", "workers.furls"):
+        assert rel in p.stderr, (rel, p.stderr)
+    assert p.stderr.startswith("furl-master: error: 3 problems stop the master"), p.stderr
+    # list-workers and status say each of them once (list-workers cannot read
+    # workers.furls: that one is its error, not also a warning)
+    for cmd in ("list-workers", "status"):
+        p = farm.master(cmd)
+        assert p.stderr.count("holds secrets") == 3, (cmd, p.stderr)
+        assert len(_warnings(p.stderr)) == (2 if cmd == "list-workers" else 3), p.stderr
+
+
+def test_copied_logs_are_made_private_at_start(farm: Farm) -> None:
+    farm.create_worker("w1")
+    farm.start_master()
+    farm.stop_master()
+    os.chmod(farm.mdir / "master.log", 0o644)
+    (farm.mdir / "master.log.1").write_text("old worker names and addresses\n")
+    os.chmod(farm.mdir / "master.log.1", 0o644)
+    farm.start_master()
+    # the logs hold worker names and addresses: a start makes them 0600
+    for log in ("master.log", "master.log.1"):
+        assert (farm.mdir / log).stat().st_mode & 0o777 == 0o600, log
+    assert "made master.log, master.log.1 mode 0600" in (farm.mdir / "master.log").read_text()
+
+
+def test_list_workers_says_a_broken_file_once(farm: Farm) -> None:
+    furls = farm.mdir / "workers.furls"
+    furls.write_text(furls.read_text() + "broken line here\n")
+    p = farm.master("list-workers")
+    assert p.returncode == 1
+    assert p.stderr.count("found 3 field(s)") == 1, p.stderr
