@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,53 @@ def test_list_workers_says_a_broken_file_once(farm: Farm) -> None:
     p = farm.master("list-workers")
     assert p.returncode == 1
     assert p.stderr.count("found 3 field(s)") == 1, p.stderr
+
+
+def test_a_graceful_stop_names_the_worker(farm: Farm) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    wd = farm.wdir("w1")
+    st = cli("furl-worker", "status", str(wd))
+    assert f"attached to the master at tcp:127.0.0.1:{farm.port} as 'w1' since" in st.stdout
+    p = cli("furl-worker", "stop", "--graceful", str(wd))
+    assert p.returncode == 0, p.stderr
+    assert f"give worker 'w1' (in {wd}) no new work" in p.stderr, p.stderr
+
+
+def test_refusals_of_a_revoked_worker_are_named_in_every_line() -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from buildbot_furl.master.refusals import Refusals
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        r = Refusals(limit=0)
+        for _ in range(3):
+            r.refused("192.0.2.1", "w1")
+            r.refused("192.0.2.2")
+        r.summarize()
+        r.refused("192.0.2.1")  # the next minute: only a guess from that address
+        r.refused("192.0.2.1")
+        r.summarize()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "refused" in formatEvent(e)]
+    assert lines[0] == ("refused attach from 192.0.2.1 with the revoked or rotated FURL of "
+                        "worker w1; more from it are summed up every 60 s")
+    assert "refused 3 attach attempts from 192.0.2.1 in the last 60 s (among them the " \
+           "revoked or rotated FURL of worker w1)" in lines
+    assert "refused 3 attach attempts from 192.0.2.2 in the last 60 s" in lines
+    assert lines[-1] == "refused 2 attach attempts from 192.0.2.1 in the last 60 s"
+
+
+def test_a_revoked_worker_is_logged_as_revoked(farm: Farm) -> None:
+    farm.create_worker("w1")
+    farm.configure(reload_interval=0.2)
+    farm.start_master()
+    farm.master("revoke-worker", "w1", check=True)
+    log = farm.mdir / "master.log"
+    assert farm.wait_for(lambda: "worker w1 revoked: its old FURL no longer works"
+                         in log.read_text(), 5), log.read_text()
+    assert "removed" not in log.read_text()

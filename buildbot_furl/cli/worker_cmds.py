@@ -261,7 +261,10 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
     if pid is None:
         raise Failed(f"no worker is running in {basedir}", Exit.NOT_RUNNING)
     os.kill(pid, signal.SIGUSR2)
-    note(f"asked the master to give worker {basedir} no new work; it stops once its running "
+    name = _state(paths).get("name")
+    who = f"worker {name!r} (in {basedir})" if isinstance(name, str) and name else \
+        f"the worker in {basedir}"
+    note(f"asked the master to give {who} no new work; it stops once its running "
          "commands or builds end" + (f" (at most {timeout:g} s)" if timeout is not None
                                      else " (Ctrl-C stops waiting; the worker stays draining)"))
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -317,6 +320,7 @@ def status(basedir: str, as_json: bool) -> None:
     since = st.get("since") if mine and isinstance(st.get("since"), (int, float)) else None
     record = {"running": pid is not None, "pid": pid, "attached": attached,
               "master": st.get("master") if mine else None, "since": since,
+              "name": st.get("name") or None if mine else None,
               "last_error": st.get("last_error") if mine and not attached else None,
               "policy": _policy_state(paths),
               "graceful_stop": st.get("drain") if mine else None}
@@ -328,8 +332,9 @@ def status(basedir: str, as_json: bool) -> None:
         when = datetime.datetime.fromtimestamp(since).strftime("%Y-%m-%d %H:%M:%S") \
             if since else "?"
         if attached:
-            click.echo(f"running (pid {pid}): attached to the master at {record['master']} "
-                       f"since {when}")
+            named = f" as {record['name']!r}" if record["name"] else ""
+            click.echo(f"running (pid {pid}): attached to the master at {record['master']}"
+                       f"{named} since {when}")
         else:
             why = record["last_error"]
             click.echo(f"running (pid {pid}): not attached"
