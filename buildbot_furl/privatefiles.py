@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import stat
 
 from buildbot_furl.errors import ConfigError
@@ -20,7 +21,8 @@ def check_private_mode(path: str) -> None:
         want = "700" if stat.S_ISDIR(st.st_mode) else "600"
         raise ConfigError(
             f"{path} holds secrets but is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with: chmod {want} {path}"
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with: "
+            f"chmod {want} {shlex.quote(path)}"
         )
 
 

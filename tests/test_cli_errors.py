@@ -169,3 +169,65 @@ def test_a_revoked_worker_is_logged_as_revoked(farm: Farm) -> None:
     assert farm.wait_for(lambda: "worker w1 revoked: its old FURL no longer works"
                          in log.read_text(), 5), log.read_text()
     assert "removed" not in log.read_text()
+
+
+def test_an_invalid_name_is_echoed_short_and_never_past_a_slash(farm: Farm) -> None:
+    long_name = "a" * 5000
+    furlish = "pb://" + "b" * 32 + "@tcp:127.0.0.1:9/" + "c" * 40
+    for args in (("create-worker", long_name), ("revoke-worker", long_name),
+                 ("run", long_name, "--", "true"), ("get", long_name, "x", "y"),
+                 ("create-worker", furlish), ("run", furlish, "--", "true")):
+        p = cli("furl-master", "-d", str(farm.mdir), *args)
+        assert p.returncode == 1, (args[0], p.returncode, p.stderr)
+        assert len(p.stderr) < 300 and p.stderr.count("\n") == 1, p.stderr
+        assert "c" * 40 not in p.stderr and "b" * 32 not in p.stderr
+    p = farm.master("create-worker", long_name)
+    assert "(5000 characters)" in p.stderr
+
+
+def test_hints_quote_paths_for_the_shell(tmp_path: Path) -> None:
+    d = tmp_path / "my master"
+    p = cli("furl-master", "create-master", "-d", str(d), "--location", "tcp:127.0.0.1:9")
+    assert f"furl-master start -d '{d}'" in p.stderr, p.stderr
+    os.chmod(d / "workers.furls", 0o644)
+    p = cli("furl-master", "status", "-d", str(d))
+    assert f"chmod 600 '{d}/workers.furls'" in p.stderr, p.stderr
+    wd = tmp_path / "my worker"
+    p = cli("furl-worker", "settings", str(wd))
+    assert f"furl-worker create-worker '{wd}' --furl-file FILE" in p.stderr, p.stderr
+
+
+def test_a_malformed_furl_is_described_as_furls_are_written() -> None:
+    from buildbot_furl.furl import parse_furl
+
+    for bad in ("pb://nonsense", "pb://" + "a" * 32 + "@/" + "s" * 32):
+        with pytest.raises(ConfigError) as e:
+            parse_furl(bad)
+        assert "tcp:HOST:PORT" in str(e.value), str(e.value)
+
+
+def test_put_and_get_name_the_copy_itself(farm: Farm, tmp_path: Path) -> None:
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    farm.start_worker("w1", furl)
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"data")
+    (tmp_path / "into").mkdir()
+    # the worker's directory itself: one line, no ValueError
+    for args in (("get", "w1", ".", str(tmp_path / "backup")), ("put", "w1", str(src), ".")):
+        p = farm.master(*args)
+        assert p.returncode == 2 and "names the worker's directory itself" in p.stderr, p.stderr
+        assert "ValueError" not in p.stderr and p.stderr.count("\n") == 1
+    # an existing directory on the receiving side is refused, on either side
+    assert farm.master("put", "w1", str(src), "a.bin").returncode == 0
+    assert farm.run("w1", "mkdir", "dir").returncode == 0
+    p = farm.master("put", "w1", str(src), "dir")
+    assert p.returncode == 2 and "is a directory" in p.stderr, p.stderr
+    p = farm.master("get", "w1", "a.bin", str(tmp_path / "into"))
+    assert p.returncode == 2 and "is a directory" in p.stderr, p.stderr
+    assert f"{tmp_path / 'into' / 'a.bin'}" in p.stderr
+    assert os.listdir(tmp_path / "into") == []
+    # a file there is replaced, on either side
+    (tmp_path / "old.bin").write_bytes(b"old")
+    assert farm.master("get", "w1", "a.bin", str(tmp_path / "old.bin")).returncode == 0
+    assert (tmp_path / "old.bin").read_bytes() == b"data"

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from buildbot_furl.client.connect import (
     require_standalone,
     run_with_admin,
 )
-from buildbot_furl.errors import ConfigError
+from buildbot_furl.errors import ConfigError, PathRefused
 from buildbot_furl.furl import Furl, new_swissnum
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.master import config as mconfig
@@ -123,6 +124,7 @@ def create_master(cfg: MasterCli, location: str, port: str | None,
     conf = mconfig.create(cfg.dir, location, port, session_grace)
     tubid = make_tub(conf.paths.tub_pem).getTubID()
     d = conf.paths.basedir
+    qd = shlex.quote(d)  # the hints below can be pasted into a shell
     note(f"created master in {d} (tubid {tubid}, listening on {conf.port})")
     if mconfig.is_buildbot_dir(conf.paths):
         note("this is a Buildbot master's directory: Buildbot serves the FURL workers. "
@@ -134,11 +136,11 @@ def create_master(cfg: MasterCli, location: str, port: str | None,
              "    c['protocols']['furl'] = furl_protocol(basedir)\n"
              "    # and name each worker in a builder: workernames=[w.name for w in "
              "furl_workers]\n"
-             f"next: furl-master create-worker -d {d} NAME -o NAME.furl, then "
-             f"buildbot reconfig {d}")
+             f"next: furl-master create-worker -d {qd} NAME -o NAME.furl, then "
+             f"buildbot reconfig {qd}")
     else:
-        note(f"next: furl-master create-worker -d {d} NAME -o NAME.furl, then "
-             f"furl-master start -d {d}")
+        note(f"next: furl-master create-worker -d {qd} NAME -o NAME.furl, then "
+             f"furl-master start -d {qd}")
 
 
 def create_worker(cfg: MasterCli, name: str, comment: str, output: str | None) -> None:
@@ -370,6 +372,7 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
         verbose: bool, name: str, command: tuple[str, ...]) -> None:
     from buildbot_furl.client.run import RunOperation
 
+    furlsfile.check_name(name)  # never sent, nor echoed whole, when it cannot be one
     paths = cfg.paths()
     argv = list(command)
     if argv and argv[0] == "--":
@@ -384,6 +387,7 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
 
 
 def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
+    furlsfile.check_name(name)
     paths = cfg.paths()
 
     async def ask(admin: Any) -> bool:
@@ -413,9 +417,25 @@ def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
     raise Failed(f"worker {name!r} is still draining after {wait:g} s", Exit.UNAVAILABLE)
 
 
+def _copy_paths(remote: str, local: str, into: str) -> None:
+    """put and get alike: REMOTE and LOCAL are the copy's own paths; the
+    worker's directory itself is not one, nor is an existing directory on
+    the receiving side (``into``: "local" for get; the worker checks put's)."""
+    if not remote.strip("/."):
+        raise PathRefused(f"{remote!r} names the worker's directory itself: name a file "
+                          "or directory in it")
+    if into == "local" and os.path.isdir(local):
+        base = os.path.basename(remote.rstrip("/"))
+        raise Failed(f"{local} is a directory: give the copy's own path, e.g. "
+                     f"{shlex.quote(os.path.join(local, base))} (get, like put, never copies "
+                     "into a directory)", Exit.UNAVAILABLE)
+
+
 def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:
     from buildbot_furl.client.files import PutOperation
 
+    furlsfile.check_name(name)
+    _copy_paths(remote, local, "remote")
     r = PutOperation(cfg.paths(), name, local, remote, progress=sys.stderr.isatty()).run()
     what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
     note(f"{local} -> {name}:{r['remote']} ({what}, verified)")
@@ -424,6 +444,8 @@ def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:
 def get(cfg: MasterCli, name: str, remote: str, local: str) -> None:
     from buildbot_furl.client.files import GetOperation
 
+    furlsfile.check_name(name)
+    _copy_paths(remote, local, "local")
     r = GetOperation(cfg.paths(), name, remote, local, progress=sys.stderr.isatty()).run()
     what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
     note(f"{name}:{remote} -> {r['local']} ({what}, verified)")

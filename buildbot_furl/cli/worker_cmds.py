@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -26,11 +27,16 @@ from buildbot_furl.worker import policy as wpolicy
 from buildbot_furl.worker import settings as wsettings
 
 
+def q(path: str) -> str:
+    """A path as it can be pasted into a shell."""
+    return shlex.quote(path)
+
+
 def _paths(basedir: str, must_exist: bool = True) -> WorkerPaths:
     paths = WorkerPaths(os.path.abspath(basedir))
     if must_exist and not os.path.isdir(paths.basedir):
         raise Failed(f"{basedir} does not exist (create it with: furl-worker create-worker "
-                     f"{basedir} --furl-file FILE)")
+                     f"{q(basedir)} --furl-file FILE)")
     return paths
 
 
@@ -100,7 +106,7 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: 
         note(f"stored in {paths.settings}:")
         for line in _show_settings(stored):
             note(line)
-    note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+    note(f"created worker in {paths.basedir}; start it with: furl-worker start {q(basedir)}")
 
 
 def settings(basedir: str, given: dict[str, Any], unset: tuple[str, ...]) -> None:
@@ -122,7 +128,7 @@ def settings(basedir: str, given: dict[str, Any], unset: tuple[str, ...]) -> Non
     for line in _show_settings(new):
         note(line)
     if _pidfile(paths).running_pid() is not None:
-        note(f"the running worker uses them from its next start: furl-worker restart {basedir}")
+        note(f"the running worker uses them from its next start: furl-worker restart {q(basedir)}")
 
 
 def _policy_lines(p: wpolicy.Policy) -> list[str]:
@@ -177,7 +183,7 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
     pid = _pidfile(paths).running_pid()
     if pid is None:
         note(f"no worker runs in {paths.basedir}; it will use the new FURL when started "
-             f"(furl-worker start {basedir})")
+             f"(furl-worker start {q(basedir)})")
         return
     want = wconfig.furl_id(source.furl)
     os.kill(pid, signal.SIGUSR1)
@@ -239,7 +245,7 @@ def _mention_stored_furl(paths: WorkerPaths, source: wconfig.FurlSource) -> None
         return
     if str(stored) != str(source.furl):
         note(f"note: {paths.furl} holds another FURL; this start uses the one from "
-             f"{source.origin}. To keep it: furl-worker set-furl {paths.basedir} "
+             f"{source.origin}. To keep it: furl-worker set-furl {q(paths.basedir)} "
              "--furl-file FILE")
 
 
@@ -280,7 +286,7 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
                      "does not know this worker's session)")
                 if deadline is None:
                     raise Failed("not stopped: the worker keeps running ('furl-worker stop "
-                                 f"{basedir}' stops it now, or give --timeout)")
+                                 f"{q(basedir)}' stops it now, or give --timeout)")
         if deadline is not None and (told == "unsupported" or time.monotonic() >= deadline):
             note("stopping it now (--timeout)" if told == "unsupported" else
                  f"not drained within {timeout:g} s: stopping it now")
@@ -352,7 +358,7 @@ def status(basedir: str, as_json: bool) -> None:
     elif isinstance(policy, dict) and "error" in policy:
         click.echo(f"policy: refuses every request until fixed: {policy['error']}")
     elif policy is not None:
-        click.echo(f"policy: {paths.policy} (see: furl-worker policy {basedir})")
+        click.echo(f"policy: {paths.policy} (see: furl-worker policy {q(basedir)})")
     if pid is None:
         sys.exit(Exit.NOT_RUNNING)
     if not attached:
