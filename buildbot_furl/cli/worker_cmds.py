@@ -10,6 +10,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -201,7 +202,7 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
                  + (f": {why}" if why else "") + f" (see {paths.log})", Exit.NOT_ATTACHED)
 
 
-def _option(name: str, check: Any, value: Any) -> Any:
+def _option(name: str, check: Callable[[Any], int], value: Any) -> int:
     try:
         return check(value)
     except ConfigError as e:

@@ -19,6 +19,8 @@ import configparser
 import dataclasses
 import os
 import re
+from collections.abc import Callable
+from typing import Any
 
 from buildbot_furl import furlsfile, logs
 from buildbot_furl.errors import ConfigError
@@ -174,11 +176,11 @@ def read(basedir: str) -> ConfReading:
             e = ConfigError("no [master] section")
         return ConfReading(paths, None, (f"{paths.conf}: {e}",))
 
-    def setting(key: str, default: object, parse: object) -> object:
+    def setting(key: str, default: Any, parse: Callable[[str], Any]) -> Any:
         if key not in sect:
             return default
         try:
-            return parse(sect[key])  # type: ignore[operator]
+            return parse(sect[key])
         except (ValueError, ConfigError) as e:
             problems.append(f"{paths.conf}: {key} = {_cut(sect[key])}: {_why(e)}")
             return default
@@ -188,7 +190,7 @@ def read(basedir: str) -> ConfReading:
         problems.append(f"{paths.conf}: no location (tcp:HOST:PORT, what workers dial)")
     port = setting("port", None, check_port)
     if port is None and location is not None and "port" not in sect:
-        port = default_port(location)  # type: ignore[arg-type]
+        port = default_port(location)
     values = dict(
         keepalive=setting("keepalive", DEFAULT_KEEPALIVE, _seconds),
         disconnect_timeout=setting("disconnect_timeout", DEFAULT_DISCONNECT_TIMEOUT, _seconds),
@@ -204,7 +206,7 @@ def read(basedir: str) -> ConfReading:
     )
     config = None
     if location is not None and port is not None:
-        config = MasterConfig(paths, location, port, **values)  # type: ignore[arg-type]
+        config = MasterConfig(paths, location, port, **values)
     return ConfReading(paths, config, tuple(problems))
 
 
