@@ -55,13 +55,13 @@ def parse_furl(text: str) -> Furl:
     text = text.strip()
     m = FURL_RE.match(text)
     if not m:
-        raise ConfigError("malformed FURL (expected pb://TUBID@HOST:PORT/SWISSNUM)")
+        raise ConfigError("malformed FURL (expected pb://TUBID@tcp:HOST:PORT/SWISSNUM)")
     tubid, hints, swissnum = m.groups()
     if not TUBID_RE.match(tubid):
         raise ConfigError("malformed FURL: the TUBID is not 32 base32 characters")
     hint_list = tuple(h for h in hints.split(",")) if hints else ()
     if not hint_list or any(not HINT_RE.match(h) for h in hint_list):
-        raise ConfigError("malformed FURL: it has no usable connection hint (HOST:PORT)")
+        raise ConfigError("malformed FURL: it has no usable connection hint (tcp:HOST:PORT)")
     if not SWISSNUM_RE.match(swissnum):
         raise ConfigError("malformed FURL: the secret part after the last '/' is not valid")
     return Furl(tubid, hint_list, swissnum)

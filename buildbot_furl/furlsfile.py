@@ -31,13 +31,19 @@ HEADER = (
 )
 
 
+def shown_name(name: str, limit: int = 64) -> str:
+    """A worker name as an error may echo it, quoted: past a '/' it may be a
+    FURL (given first, or without its space), so never shown; and cut short."""
+    shown = name if "/" not in name else name.split("/", 1)[0] + "/..."
+    if len(shown) > limit:
+        shown = f"{shown[:limit]}... ({len(name)} characters)"
+    return repr(shown)
+
+
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        # past a '/' it may be a FURL (given first, or without its space): never shown
-        shown = name if "/" not in name else name.split("/", 1)[0] + "/..."
-        raise ConfigError(
-            f"invalid worker name {shown!r}: use 1-64 characters from A-Z a-z 0-9 . _ -"
-        )
+        raise ConfigError(f"invalid worker name {shown_name(name)}: use 1-64 characters "
+                          "from A-Z a-z 0-9 . _ -")
     return name
 
 
@@ -139,7 +145,7 @@ class FurlsFile:
     def _require(self, name: str) -> Entry:
         entry = self.get(name)
         if entry is None:
-            raise ConfigError(f"no worker named {name!r} in {self.path}")
+            raise ConfigError(f"no worker named {shown_name(name)} in {self.path}")
         return entry
 
 

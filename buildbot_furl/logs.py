@@ -3,7 +3,8 @@
 ``master.log``/``worker.log`` are rotated when they reach ``max_bytes``
 (``master.log.1`` is the newest old one, up to ``keep`` of them are kept),
 and reopened by name on SIGHUP, so an external ``logrotate`` (rename, then
-``kill -HUP``) works too.  Files are created 0600.  A daemon's stdout and
+``kill -HUP``) works too.  Files are created 0600, and made 0600 at start
+when they were looser (a copied directory).  A daemon's stdout and
 stderr follow the current file, so stray output (a warning printed by a
 library) lands in it rather than in a rotated-away one.
 """
@@ -18,6 +19,7 @@ from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    Logger,
     globalLogBeginner,
     textFileLogObserver,
 )
@@ -37,6 +39,51 @@ def parse_size(text: str | int) -> int:
     return n
 
 
+def check_keep(value: str | int) -> int:
+    """How many rotated logs to keep: 1 to 1000."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"bad log_keep {value!r}: give a whole number") from None
+    if not 1 <= n <= 1000:
+        raise ConfigError("log_keep must be between 1 and 1000")
+    return n
+
+
+def _make_private(fd: int) -> bool:
+    """0600 for a log that was looser (a copied directory, an old release):
+    logs hold worker names and addresses.  True if it was changed."""
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+            return True
+    except OSError:  # not ours to change: it is still written to
+        pass
+    return False
+
+
+def make_old_logs_private(path: str) -> list[str]:
+    """The rotated ``path.N`` files made 0600 (see _make_private); those changed."""
+    directory, base = os.path.split(os.path.abspath(path))
+    changed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in sorted(names):
+        if name.startswith(base + ".") and name[len(base) + 1:].isdigit():
+            try:
+                fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                if _make_private(fd):
+                    changed.append(name)
+            finally:
+                os.close(fd)
+    return changed
+
+
 class RotatingFile:
     """A text file object for twisted.logger that rotates by size."""
 
@@ -52,6 +99,7 @@ class RotatingFile:
 
     def _open(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.was_loose = _make_private(fd)
         old, self.fd = self.fd, fd
         self.size = os.fstat(fd).st_size
         if self.own_stdio:
@@ -100,9 +148,14 @@ def start_logging(path: str, to_stderr: bool = False, max_bytes: int = DEFAULT_M
     """Send twisted.logger events to ``path`` (and stderr in the foreground);
     returns the file, whose ``reopen()`` a SIGHUP handler should call."""
     f = RotatingFile(path, max_bytes, keep, own_stdio=not to_stderr)
+    made_private = ([os.path.basename(path)] if f.was_loose else []) + \
+        make_old_logs_private(path)
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     observers: list[Any] = [FilteringLogObserver(textFileLogObserver(f), [predicate])]
     if to_stderr:
         observers.append(FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate]))
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    if made_private:
+        Logger().info("made {files} mode 0600 (they were readable by others; logs hold "
+                      "worker names and addresses)", files=", ".join(made_private))
     return f

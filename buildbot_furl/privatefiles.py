@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import secrets
+import shlex
 import stat
 from collections.abc import Callable
 
@@ -23,7 +24,8 @@ def check_private_mode(path: str) -> None:
         want = "700" if stat.S_ISDIR(st.st_mode) else "600"
         raise ConfigError(
             f"{path} holds secrets but is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with: chmod {want} {path}"
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with: "
+            f"chmod {want} {shlex.quote(path)}"
         )
 
 

@@ -19,13 +19,18 @@ say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 say furl-master create-master -d "$DEMO/master" --location "tcp:127.0.0.1:$PORT"
 furl-master create-master -d "$DEMO/master" --location "tcp:127.0.0.1:$PORT" \
   --port "tcp:$PORT:interface=127.0.0.1"
-say 'FURL=$(furl-master create-worker -d '"$DEMO/master"' demo-worker)'
-FURL="$(furl-master create-worker -d "$DEMO/master" demo-worker --comment "made by the demo")"
-echo "FURL=${FURL%/*}/<secret>"
+# the FURL is a secret: it goes through a new 0600 file, never a command line
+# (which 'ps' shows to every user), as the README advises
+say furl-master create-worker -d "$DEMO/master" demo-worker -o "$DEMO/demo-worker.furl"
+furl-master create-worker -d "$DEMO/master" demo-worker --comment "made by the demo" \
+  -o "$DEMO/demo-worker.furl"
 say furl-master start -d "$DEMO/master"
 furl-master start -d "$DEMO/master"
-say 'furl-worker create-worker '"$DEMO/worker"' --furl "$FURL" && furl-worker start '"$DEMO/worker"
-furl-worker create-worker "$DEMO/worker" --furl "$FURL"
+say furl-worker create-worker "$DEMO/worker" --furl-file "$DEMO/demo-worker.furl" \
+  '&&' rm "$DEMO/demo-worker.furl"
+furl-worker create-worker "$DEMO/worker" --furl-file "$DEMO/demo-worker.furl"
+rm "$DEMO/demo-worker.furl"  # the worker keeps its own 0600 copy, master.furl
+say furl-worker start "$DEMO/worker"
 furl-worker start "$DEMO/worker"
 say furl-master list-workers -d "$DEMO/master"
 furl-master list-workers -d "$DEMO/master"

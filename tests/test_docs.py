@@ -81,3 +81,65 @@ def test_one_reload_delay(path: Path) -> None:
     text = " ".join(path.read_text().split())
     for stale in ("within 2 s", "within 2 seconds", "within a second"):
         assert stale not in text, f"{path.name} still says '{stale}'"
+
+
+def test_the_exit_code_table_is_the_code() -> None:
+    """admin.md's table names every exit code, and 0, 1 and 64 as exits.py does."""
+    from buildbot_furl.cli.exits import MEANING, Exit
+
+    rows = dict(re.findall(r"^\| ([0-9, +N]+) \| (.+?) \|$",
+                           (ROOT / "docs" / "admin.md").read_text(), re.M))
+    listed = {c.strip() for key in rows for c in key.split(",")}
+    for code in Exit:
+        assert str(int(code)) in listed, f"admin.md has no row for exit {int(code)}"
+    for code in (Exit.OK, Exit.ERROR, Exit.USAGE):
+        assert rows[str(int(code))] == " ".join(MEANING[code].split()), code
+
+
+SCRIPTS = sorted([*(ROOT / "scripts").glob("*.sh"), *(ROOT / "examples").rglob("*.sh")])
+
+
+@pytest.mark.parametrize("path", SCRIPTS + DOCS, ids=lambda p: p.name)
+def test_no_furl_on_a_command_line(path: Path) -> None:
+    """A FURL is a secret, and argv is public ('ps'): scripts and docs hand it
+    over in a 0600 file (-o, --furl-file) as the README advises."""
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        assert not re.search(r"--furl[= ]+[\"'$]*(pb:|\$|\")", line), f"{path.name}:{n}: {line}"
+
+
+def test_the_policy_refusal_quoted_in_security_md_is_the_real_one(tmp_path: Path) -> None:
+    from buildbot_furl.errors import PolicyRefused
+    from buildbot_furl.worker.policy import parse_policy
+
+    policy = parse_policy("[commands]\nallow = make, git\n", str(tmp_path))
+    with pytest.raises(PolicyRefused) as e:
+        policy.check("shell", {"command": ["curl", "-O", "x"], "workdir": "."}, 0)
+    # what furl-master run prints (master/standalone.py words the refusal)
+    line = f"furl-master: error: worker 'w1' refused: {e.value}"
+    text = " ".join((ROOT / "docs" / "security.md").read_text().split())
+    assert f"`{line}`" in text
+
+
+def test_create_master_prints_what_buildbot_md_says(tmp_path: Path) -> None:
+    """buildbot.md: create-master in a Buildbot directory prints the
+    load_workers form of the master.cfg lines; that form is shown there."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "bb"
+    d.mkdir()
+    (d / "master.cfg").write_text("# buildbot\n")
+    p = subprocess.run([sys.executable, "-m", "buildbot_furl.cli.master", "create-master",
+                        "-d", str(d), "--location", "tcp:127.0.0.1:9"], capture_output=True,
+                       text=True, check=True)
+    printed = [line.strip() for line in p.stderr.splitlines() if line.startswith("    ")]
+    assert any("load_workers(" in line for line in printed)
+    doc = (ROOT / "docs" / "buildbot.md").read_text()
+    assert "in their `load_workers` form" in doc
+    for line in printed:
+        assert line in doc, f"buildbot.md does not show {line!r}"
+
+
+def test_skip_reasons_show_in_the_default_summary() -> None:
+    addopts = re.search(r"^addopts\s*=(.*)$", (ROOT / "pytest.ini").read_text(), re.M)
+    assert addopts and re.search(r"(^|\s)-r\S*s", addopts.group(1))

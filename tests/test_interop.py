@@ -203,7 +203,10 @@ def test_put_and_get_directory_byte_exact(two: Farm, tmp_path: Path) -> None:
     assert (landed / "a" / "link").is_symlink()
     out = tmp_path / "out"
     out.mkdir()
-    p = two.master("get", "w2", "trees/t1", str(out), timeout=120)
+    # LOCAL names the copy itself (as put's REMOTE): not the directory to put it in
+    p = two.master("get", "w2", "trees/t1", str(out))
+    assert p.returncode == 2 and "is a directory" in p.stderr, p.stderr
+    p = two.master("get", "w2", "trees/t1", str(out / "t1"), timeout=120)
     assert p.returncode == 0, p.stderr
     assert manifest(str(out / "t1")) == manifest(str(src))
     assert sorted(os.listdir(out)) == ["t1"]

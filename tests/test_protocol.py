@@ -266,8 +266,8 @@ def test_a_reload_that_adds_thousands_logs_a_few_lines(tmp_path: Any) -> None:
         globalLogPublisher.removeObserver(seen)
     assert list(reg.entries) == ["w1"] and "w500" not in reg.by_name
     assert len(lines) == NAMED_IN_LOG + 1, lines[-3:]
-    assert lines[0] == "worker w2 removed: its old FURL no longer works"
-    assert lines[-1].startswith(f"... and {1000 - NAMED_IN_LOG} more workers removed")
+    assert lines[0] == "worker w2 revoked: its old FURL no longer works"
+    assert lines[-1].startswith(f"... and {1000 - NAMED_IN_LOG} more workers revoked")
 
 
 @pytest_twisted.ensureDeferred

@@ -114,7 +114,7 @@ def test_bad_values_are_one_line_and_create_nothing(tmp_path: Path, option: str,
                                                    error: str) -> None:
     wd = tmp_path / "w"
     p = cli("furl-worker", "create-worker", str(wd), "--furl", FURL, option, value)
-    assert p.returncode == Exit.USAGE
+    assert p.returncode == Exit.ERROR  # as the same value in furl-worker.conf
     assert p.stderr.startswith(f"furl-worker: error: {error}")
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert not wd.exists()
@@ -122,8 +122,14 @@ def test_bad_values_are_one_line_and_create_nothing(tmp_path: Path, option: str,
     cli("furl-worker", "create-worker", str(wd), "--furl", FURL, check=True)
     for cmd in ("start", "restart", "settings"):
         p = cli("furl-worker", cmd, str(wd), option, value)
-        assert p.returncode == Exit.USAGE and p.stderr.count("\n") == 1, (cmd, p.stderr)
+        assert p.returncode == Exit.ERROR and p.stderr.count("\n") == 1, (cmd, p.stderr)
         assert error in p.stderr
+    # the same value in furl-worker.conf: the same exit code
+    conf = wd / "furl-worker.conf"
+    conf.write_text(f"[worker]\n{option[2:]} = {value}\n")
+    conf.chmod(0o600)
+    p = cli("furl-worker", "start", str(wd))
+    assert p.returncode == Exit.ERROR and repr(value) in p.stderr, p.stderr
     assert not (wd / "furl-worker.pid").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 from buildbot.config.errors import error as config_error
@@ -70,9 +71,9 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
         location = conf.location
     else:
         raise ConfigError(
-            f"{paths.basedir} has no {CONF_NAME}: run "
-            f"'furl-master create-master -d {paths.basedir} --location tcp:HOST:PORT' "
-            "there first (it makes the master's key and workers.furls)"
+            f"{paths.basedir} has no {CONF_NAME}: run furl-master create-master -d "
+            f"{shlex.quote(paths.basedir)} --location tcp:HOST:PORT first (it makes the "
+            "master's key and workers.furls)"
         )
     furls_path = opts.get("furls") or paths.furls
     if not isinstance(furls_path, str):
@@ -80,8 +81,8 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
     furls_path = os.path.join(paths.basedir, os.path.expanduser(furls_path))
     if not os.path.exists(paths.tub_pem):
         raise ConfigError(
-            f"{paths.tub_pem} is missing: the master's key is made by "
-            f"'furl-master create-master -d {paths.basedir} --location tcp:HOST:PORT'"
+            f"{paths.tub_pem} is missing: the master's key is made by furl-master "
+            f"create-master -d {shlex.quote(paths.basedir)} --location tcp:HOST:PORT"
         )
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,

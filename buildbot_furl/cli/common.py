@@ -11,7 +11,7 @@ import click
 
 from buildbot_furl.cli.exits import Exit, code_for
 from buildbot_furl.display import printable
-from buildbot_furl.errors import FurlError
+from buildbot_furl.errors import ConfigError, FurlError
 
 
 class Failed(click.ClickException):
@@ -38,6 +38,10 @@ def guarded(exit_code: int = Exit.ERROR) -> Callable[[Callable[..., Any]], Calla
                 return fn(*args, **kwargs)
             except Failed:
                 raise
+            except ConfigError as e:
+                # a bad file or value is the same mistake whatever the command:
+                # always exit 1 (not the command's "could not reach" code)
+                raise Failed(str(e), Exit.ERROR) from None
             except FurlError as e:
                 raise Failed(str(e), code_for(e, exit_code)) from None
             except PermissionError as e:

@@ -29,13 +29,15 @@ class Exit(enum.IntEnum):
 
 MEANING = {
     Exit.OK: "success",
-    Exit.ERROR: "failed: bad input, a bad or unsafe file, a refused operation",
+    Exit.ERROR: "failed: bad input (a bad value, in a file or an option alike), a bad\n"
+                "       or unsafe file, a refused operation",
     Exit.UNAVAILABLE: "the request could not be made or did not finish (no master\n"
                       "       answers, unknown or lost worker, path refused, refused by\n"
                       "       the worker's policy)",
     Exit.NOT_RUNNING: "not running",
     Exit.NOT_ATTACHED: "running, but not attached to its master now",
-    Exit.USAGE: "bad command line (unknown option, missing argument)",
+    Exit.USAGE: "bad command line (unknown command or option, missing argument, a\n"
+                "       value of the wrong type)",
     Exit.NOT_EXECUTABLE: "the program exists on the worker but cannot be run",
     Exit.NOT_FOUND: "the program was not found on the worker",
     Exit.INTERRUPTED: "interrupted (Ctrl-C)",

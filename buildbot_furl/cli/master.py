@@ -202,6 +202,8 @@ def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:
 
     REMOTE is relative to the worker's directory; the worker refuses a path
     that leads outside it (through '..' or a symlink) and its own files.
+    REMOTE is the copy's own path: a file there is replaced, a directory
+    there is refused (put never copies into a directory; get neither).
     The copy is checked by sha256 on the worker and only then renamed to
     REMOTE, so a failed copy never leaves a partial file there.
     """
@@ -219,7 +221,8 @@ def get(cfg: MasterCli, name: str, remote: str, local: str) -> None:
     """Copy file or directory REMOTE from worker NAME to LOCAL.
 
     REMOTE is relative to the worker's directory and may not lead outside
-    it; LOCAL may be an existing directory to copy into.  The copy is
+    it.  LOCAL is the copy's own path: a file there is replaced, a
+    directory there is refused (as put does with REMOTE).  The copy is
     checked by sha256 against what the worker sent and only then renamed to
     LOCAL, so a failed copy never leaves a partial file there.
     """

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any
@@ -22,8 +23,9 @@ from buildbot_furl.client.connect import (
     require_standalone,
     run_with_admin,
 )
-from buildbot_furl.errors import ConfigError
+from buildbot_furl.errors import ConfigError, PathRefused
 from buildbot_furl.furl import Furl, new_swissnum
+from buildbot_furl.layout import MasterPaths
 from buildbot_furl.master import config as mconfig
 from buildbot_furl.privatefiles import reserve_private
 from buildbot_furl.protocol import call
@@ -35,24 +37,56 @@ class MasterCli:
     """What the command line said, for every furl-master command."""
 
     basedir: str | None = None
-    _config: mconfig.MasterConfig | None = None
+    _reading: mconfig.ConfReading | None = None
+    _warned: bool = False
 
     @property
     def dir(self) -> str:
         return self.basedir or "."
 
+    def reading(self) -> mconfig.ConfReading:
+        if self._reading is None:
+            self._reading = mconfig.read(self.dir)
+        return self._reading
+
     def config(self) -> mconfig.MasterConfig:
-        if self._config is None:
-            self._config = mconfig.load(self.dir)
-        return self._config
+        """Every setting good (what start needs); else one error naming them all."""
+        r = self.reading()
+        if r.problems or r.config is None:
+            raise ConfigError("; ".join(r.problems))
+        return r.config
+
+    def paths(self, warn: bool = True) -> MasterPaths:
+        """The directory's files, for a command that talks to a running master
+        or edits workers.furls: a bad setting in furl-master.conf is a warning
+        here (the running master keeps what it started with), never a lock-out."""
+        r = self.reading()
+        if warn and not self._warned:
+            self._warned = True
+            for p in r.problems:
+                note(f"warning: {p}{CONF_STILL}")
+        return r.paths
+
+    def lenient_config(self) -> mconfig.MasterConfig:
+        """The settings, a bad optional one warned about and left at its
+        default; location and port must be good (they go into FURLs)."""
+        r = self.reading()
+        if r.config is None:
+            raise ConfigError("; ".join(r.problems))
+        self.paths()
+        return r.config
 
     def tubid(self) -> str:
-        return tubid_of(self.config().paths.tub_pem)
+        return tubid_of(self.reading().paths.tub_pem)
 
 
-def _not_buildbot(cfg: mconfig.MasterConfig, what: str) -> None:
-    if mconfig.is_buildbot_dir(cfg.paths):
-        raise Failed(f"{cfg.paths.basedir} is a Buildbot master's directory: its FURL "
+#: what a warning about furl-master.conf adds
+CONF_STILL = " (a running master keeps the settings it started with; fix it before the next start)"
+
+
+def _not_buildbot(paths: MasterPaths, what: str) -> None:
+    if mconfig.is_buildbot_dir(paths):
+        raise Failed(f"{paths.basedir} is a Buildbot master's directory: its FURL "
                      f"workers are served by Buildbot itself; use 'buildbot {what}' there")
 
 
@@ -90,6 +124,7 @@ def create_master(cfg: MasterCli, location: str, port: str | None,
     conf = mconfig.create(cfg.dir, location, port, session_grace)
     tubid = make_tub(conf.paths.tub_pem).getTubID()
     d = conf.paths.basedir
+    qd = shlex.quote(d)  # the hints below can be pasted into a shell
     note(f"created master in {d} (tubid {tubid}, listening on {conf.port})")
     if mconfig.is_buildbot_dir(conf.paths):
         note("this is a Buildbot master's directory: Buildbot serves the FURL workers. "
@@ -101,15 +136,15 @@ def create_master(cfg: MasterCli, location: str, port: str | None,
              "    c['protocols']['furl'] = furl_protocol(basedir)\n"
              "    # and name each worker in a builder: workernames=[w.name for w in "
              "furl_workers]\n"
-             f"next: furl-master create-worker -d {d} NAME -o NAME.furl, then "
-             f"buildbot reconfig {d}")
+             f"next: furl-master create-worker -d {qd} NAME -o NAME.furl, then "
+             f"buildbot reconfig {qd}")
     else:
-        note(f"next: furl-master create-worker -d {d} NAME -o NAME.furl, then "
-             f"furl-master start -d {d}")
+        note(f"next: furl-master create-worker -d {qd} NAME -o NAME.furl, then "
+             f"furl-master start -d {qd}")
 
 
 def create_worker(cfg: MasterCli, name: str, comment: str, output: str | None) -> None:
-    conf = cfg.config()
+    conf = cfg.lenient_config()
     if mconfig.is_buildbot_dir(conf.paths):  # a name Buildbot refuses blocks every reconfig
         furlsfile.check_buildbot_name(name)
     else:
@@ -125,14 +160,14 @@ def create_worker(cfg: MasterCli, name: str, comment: str, output: str | None) -
 
 
 def revoke_worker(cfg: MasterCli, name: str) -> None:
-    conf = cfg.config()
-    with furlsfile.update(conf.paths.furls, cfg.tubid()) as ff:
+    paths = cfg.paths()
+    with furlsfile.update(paths.furls, cfg.tubid()) as ff:
         ff.remove(name)
     note(f"worker {name!r} revoked")
 
 
 def rotate_worker(cfg: MasterCli, name: str, output: str | None) -> None:
-    conf = cfg.config()
+    conf = cfg.lenient_config()
     tubid = cfg.tubid()
     furl = Furl(tubid, conf.location, new_swissnum())
     with _reserved(output) as fd:
@@ -152,50 +187,49 @@ def _when(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _problems(conf: mconfig.MasterConfig, running_problems: list[str]) -> list[str]:
+def _problems(cfg: MasterCli, running_problems: list[str]) -> list[str]:
     """What is wrong with the master's files: seen here, and as the running
     master sees them (e.g. an edit it refused), each once."""
-    try:
-        tubid: str | None = tubid_of(conf.paths.tub_pem)
-    except ConfigError as e:
-        tubid = None
-        found = [str(e)]
-    else:
-        found = []
-    found += mconfig.problems(conf.paths, tubid)
+    found = mconfig.all_problems(cfg.reading())
     for p in running_problems:
         if p not in found:
             found.append(p)
     return found
 
 
-def _warn(problems: list[str], running: bool) -> None:
+def _warn(problems: list[str], running: bool, but: str | None = None) -> None:
+    """One warning line per problem (``but``: the one about to be the error)."""
     for p in problems:
-        still = " (the running master still uses the last good version)" if running and \
-            "workers.furls" in p else ""
+        if p == but:
+            continue
+        still = ""
+        if running and mconfig.CONF_NAME in p:
+            still = CONF_STILL
+        elif running and "workers.furls" in p:
+            still = " (the running master still uses the last good version)"
         note(f"warning: {p}{still}")
 
 
 def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
-    conf = cfg.config()
+    paths = cfg.paths(warn=False)  # warned about below, with the rest
     live: dict[str, dict[str, Any]] = {}
     running_problems: list[str] = []
     refusals: dict[str, Any] | None = None
-    running = master_pid(conf.paths) is not None
+    running = master_pid(paths) is not None
     if running:
         try:
-            rows, st = run_with_admin(conf.paths, _list_and_status)
+            rows, st = run_with_admin(paths, _list_and_status)
             live = {r["name"]: r for r in rows}
             running_problems = list(st.get("problems") or [])
             refusals = st.get("refusals")
         except MasterNotRunning:
             running = False
-    problems = _problems(conf, running_problems)
+    problems = _problems(cfg, running_problems)
     try:
-        entries = furlsfile.read(conf.paths.furls).entries
-    except ConfigError:
+        entries = furlsfile.read(paths.furls).entries
+    except ConfigError as e:
         if not running:
-            _warn(problems, running)
+            _warn(problems, running, but=str(e))
             raise
         # the running master keeps serving its last good list: show that one
         entries = [furlsfile.Entry(r["name"], Furl("", (), ""), r.get("comment", ""))
@@ -250,17 +284,17 @@ async def _list_and_status(admin: Any) -> tuple[list[dict[str, Any]], dict[str, 
 
 
 def status(cfg: MasterCli, as_json: bool) -> None:
-    conf = cfg.config()
-    if master_pid(conf.paths) is None:
-        problems = _problems(conf, [])
+    paths = cfg.paths(warn=False)  # warned about below, with the rest
+    if master_pid(paths) is None:
+        problems = _problems(cfg, [])
         if as_json:
             click.echo(json.dumps({"running": False, "problems": problems}))
         else:
             click.echo("not running")
             _warn(problems, False)
         sys.exit(Exit.NOT_RUNNING)
-    st = run_with_admin(conf.paths, lambda ref: call(ref, "status"))
-    problems = _problems(conf, list(st.get("problems") or []))
+    st = run_with_admin(paths, lambda ref: call(ref, "status"))
+    problems = _problems(cfg, list(st.get("problems") or []))
     if as_json:
         click.echo(json.dumps({"running": True, **st, "problems": problems}, indent=2))
         return
@@ -280,11 +314,21 @@ def status(cfg: MasterCli, as_json: bool) -> None:
 # -- running ----------------------------------------------------------------------
 
 
+def _startable(cfg: MasterCli) -> mconfig.MasterConfig:
+    """The config, if nothing stops a start; else every problem at once
+    (a copied directory often has several)."""
+    _not_buildbot(cfg.reading().paths, "start")
+    found = mconfig.all_problems(cfg.reading())
+    if len(found) == 1:
+        raise ConfigError(found[0])
+    if found:
+        raise ConfigError(f"{len(found)} problems stop the master from starting:\n  "
+                          + "\n  ".join(found))
+    return cfg.config()
+
+
 def start(cfg: MasterCli, nodaemon: bool, ready_fd: int | None) -> None:
-    conf = cfg.config()
-    _not_buildbot(conf, "start")
-    mconfig.check_private(conf.paths)
-    furlsfile.read(conf.paths.furls, cfg.tubid())  # refuse a bad file before going away
+    conf = _startable(cfg)
     if nodaemon or ready_fd is not None:
         from buildbot_furl.master.service import run_master
 
@@ -300,19 +344,17 @@ def start(cfg: MasterCli, nodaemon: bool, ready_fd: int | None) -> None:
 
 
 def stop(cfg: MasterCli) -> None:
-    conf = cfg.config()
-    _not_buildbot(conf, "stop")
-    pid = daemon.stop(daemon.PidFile(conf.paths.pidfile, "master"))
+    paths = cfg.paths()
+    _not_buildbot(paths, "stop")
+    pid = daemon.stop(daemon.PidFile(paths.pidfile, "master"))
     if pid is None:
-        raise Failed(f"the master in {conf.paths.basedir} is not running", Exit.NOT_RUNNING)
+        raise Failed(f"the master in {paths.basedir} is not running", Exit.NOT_RUNNING)
     note(f"furl-master stopped (pid {pid})")
 
 
 def restart(cfg: MasterCli) -> None:
-    conf = cfg.config()
-    _not_buildbot(conf, "restart")
-    mconfig.check_private(conf.paths)
-    furlsfile.read(conf.paths.furls, cfg.tubid())  # a bad file: keep the running one running
+    _not_buildbot(cfg.reading().paths, "restart")
+    conf = _startable(cfg)  # a bad file: keep the running one running
     pid = daemon.stop(daemon.PidFile(conf.paths.pidfile, "master"))
     if pid is not None:
         note(f"furl-master stopped (pid {pid})")
@@ -333,13 +375,14 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
         verbose: bool, name: str, command: tuple[str, ...]) -> None:
     from buildbot_furl.client.run import RunOperation
 
-    conf = cfg.config()
+    furlsfile.check_name(name)  # never sent, nor echoed whole, when it cannot be one
+    paths = cfg.paths()
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise Failed("no command given (furl-master run NAME -- CMD ARGS...)", Exit.USAGE)
-    code, message = RunOperation(conf.paths, name, argv, workdir, _parse_env(envs), timeout,
+    code, message = RunOperation(paths, name, argv, workdir, _parse_env(envs), timeout,
                                  verbose).run()
     if message:
         note(f"furl-master: {message}")
@@ -347,7 +390,8 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
 
 
 def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
-    conf = cfg.config()
+    furlsfile.check_name(name)
+    paths = cfg.paths()
 
     async def ask(admin: Any) -> bool:
         from twisted.internet import reactor, task
@@ -369,18 +413,33 @@ def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
             await task.deferLater(reactor, 0.5, lambda: None)
         return wait is None
 
-    if run_with_admin(conf.paths, ask):
+    if run_with_admin(paths, ask):
         if wait is not None:
             note(f"worker {name!r} has stopped")
         return
     raise Failed(f"worker {name!r} is still draining after {wait:g} s", Exit.UNAVAILABLE)
 
 
+def _copy_paths(remote: str, local: str, into: str) -> None:
+    """put and get alike: REMOTE and LOCAL are the copy's own paths; the
+    worker's directory itself is not one, nor is an existing directory on
+    the receiving side (``into``: "local" for get; the worker checks put's)."""
+    if not remote.strip("/."):
+        raise PathRefused(f"{remote!r} names the worker's directory itself: name a file "
+                          "or directory in it")
+    if into == "local" and os.path.isdir(local):
+        base = os.path.basename(remote.rstrip("/"))
+        raise Failed(f"{local} is a directory: give the copy's own path, e.g. "
+                     f"{shlex.quote(os.path.join(local, base))} (get, like put, never copies "
+                     "into a directory)", Exit.UNAVAILABLE)
+
+
 def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:
     from buildbot_furl.client.files import PutOperation
 
-    conf = cfg.config()
-    r = PutOperation(conf.paths, name, local, remote, progress=sys.stderr.isatty()).run()
+    furlsfile.check_name(name)
+    _copy_paths(remote, local, "remote")
+    r = PutOperation(cfg.paths(), name, local, remote, progress=sys.stderr.isatty()).run()
     what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
     note(f"{local} -> {name}:{r['remote']} ({what}, verified)")
 
@@ -388,7 +447,8 @@ def put(cfg: MasterCli, name: str, local: str, remote: str) -> None:
 def get(cfg: MasterCli, name: str, remote: str, local: str) -> None:
     from buildbot_furl.client.files import GetOperation
 
-    conf = cfg.config()
-    r = GetOperation(conf.paths, name, remote, local, progress=sys.stderr.isatty()).run()
+    furlsfile.check_name(name)
+    _copy_paths(remote, local, "local")
+    r = GetOperation(cfg.paths(), name, remote, local, progress=sys.stderr.isatty()).run()
     what = "directory" if r["kind"] == "dir" else f"{r['size']} bytes"
     note(f"{name}:{remote} -> {r['local']} ({what}, verified)")

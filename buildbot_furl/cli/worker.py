@@ -66,7 +66,7 @@ def _run_options(fn: click.decorators.FC) -> click.decorators.FC:
         click.option("--log-size", default="10M", show_default=True, metavar="SIZE",
                      help="Rotate worker.log at this size (k, M, G; 0: never)."),
         click.option("--log-keep", default=logs.DEFAULT_KEEP, show_default=True,
-                     type=click.IntRange(1, 1000), help="Rotated logs to keep."),
+                     metavar="1-1000", help="Rotated logs to keep."),
         click.option("--ready-fd", type=int, default=None, hidden=True),
         click.option("--furl-fd", type=int, default=None, hidden=True),
     ]):

@@ -6,9 +6,11 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -26,11 +28,16 @@ from buildbot_furl.worker import policy as wpolicy
 from buildbot_furl.worker import settings as wsettings
 
 
+def q(path: str) -> str:
+    """A path as it can be pasted into a shell."""
+    return shlex.quote(path)
+
+
 def _paths(basedir: str, must_exist: bool = True) -> WorkerPaths:
     paths = WorkerPaths(os.path.abspath(basedir))
     if must_exist and not os.path.isdir(paths.basedir):
         raise Failed(f"{basedir} does not exist (create it with: furl-worker create-worker "
-                     f"{basedir} --furl-file FILE)")
+                     f"{q(basedir)} --furl-file FILE)")
     return paths
 
 
@@ -71,7 +78,8 @@ def _given_settings(given: dict[str, Any]) -> wsettings.Settings:
         try:
             values[key] = wsettings.PARSERS[key](raw)
         except ConfigError as e:
-            raise Failed(f"--{key}: {e}", Exit.USAGE) from None
+            # exit 1, as the same value in furl-worker.conf does: same mistake, same code
+            raise Failed(f"--{key}: {e}") from None
     return wsettings.Settings(**values)
 
 
@@ -99,7 +107,7 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: 
         note(f"stored in {paths.settings}:")
         for line in _show_settings(stored):
             note(line)
-    note(f"created worker in {paths.basedir}; start it with: furl-worker start {basedir}")
+    note(f"created worker in {paths.basedir}; start it with: furl-worker start {q(basedir)}")
 
 
 def settings(basedir: str, given: dict[str, Any], unset: tuple[str, ...]) -> None:
@@ -121,7 +129,7 @@ def settings(basedir: str, given: dict[str, Any], unset: tuple[str, ...]) -> Non
     for line in _show_settings(new):
         note(line)
     if _pidfile(paths).running_pid() is not None:
-        note(f"the running worker uses them from its next start: furl-worker restart {basedir}")
+        note(f"the running worker uses them from its next start: furl-worker restart {q(basedir)}")
 
 
 def _policy_lines(p: wpolicy.Policy) -> list[str]:
@@ -179,7 +187,7 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
     if pid is None:
         write_private(paths.furl, f"{new}\n")
         note(f"stored the new FURL in {paths.furl} (mode 0600); no worker runs in "
-             f"{paths.basedir}: it will use it when started (furl-worker start {basedir})")
+             f"{paths.basedir}: it will use it when started (furl-worker start {q(basedir)})")
         return
     want = wconfig.furl_id(new)
     st = _state(paths)
@@ -225,18 +233,24 @@ def _switch_limit() -> str:
     return f"{PROBE_TIMEOUT + SWITCH_TIMEOUT:g} s of the request"
 
 
+def _option(name: str, check: Callable[[Any], int], value: Any) -> int:
+    try:
+        return check(value)
+    except ConfigError as e:
+        raise Failed(f"{name}: {e}") from None
+
+
 def _options(paths: WorkerPaths, options: dict[str, Any]
              ) -> tuple[wconfig.WorkerOptions, dict[str, Any]]:
     """(WorkerOptions, the FURL and pipe options) from start's keywords and
     BASEDIR/furl-worker.conf (which the command line overrides)."""
-    try:
-        size = logs.parse_size(options.pop("log_size"))
-    except ConfigError as e:
-        raise Failed(f"--log-size: {e}", Exit.USAGE) from None
+    # a bad value exits 1, as the same value in furl-master.conf does
+    size = _option("--log-size", logs.parse_size, options.pop("log_size"))
+    keep = _option("--log-keep", logs.check_keep, options.pop("log_keep"))
     given = _given_settings(options)
     opts = wconfig.WorkerOptions(options.pop("wait"), options.pop("keepalive"),
                                  options.pop("disconnect_timeout"), size,
-                                 options.pop("log_keep"),
+                                 keep,
                                  given.over(wsettings.read_settings(paths.settings)))
     return opts, options
 
@@ -263,7 +277,7 @@ def _mention_stored_furl(paths: WorkerPaths, source: wconfig.FurlSource) -> None
         return
     if str(stored) != str(source.furl):
         note(f"note: {paths.furl} holds another FURL; this start uses the one from "
-             f"{source.origin}. To keep it: furl-worker set-furl {paths.basedir} "
+             f"{source.origin}. To keep it: furl-worker set-furl {q(paths.basedir)} "
              "--furl-file FILE")
 
 
@@ -285,7 +299,10 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
     if pid is None:
         raise Failed(f"no worker is running in {basedir}", Exit.NOT_RUNNING)
     os.kill(pid, signal.SIGUSR2)
-    note(f"asked the master to give worker {basedir} no new work; it stops once its running "
+    name = _state(paths).get("name")
+    who = f"worker {name!r} (in {basedir})" if isinstance(name, str) and name else \
+        f"the worker in {basedir}"
+    note(f"asked the master to give {who} no new work; it stops once its running "
          "commands or builds end" + (f" (at most {timeout:g} s)" if timeout is not None
                                      else " (Ctrl-C stops waiting; the worker stays draining)"))
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -301,7 +318,7 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
                      "does not know this worker's session)")
                 if deadline is None:
                     raise Failed("not stopped: the worker keeps running ('furl-worker stop "
-                                 f"{basedir}' stops it now, or give --timeout)")
+                                 f"{q(basedir)}' stops it now, or give --timeout)")
         if deadline is not None and (told == "unsupported" or time.monotonic() >= deadline):
             note("stopping it now (--timeout)" if told == "unsupported" else
                  f"not drained within {timeout:g} s: stopping it now")
@@ -341,6 +358,7 @@ def status(basedir: str, as_json: bool) -> None:
     since = st.get("since") if mine and isinstance(st.get("since"), (int, float)) else None
     record = {"running": pid is not None, "pid": pid, "attached": attached,
               "master": st.get("master") if mine else None, "since": since,
+              "name": st.get("name") or None if mine else None,
               "last_error": st.get("last_error") if mine and not attached else None,
               "policy": _policy_state(paths),
               "graceful_stop": st.get("drain") if mine else None}
@@ -352,8 +370,9 @@ def status(basedir: str, as_json: bool) -> None:
         when = datetime.datetime.fromtimestamp(since).strftime("%Y-%m-%d %H:%M:%S") \
             if since else "?"
         if attached:
-            click.echo(f"running (pid {pid}): attached to the master at {record['master']} "
-                       f"since {when}")
+            named = f" as {record['name']!r}" if record["name"] else ""
+            click.echo(f"running (pid {pid}): attached to the master at {record['master']}"
+                       f"{named} since {when}")
         else:
             why = record["last_error"]
             click.echo(f"running (pid {pid}): not attached"
@@ -371,7 +390,7 @@ def status(basedir: str, as_json: bool) -> None:
     elif isinstance(policy, dict) and "error" in policy:
         click.echo(f"policy: refuses every request until fixed: {policy['error']}")
     elif policy is not None:
-        click.echo(f"policy: {paths.policy} (see: furl-worker policy {basedir})")
+        click.echo(f"policy: {paths.policy} (see: furl-worker policy {q(basedir)})")
     if pid is None:
         sys.exit(Exit.NOT_RUNNING)
     if not attached:

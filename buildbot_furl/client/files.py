@@ -243,9 +243,7 @@ class GetOperation:
         self.paths = paths
         self.worker = worker
         self.remote = remote
-        if os.path.isdir(local):
-            local = os.path.join(local, os.path.basename(remote.rstrip("/")))
-        self.local = local
+        self.local = local  # the copy's own path, never a directory to copy into (as put)
         self.progress = progress
 
     def run(self) -> dict[str, Any]:

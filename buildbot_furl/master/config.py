@@ -19,13 +19,15 @@ import configparser
 import dataclasses
 import os
 import re
+from collections.abc import Callable
+from typing import Any
 
 from buildbot_furl import furlsfile, logs
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT
 from buildbot_furl.privatefiles import check_private_mode
-from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, tubid_of
 
 DEFAULT_GRACE = 60.0  # seconds a session outlives its connection
 #: refused attach attempts per address per minute before its connections are
@@ -125,8 +127,37 @@ def create(basedir: str, location: str, port: str | None,
                         DEFAULT_GRACE)
 
 
-def load(basedir: str) -> MasterConfig:
-    """Read ``furl-master.conf``; a clear ConfigError for anything wrong."""
+@dataclasses.dataclass(frozen=True)
+class ConfReading:
+    """``furl-master.conf`` as far as it is good: ``config`` has the default
+    for each bad setting (None when location or port cannot be read), and
+    ``problems`` one sentence per bad setting."""
+
+    paths: MasterPaths
+    config: MasterConfig | None
+    problems: tuple[str, ...]
+
+
+def _cut(value: str, limit: int = 60) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def _why(e: Exception) -> str:
+    text = str(e)
+    if text.startswith(("invalid literal", "could not convert")):
+        return "not a number"
+    return text
+
+
+def _checked(value: float, low: float, high: float, what: str, unit: str = "") -> float:
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low:g} and {high:g}{unit}")
+    return value
+
+
+def read(basedir: str) -> ConfReading:
+    """Read ``furl-master.conf``, collecting every bad setting (ConfigError
+    only when DIR is not a master directory at all)."""
     paths = MasterPaths(os.path.abspath(basedir))
     if not os.path.isdir(paths.basedir):
         raise ConfigError(f"{basedir} does not exist (create it with: furl-master create-master)")
@@ -136,31 +167,69 @@ def load(basedir: str) -> MasterConfig:
             "create one with: furl-master create-master -d DIR --location tcp:HOST:PORT"
         )
     cp = configparser.ConfigParser()
+    problems: list[str] = []
     try:
         cp.read(paths.conf, encoding="utf-8")
         sect = cp["master"]
-        hints = parse_location(sect.get("location", ""))
-        port = check_port(sect.get("port", "") or default_port(hints))
-        keepalive = sect.getint("keepalive", DEFAULT_KEEPALIVE)
-        disconnect = sect.getint("disconnect_timeout", DEFAULT_DISCONNECT_TIMEOUT)
-        reload_interval = sect.getfloat("reload_interval", 1.0)
-        if not 0.1 <= reload_interval <= 86400:
-            raise ValueError("reload_interval must be between 0.1 and 86400 seconds")
-        log_size = logs.parse_size(sect.get("log_size", str(logs.DEFAULT_MAX_BYTES)))
-        log_keep = sect.getint("log_keep", logs.DEFAULT_KEEP)
-        if not 1 <= log_keep <= 1000:
-            raise ValueError("log_keep must be between 1 and 1000")
-        grace = check_grace(sect.getfloat("session_grace", DEFAULT_GRACE))
-        refusal_limit = sect.getint("refusal_limit", DEFAULT_REFUSAL_LIMIT)
-        if refusal_limit < 0:
-            raise ValueError("refusal_limit must be 0 (no limit) or more")
-        call_timeout = sect.getfloat("call_timeout", DEFAULT_CALL_TIMEOUT)
-        if not 1 <= call_timeout <= 86400:
-            raise ValueError("call_timeout must be between 1 and 86400 seconds")
-    except (configparser.Error, KeyError, ValueError, ConfigError) as e:
-        raise ConfigError(f"{paths.conf}: {e}") from None
-    return MasterConfig(paths, hints, port, keepalive, disconnect, reload_interval, log_size,
-                        log_keep, grace, refusal_limit, call_timeout)
+    except (configparser.Error, KeyError, UnicodeDecodeError, OSError) as e:
+        if isinstance(e, KeyError):
+            e = ConfigError("no [master] section")
+        return ConfReading(paths, None, (f"{paths.conf}: {e}",))
+
+    def setting(key: str, default: Any, parse: Callable[[str], Any]) -> Any:
+        if key not in sect:
+            return default
+        try:
+            return parse(sect[key])
+        except (ValueError, ConfigError) as e:
+            problems.append(f"{paths.conf}: {key} = {_cut(sect[key])}: {_why(e)}")
+            return default
+
+    location = setting("location", None, parse_location)
+    if "location" not in sect:
+        problems.append(f"{paths.conf}: no location (tcp:HOST:PORT, what workers dial)")
+    port = setting("port", None, check_port)
+    if port is None and location is not None and "port" not in sect:
+        port = default_port(location)
+    values = dict(
+        keepalive=setting("keepalive", DEFAULT_KEEPALIVE, _seconds),
+        disconnect_timeout=setting("disconnect_timeout", DEFAULT_DISCONNECT_TIMEOUT, _seconds),
+        reload_interval=setting("reload_interval", 1.0, lambda v: _checked(
+            float(v), 0.1, 86400, "reload_interval", " seconds")),
+        log_size=setting("log_size", logs.DEFAULT_MAX_BYTES, logs.parse_size),
+        log_keep=setting("log_keep", logs.DEFAULT_KEEP, logs.check_keep),
+        session_grace=setting("session_grace", DEFAULT_GRACE,
+                              lambda v: check_grace(float(v))),
+        refusal_limit=setting("refusal_limit", DEFAULT_REFUSAL_LIMIT, _refusal_limit),
+        call_timeout=setting("call_timeout", DEFAULT_CALL_TIMEOUT, lambda v: _checked(
+            float(v), 1, 86400, "call_timeout", " seconds")),
+    )
+    config = None
+    if location is not None and port is not None:
+        config = MasterConfig(paths, location, port, **values)
+    return ConfReading(paths, config, tuple(problems))
+
+
+def _seconds(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise ValueError("must be 0 (off) or more seconds")
+    return n
+
+
+def _refusal_limit(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise ValueError("refusal_limit must be 0 (no limit) or more")
+    return n
+
+
+def load(basedir: str) -> MasterConfig:
+    """Read ``furl-master.conf``; a ConfigError naming every bad setting."""
+    reading = read(basedir)
+    if reading.problems or reading.config is None:
+        raise ConfigError("; ".join(reading.problems))
+    return reading.config
 
 
 def is_buildbot_dir(paths: MasterPaths) -> bool:
@@ -182,6 +251,20 @@ def problems(paths: MasterPaths, tubid: str | None) -> list[str]:
         furlsfile.read(paths.furls, tubid)
     except ConfigError as e:
         found.append(str(e))
+    return found
+
+
+def all_problems(reading: ConfReading) -> list[str]:
+    """Everything wrong with a master directory that a start would refuse:
+    its settings, then its key and secret files."""
+    found = list(reading.problems)
+    try:
+        tubid: str | None = tubid_of(reading.paths.tub_pem)
+    except ConfigError as e:
+        tubid = None
+        found.append(str(e))
+    # a key file others can read fails tubid_of and the mode check alike: say it once
+    found += [p for p in problems(reading.paths, tubid) if p not in found]
     return found
 
 

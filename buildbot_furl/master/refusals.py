@@ -115,6 +115,8 @@ class Refusals:
             self._lines += 1
             extra = (f"; {p.dropped} more connection(s) closed before TLS" if p.dropped
                      else "")
+            if p.revoked:
+                extra += f" (among them the revoked or rotated FURL of worker {p.revoked})"
             log.info("refused {n} attach attempts from {peer} in the last {s:.0f} s{extra}",
                      n=p.interval, peer=host, s=self.interval, extra=extra)
         rest = busy[len(shown):]
@@ -128,6 +130,7 @@ class Refusals:
         for p in self._peers.values():
             p.interval = 0
             p.dropped = 0
+            p.revoked = ""
 
     def _forget_oldest(self) -> None:
         oldest = min(self._peers, key=lambda h: self._peers[h].last)

@@ -206,10 +206,10 @@ class WorkerRegistry:
         for name, entry in list(self.entries.items()):
             if name not in new or new[name].furl.swissnum != entry.furl.swissnum:
                 retired += 1
-                self._retire(name, "removed" if name not in new else "rotated",
+                self._retire(name, "revoked" if name not in new else "rotated",
                              quiet=retired > NAMED_IN_LOG)
         if retired > NAMED_IN_LOG:
-            log.info("... and {n} more workers removed or rotated: their old FURLs no longer "
+            log.info("... and {n} more workers revoked or rotated: their old FURLs no longer "
                      "work", n=retired - NAMED_IN_LOG)
         added = []
         for name, entry in new.items():
@@ -312,7 +312,7 @@ class WorkerRegistry:
             self._current(login, bot)  # revoked while Buildbot took it (it was dropped)
             return AttachAnswer(session.protocol, session.session_id,
                                 session.hand_out_secret(), session.grace,
-                                __version__).to_wire()
+                                __version__, name=name).to_wire()
         finally:
             self._attaching.discard(name)
 
@@ -352,7 +352,8 @@ class WorkerRegistry:
         self.last_seen[session.name] = time.time()
         assert info.resume is not None
         return AttachAnswer(session.protocol, session.session_id, info.resume[1],
-                            session.grace, __version__, resumed=True, commands=tuple(carried))
+                            session.grace, __version__, resumed=True, commands=tuple(carried),
+                            name=session.name)
 
     async def _settle_duplicate(self, name: str, peer: str) -> None:
         """Never two live connections for one name: an old one that still

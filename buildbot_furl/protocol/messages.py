@@ -243,6 +243,8 @@ class AttachAnswer:
     master_version: str
     resumed: bool = False
     commands: tuple[str, ...] = ()
+    #: the name the master knows this worker by ("" from an older master)
+    name: str = ""
 
     def __repr__(self) -> str:
         return (f"AttachAnswer(protocol={self.protocol}, resumed={self.resumed}, "
@@ -251,7 +253,7 @@ class AttachAnswer:
     def to_wire(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "session": self.session, "secret": self.secret,
                 "grace": self.grace, "master_version": self.master_version,
-                "resumed": self.resumed, "commands": list(self.commands)}
+                "resumed": self.resumed, "commands": list(self.commands), "name": self.name}
 
     @classmethod
     def from_wire(cls, value: Any) -> AttachAnswer:
@@ -268,7 +270,13 @@ class AttachAnswer:
                    float(grace) if _is_number(grace) and grace >= 0 else 0.0,
                    str(value.get("master_version", "?"))[:40], value.get("resumed") is True,
                    tuple(c for c in commands if isinstance(c, str))
-                   if isinstance(commands, list) else ())
+                   if isinstance(commands, list) else (), _worker_name(value.get("name")))
+
+
+def _worker_name(value: Any) -> str:
+    """A worker name as workers.furls allows it, else "" (shown to the admin)."""
+    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value)
+    return value if ok else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 from buildbot_worker.base import UnknownCommand
 from buildbot_worker.pb import BotPbLike, WorkerForBuilderPbLike
 from foolscap.api import Referenceable
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -91,8 +92,35 @@ class FurlBot(Referenceable, BotPbLike):
         ):
             raise BadRequest("setBuilderList wants a list of [name, builddir] pairs")
         self.policy.builder_dirs([d for _, d in wanted])
-        result = await BotPbLike.remote_setBuilderList(self, [tuple(x) for x in wanted])
-        return sorted(result)
+        return sorted(await self._set_builders([(name, builddir) for name, builddir in wanted]))
+
+    async def _set_builders(self, wanted: list[tuple[str, str]]) -> list[str]:
+        """buildbot-worker's setBuilderList without its scan for leftover
+        directories: that one tells the admin to delete every directory that
+        is no builder's, on every attach, and here that is often the admin's
+        own data (what put uploaded: a standalone master's builders all work
+        in the worker's directory itself)."""
+        for name, builddir in wanted:
+            b = self.builders.get(name)
+            if b is None:
+                b = self.WorkerForBuilder(name, self.unicode_encoding, self.buffer_size,
+                                          self.buffer_timeout, self.max_line_length,
+                                          self.newline_re)
+                b.setServiceParent(self)
+                b.setBuilddir(builddir)
+                self.builders[name] = b
+            elif b.builddir != builddir:
+                log.info("builder {name}: builddir {old} -> {new}", name=name,
+                         old=b.builddir, new=builddir)
+                b.setBuilddir(builddir)
+        names = {name for name, _ in wanted}
+        gone = [name for name in self.builders if name not in names]
+        await defer.gatherResults(
+            [defer.maybeDeferred(self.builders[name].disownServiceParent) for name in gone],
+            consumeErrors=True)
+        for name in gone:
+            del self.builders[name]
+        return list(names)
 
     @remote_method
     def remote_startBuild(self, builder: str) -> None:

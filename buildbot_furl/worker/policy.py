@@ -45,6 +45,7 @@ import fnmatch
 import os
 import re
 import shutil
+import shlex
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -458,7 +459,8 @@ def read_policy(path: str, basedir: str) -> Policy:
                               "the worker's user's or root's")
         if st.st_mode & 0o077:
             raise ConfigError(f"{path} is accessible by group or others (mode "
-                              f"{stat.S_IMODE(st.st_mode):04o}); fix it with: chmod 600 {path}")
+                              f"{stat.S_IMODE(st.st_mode):04o}); fix it with: "
+                              f"chmod 600 {shlex.quote(path)}")
         if st.st_size > 1 << 20:
             raise ConfigError(f"{path} is larger than a policy file can be (1 MiB)")
         with os.fdopen(os.dup(fd), "rb") as f:

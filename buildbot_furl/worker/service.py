@@ -162,6 +162,7 @@ class WorkerService(service.MultiService):
         #: the session the master gave us (id, secret), to present on a reattach
         self.session: tuple[str, str] | None = None
         self.grace = 0.0  # how long the master keeps it without a connection
+        self.name = ""  # as the master knows this worker (its attach answer says)
         self._orphan_timer: Any = None
         self.attach_count = 0
         self._attach_delay = 1.0
@@ -313,6 +314,7 @@ class WorkerService(service.MultiService):
         self._stop_connecting()
         self._forget_session("the worker switched to a new FURL")
         self.furl = furl
+        self.name = ""  # another FURL may stand for another name
         self._attach_delay = 1.0
         self._write_state("connecting", None)
         self._start_connecting()
@@ -346,7 +348,8 @@ class WorkerService(service.MultiService):
             self._state, self._since = (state, error), time.time()
         record = {"state": state, "since": self._since, "pid": os.getpid(),
                   "master": ",".join(self.furl.hints), "last_error": error,
-                  "furl_id": furl_id(self.furl), "drain": self.drain, "switch": self.switch}
+                  "furl_id": furl_id(self.furl), "drain": self.drain, "switch": self.switch,
+                  "name": self.name}
         try:
             write_private(self.paths.state, json.dumps(record) + "\n")
         except OSError as e:
@@ -433,6 +436,7 @@ class WorkerService(service.MultiService):
                      mv=answer.master_version)
         self.session = (answer.session, answer.secret)
         self.grace = answer.grace
+        self.name = answer.name or self.name
         login.notifyOnDisconnect(self._disconnected, login)
         self._outcome(True, "attached")
         if self.drain == "asked" or (self.drain == "accepted" and not answer.resumed):
