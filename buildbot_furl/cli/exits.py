@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from buildbot_furl.client.connect import MasterUnreachable
 from buildbot_furl.errors import CommandNotExecutable, CommandNotFound, FurlError
 
 
@@ -39,6 +40,7 @@ MEANING = {
 BY_ERROR: dict[type[FurlError], Exit] = {
     CommandNotFound: Exit.NOT_FOUND,
     CommandNotExecutable: Exit.NOT_EXECUTABLE,
+    MasterUnreachable: Exit.UNAVAILABLE,  # runs, but does not answer: not NOT_RUNNING
 }
 
 
