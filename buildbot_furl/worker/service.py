@@ -205,6 +205,8 @@ class _Reconnector(Reconnector):
         self._retry()
 
     def _disconnected(self) -> None:  # noqa: D401 - foolscap hook
+        if not self._active:
+            return  # the worker hung up itself (stop, or a new FURL): no failure
         self._delay = self._on_lost()
         self._retry()
 
