@@ -161,6 +161,7 @@ class GatedListener:
     def logPrefix(self) -> str:  # noqa: N802
         return self.factory.logPrefix()
 
+
 def make_tub(
     cert_file: str | None = None,
     keepalive: int = DEFAULT_KEEPALIVE,

@@ -8,9 +8,9 @@
 The admin capability has a Tub and a listener of its own, on loopback
 (``ADMIN_PORT``), with a key made at each start: the public port's
 refusal gate never stands between the admin and the master, and a leaked
-``admin.furl`` is of no use from another host (see docs/admin.md).  The standalone daemon
-(:mod:`buildbot_furl.master.service`) and the Buildbot plugin
-(:mod:`buildbot_furl.buildbot.hub`) each add only what is theirs.
+``admin.furl`` is of no use from another host (see docs/admin.md).  The
+standalone daemon (:mod:`buildbot_furl.master.service`) and the Buildbot
+plugin (:mod:`buildbot_furl.buildbot.hub`) each add only what is theirs.
 """
 
 from __future__ import annotations
