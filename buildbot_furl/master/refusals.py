@@ -37,7 +37,7 @@ log = Logger()
 
 INTERVAL = 60.0  # seconds per summary
 PER_CONNECTION = 3  # unknown names one connection may ask for before it is hung up
-DEFAULT_LIMIT = 100  # refusals per address per interval before it is shut out
+DEFAULT_LIMIT = 100  # refusals per address per interval before it is over the limit
 MAX_LINES = 20  # log lines per interval for refusals, in all
 MAX_PEERS = 4096  # addresses remembered
 PENDING_PER_ADDRESS = 8  # connections of an over-limit address on their way to a lookup
