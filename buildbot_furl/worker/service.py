@@ -123,9 +123,10 @@ def retry_delay(attempt: int,
 class Backoff:
     """Failed attempts in a row and the wait before the next dial.  A failed
     attempt is a connection that failed, an attach the master refused, or a
-    link it dropped within STABLE_AFTER s of the attach; a link that stayed
-    up longer resets the count (its loss is then redialed at once: a
-    session is waiting)."""
+    link dropped within STABLE_AFTER s of the attach (that one waits as long
+    as the failures before it ask: the first such drop, which may be a
+    network reset, is redialed at once); a link that stayed up longer resets
+    the count (its loss is redialed at once: a session is waiting)."""
 
     def __init__(self, clock: IReactorTime,
                  rng: Callable[[float, float], float] = random.normalvariate) -> None:
@@ -161,8 +162,13 @@ class Backoff:
         if self._refused:
             self._refused = False
             return self.delay
-        if self._stable is not None:  # dropped right after the attach
-            return self.failed()
+        if self._stable is not None:
+            # dropped right after the attach: a failed attempt, paced by the
+            # failures before it (a lone drop may be a network reset: at once)
+            self._cancel()
+            self.attempts += 1
+            self.delay = retry_delay(self.attempts - 1, self.rng)
+            return self.delay
         return 0.0
 
     @property
