@@ -53,3 +53,14 @@ def test_a_link_that_held_is_redialed_at_once_and_resets_the_count() -> None:
     assert b.attempts == 0
     assert b.lost() == 0.0  # a session is waiting: no delay
     assert b.failed() == 1  # and the next failure starts from the bottom
+
+
+def test_a_resumed_session_is_taken_back_at_once_after_any_cut() -> None:
+    clock = Clock()
+    b = Backoff(clock, no_jitter)
+    b.failed()  # a cut during the handshake
+    for _ in range(10):  # network resets right after each reattach
+        b.attached(resumed=True)
+        clock.advance(0.2)
+        assert b.lost() == 0.0
+    assert b.failed() == 1

@@ -152,10 +152,17 @@ class Backoff:
         self._refused = True
         return delay
 
-    def attached(self) -> None:
+    def attached(self, resumed: bool = False) -> None:
+        """An attach succeeded.  A resumed session is the master taking the
+        worker back: the count starts again at once.  A fresh one must hold
+        STABLE_AFTER s first (a master that drops a worker it refuses after
+        login hands out fresh sessions only)."""
         self._cancel()
         self._refused = False
-        self._stable = self.clock.callLater(STABLE_AFTER, self._proved)
+        if resumed:
+            self.attempts = 0
+        else:
+            self._stable = self.clock.callLater(STABLE_AFTER, self._proved)
 
     def lost(self) -> float:
         """The link ended: the wait before dialing again."""
@@ -424,7 +431,7 @@ class WorkerService(service.MultiService):
             # hang up now: the Reconnector waits ``delay`` before it dials again
             sever(login, "attach refused")
             return
-        self.backoff.attached()
+        self.backoff.attached(answer.resumed)
         self.attach_count += 1
         self.login = login
         self._cancel_orphan_timer()
