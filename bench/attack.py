@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Guess FURLs at a real master by the thousand; measure what it costs everyone else.
 
-    python bench/attack.py [--attempts N] [--connections C] [--addresses A]
+    python bench/attack.py [--attempts N] [--connections C] [--addresses A | --same-address]
                            [--workers W] [--seconds S] [--refusal-limit L] [--json FILE]
 
 One furl-master and W furl-workers (real daemons, on 127.0.0.1; created
@@ -384,6 +384,9 @@ def main() -> int:
                     help="concurrent attacker connections (default 16)")
     ap.add_argument("--addresses", type=int, default=4,
                     help="attacker source addresses 127.0.0.2... (default 4)")
+    ap.add_argument("--same-address", action="store_true",
+                    help="the attacker dials from 127.0.0.1, the address of the workers, "
+                    "the prober and the CLI (a NAT, a shared build host)")
     ap.add_argument("--workers", type=int, default=2, help="real furl-workers (default 2)")
     ap.add_argument("--seconds", type=float, default=30,
                     help="the attack stops after this long even if N are not made (default 30)")
@@ -429,7 +432,8 @@ def main() -> int:
                                         "dir": str(tmp / "probe")},
                        tmp / "prober.log")
         children.append(prober)
-        addresses = [f"127.0.0.{2 + i}" for i in range(args.addresses)]
+        addresses = (["127.0.0.1"] if args.same_address
+                     else [f"127.0.0.{2 + i}" for i in range(args.addresses)])
         attacker = Child(procs, "attack", {
             "tubid": rig.tubid, "host": "127.0.0.1", "port": rig.port,
             "attempts": args.attempts, "connections": args.connections,
@@ -583,7 +587,8 @@ def summarize(args: argparse.Namespace, result: dict[str, Any], marks: dict[str,
     refusal_lines = [x for x in lines if "refusals#" in x]
     return {
         "settings": {"attempts": args.attempts, "connections": args.connections,
-                     "addresses": args.addresses, "workers": args.workers,
+                     "addresses": "127.0.0.1 (same as the workers)" if args.same_address
+                     else args.addresses, "workers": args.workers,
                      "seconds": args.seconds,
                      "refusal_limit": args.refusal_limit if args.refusal_limit is not None
                      else "default (100)"},
@@ -598,6 +603,8 @@ def summarize(args: argparse.Namespace, result: dict[str, Any], marks: dict[str,
             "closed_before_tls_during_attack": r1["closed_before_tls"] - r0["closed_before_tls"],
             "refused_total_at_end": r2["total"],
             "closed_before_tls_total_at_end": r2["closed_before_tls"],
+            "cut_unanswered_during_attack": r1.get("cut_unanswered", 0)
+            - r0.get("cut_unanswered", 0),
             "addresses": r2["addresses"], "top": r2["top"][:5]},
         "log": {"bytes_during_attack": during_bytes,
                 "bytes_per_minute_during_attack": during_bytes / attack_s * 60,
@@ -651,6 +658,8 @@ def table(s: dict[str, Any]) -> str:
         f"| master: refused (status --json, during the attack) | {m['refused_during_attack']} |",
         f"| master: closed before TLS (during the attack) | "
         f"{m['closed_before_tls_during_attack']} |",
+        f"| master: cut unanswered, over the limit (during the attack) | "
+        f"{m['cut_unanswered_during_attack']} |",
         f"| master: totals at the end (refused / closed before TLS / addresses) | "
         f"{m['refused_total_at_end']} / {m['closed_before_tls_total_at_end']} / "
         f"{m['addresses']} |",

@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from buildbot_furl.errors import ConfigError
-from buildbot_furl.furl import Furl, parse_furl
 from buildbot_furl.privatefiles import check_private_mode, write_private
 
 DEFAULT_KEEPALIVE = 10  # ping an idle connection after this many seconds
@@ -29,33 +28,59 @@ REFUSALS_PER_CONNECTION = 3
 
 class _PeerAwareBroker(Broker):
     """A Broker that tells its Tub who asked for a name it does not know
-    (``tub.on_refused_name(name, host)``), and hangs up on a connection
-    that keeps asking for names it does not know."""
+    (``tub.on_refused_name(name, host, tubid, key)``: True to answer "no such
+    name", False to cut the connection unanswered), hangs up on a connection
+    that keeps asking for names it does not know, and tells the Tub's gate
+    (``tub.connection_gate``) when a connection named a valid FURL or ended."""
 
     refused = 0
+    _gate_key: tuple[str, int] | None = None
 
-    def remote_getReferenceByName(self, name: Any) -> Any:
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        super().connectionMade()
+        try:
+            peer = self.transport.getPeer()
+            self._gate_key = (str(peer.host), int(peer.port))
+        except Exception:  # noqa: BLE001 - no address (a test transport): no gate
+            self._gate_key = None
+
+    def connectionLost(self, why: Any) -> None:  # noqa: N802
+        gate = getattr(self.tub, "connection_gate", None)
+        if gate is not None and self._gate_key is not None:
+            gate.closed(self._gate_key[0], self._gate_key)
+        super().connectionLost(why)
+
+    def _tubid(self) -> str:
+        return self.remote_tubref.getTubID() if self.remote_tubref else ""
+
+    def remote_getReferenceByName(self, name: Any) -> Any:  # noqa: N802
         if self.refused >= REFUSALS_PER_CONNECTION:
             # told three times and still asking: no answer any more (the
             # connection is being hung up; this call dies with it)
             return defer.Deferred()
+        host = self._gate_key[0] if self._gate_key else "?"
         try:
-            return super().remote_getReferenceByName(name)
+            found = super().remote_getReferenceByName(name)
         except KeyError:
             self.refused += 1
             observer = getattr(self.tub, "on_refused_name", None)
+            answer = True
             if observer is not None:
-                try:
-                    host = str(self.transport.getPeer().host)
-                except Exception:
-                    host = "?"
-                observer(name.decode() if isinstance(name, bytes) else str(name), host)
+                answer = observer(name.decode() if isinstance(name, bytes) else str(name),
+                                  host, self._tubid(), self._gate_key)
+            if not answer:
+                # over the limit: no answer at all, and the connection is cut now
+                self.transport.abortConnection()
+                return defer.Deferred()
             if self.refused == REFUSALS_PER_CONNECTION:
                 # once this answer has gone out: the next try needs a new handshake
                 reactor.callLater(0.1, self.transport.loseConnection)
                 reactor.callLater(10, self.transport.abortConnection)  # if it is not read
             raise
-
+        gate = getattr(self.tub, "connection_gate", None)
+        if gate is not None and self._gate_key is not None:
+            gate.resolved(host, self._gate_key, self._tubid())
+        return found
 
     def callFailed(self, f: Any, reqID: Any, delivery: Any = None) -> Any:  # noqa: N802,N803
         # a call the peer made that broke the interface's bounds (too big,
@@ -70,9 +95,31 @@ class _PeerAwareBroker(Broker):
         return super().callFailed(f, reqID, delivery)
 
 
+class _Handle:
+    """What the gate may do to one accepted connection (refusals.Conn)."""
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def pause(self) -> None:
+        self.proto.transport.pauseProducing()
+
+    def resume(self) -> None:
+        transport = getattr(self.proto, "transport", None)
+        if transport is not None:
+            transport.resumeProducing()
+
+    def abort(self) -> None:
+        transport = getattr(self.proto, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+
 class GatedListener:
-    """The Tub's listening factory behind a gate: a connection from an
-    address ``tub.connection_gate(host)`` refuses is closed before TLS."""
+    """The Tub's listening factory behind a gate (``tub.connection_gate``,
+    a :class:`~buildbot_furl.master.refusals.Refusals`): each new connection
+    goes on to TLS, is held unread until the gate resumes it, or is closed
+    before TLS, as the gate says."""
 
     def __init__(self, factory: Any, tub: Any) -> None:
         self.factory = factory
@@ -80,9 +127,30 @@ class GatedListener:
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
         gate = getattr(self.tub, "connection_gate", None)
-        if gate is not None and not gate(str(getattr(addr, "host", ""))):
+        if gate is None:
+            return self.factory.buildProtocol(addr)
+        host = str(getattr(addr, "host", ""))
+        key = (host, int(getattr(addr, "port", 0)))
+        proto = self.factory.buildProtocol(addr)
+        handle = _Handle(proto)
+        verdict = gate.admit(host, key, handle)
+        if verdict == "close":
             return None
-        return self.factory.buildProtocol(addr)
+        make, lost = proto.makeConnection, proto.connectionLost
+
+        def make_connection(transport: Any) -> None:
+            make(transport)
+            if verdict == "wait":
+                handle.pause()
+
+        def connection_lost(why: Any) -> None:
+            # until the Broker takes over (it replaces this), the gate learns here
+            gate.closed(host, key)
+            lost(why)
+
+        proto.makeConnection = make_connection
+        proto.connectionLost = connection_lost
+        return proto
 
     def doStart(self) -> None:  # noqa: N802
         self.factory.doStart()
@@ -215,20 +283,3 @@ def listen(tub: Tub, description: str) -> tuple[Any, defer.Deferred[Any]]:
     wrapper = _ReportingEndpoint(endpoint, tub)
     listener = tub.listenOn(wrapper)
     return listener, wrapper.result
-
-
-def local_furl(furl: str, port: str) -> str:
-    """``furl`` made to dial the Tub directly on the address ``port`` listens
-    on (loopback unless it is bound to one interface): for a CLI on the same
-    host, whatever the public location says."""
-    fields = port.split(":")
-    opts = dict(f.split("=", 1) for f in fields[2:] if "=" in f)
-    host = opts.get("interface", "")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "[::1]"
-    elif ":" in host:
-        host = f"[{host}]"
-    parsed = parse_furl(furl)
-    return str(Furl(parsed.tubid, (f"tcp:{host}:{fields[1]}",), parsed.swissnum))

@@ -4,16 +4,16 @@ rationing of what they cost the master."""
 from __future__ import annotations
 
 import json
-import socket
+import re
 import time
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import defer, reactor, threads
 
 from buildbot_furl.master.refusals import MAX_LINES, Refusals
-from buildbot_furl.testing.forgery import forge
+from buildbot_furl.testing.forgery import forge, forging_tub, random_name
 from conftest import Farm, cli
 
 # the guessers these tests stage, refused and summed up
@@ -54,23 +54,85 @@ async def test_guessers_are_hung_up_summed_up_and_never_let_in(farm: Farm) -> No
     assert "refused" in text and "attach attempt(s)" in text
 
 
+class Burst:
+    """Forged lookups from ``source`` over ``tubs`` connections, as fast as
+    they go, until stopped (buildbot_furl.testing.forgery's forging Tubs)."""
+
+    def __init__(self, tubid: str, port: int, source: str, tubs: int = 8) -> None:
+        self.furl_base = f"pb://{tubid}@tcp:127.0.0.1:{port}/"
+        self.slots = [forging_tub(source) for _ in range(tubs)]
+        self.attempts = self.accepted = 0
+        self.running = True
+        for tub, _ in self.slots:
+            tub.startService()
+        self.done = defer.DeferredList(
+            [defer.Deferred.fromCoroutine(self._loop(tub)) for tub, _ in self.slots])
+
+    async def _loop(self, tub: Any) -> None:
+        while self.running:
+            self.attempts += 1
+            try:
+                d = tub.getReference(self.furl_base + random_name())
+                d.addTimeout(15, reactor)
+                await d
+                self.accepted += 1
+            except Exception:  # noqa: BLE001 - every way of being turned away
+                pass
+
+    async def stop(self) -> None:
+        self.running = False
+        await self.done
+        for tub, _ in self.slots:
+            await tub.stopService()
+
+
 @pytest_twisted.ensureDeferred
-async def test_an_address_over_the_limit_is_shut_out_before_tls(farm: Farm) -> None:
+async def test_a_guesser_on_the_workers_own_address_locks_out_neither_admin_nor_worker(
+        farm: Farm) -> None:
     farm.configure(refusal_limit=20)
     furl = farm.create_worker("w1")
     await threads.deferToThread(farm.start_master)
-    result = await forge(_tubid(furl), "127.0.0.1", farm.port, attempts=60)
-    assert result.accepted == 0
-    # the guessing address: its connections are closed before a byte is read
-    with socket.create_connection(("127.0.0.1", farm.port), timeout=5,
-                                  source_address=("127.0.0.2", 0)) as s:
-        s.settimeout(5)
-        assert s.recv(100) == b""
-    # everyone else is served as usual
-    p = await threads.deferToThread(farm.start_worker, "w1", furl)
-    assert p.returncode == 0
-    st = json.loads((await threads.deferToThread(farm.master, "status", "--json")).stdout)
-    assert st["refusals"]["closed_before_tls"] >= 1
+    await threads.deferToThread(farm.start_worker, "w1", furl)
+    log = farm.mdir / "master.log"
+    before = log.stat().st_size
+
+    def status() -> dict[str, Any]:
+        return json.loads(farm.master("status", "--json", check=True).stdout)
+
+    started = time.monotonic()
+    burst = Burst(_tubid(furl), farm.port, "127.0.0.1")  # the worker's own address
+    try:
+        # the guesser is well past its limit (20)
+        assert await threads.deferToThread(
+            farm.wait_for, lambda: status()["refusals"]["this_interval"] > 40, 60)
+        # the admin's commands work meanwhile, and say what they should
+        for args in (("status",), ("list-workers",)):
+            p = await threads.deferToThread(farm.master, *args)
+            assert p.returncode == 0 and "not running" not in p.stdout + p.stderr, p
+            if args == ("status",):
+                assert "cut unanswered past refusal_limit" in p.stdout, p.stdout
+        p = await threads.deferToThread(farm.run, "w1", "echo", "still here")
+        assert p.returncode == 0 and p.stdout == b"still here\n", p
+        # a worker on the guesser's address attaches again (a fresh process:
+        # a new Tub the master has never seen)
+        assert cli("furl-worker", "stop", str(farm.wdir("w1"))).returncode == 0
+        p = await threads.deferToThread(farm.start_worker, "w1", furl, "--wait", "60")
+        assert p.returncode == 0
+        assert await threads.deferToThread(
+            farm.wait_for, lambda: bool(farm.workers()["w1"].get("connected")), 60)
+        during = status()["refusals"]
+    finally:
+        await burst.stop()
+    assert burst.accepted == 0
+    assert during["cut_unanswered"] > 0 and burst.attempts > during["total"] // 2
+    # the guesser's refusals are rationed in the log: a first line, then one
+    # summary a minute (and a first line again in the next minute)
+    added = log.read_text()[before:]
+    minutes = (time.monotonic() - started) / 60
+    firsts = added.count("refused attach from 127.0.0.1")
+    summaries = len(re.findall(r"refused \d+ attach attempts from 127.0.0.1", added))
+    assert 1 <= firsts <= summaries + 1 and summaries <= minutes + 1, added
+    assert "cut unanswered" in added or summaries == 0
 
 
 def test_the_log_is_rationed_whatever_the_number_of_addresses(

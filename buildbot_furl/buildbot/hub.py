@@ -108,7 +108,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         if self._listen_failed:
             log.info("FURL workers: the port {port} is free now", port=host.settings.port)
         self._listen_failed = False
-        self._publish_admin()
+        await self._publish_admin()
         assert host.registry is not None
         log.info("FURL workers: listening on {port} (workers dial {loc}), tubid {tubid}, "
                  "{n} worker(s) in {path}", port=host.settings.port,
@@ -120,7 +120,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             self._listen_retry.cancel()
         self._listen_retry = None
 
-    def _publish_admin(self) -> None:
+    async def _publish_admin(self) -> None:
         """Let ``furl-master status/list-workers -d BASEDIR`` see live state:
         status and the worker list, with the pid-file lock a standalone
         master holds (nothing more: the builders own the workers)."""
@@ -132,7 +132,11 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             log.warn("FURL workers: not publishing the admin FURL: {err}", err=str(e))
             return
         self.pidfile = pidfile
-        self.host.publish_admin(AdminStatus(self.host.registry, self.host.settings.location))
+        try:
+            await self.host.publish_admin(AdminStatus(self.host.registry,
+                                                      self.host.settings.location))
+        except CannotListen as e:
+            log.warn("FURL workers: not publishing the admin FURL: {err}", err=str(e))
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop())
@@ -223,10 +227,14 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         except WireError:
             raise
         except Exception as e:
-            log.failure("attaching worker {name} to Buildbot failed", name=session.name)
+            # Buildbot refusing a worker (a latent one not substantiating, an
+            # attached() that raises) is an answer, not a crash: one line and
+            # one typed refusal per attempt, never a traceback
+            why = f"{type(e).__name__}: {str(e)[:300]}"
+            log.warn("refused worker {name}: Buildbot did not take it ({why})",
+                     name=session.name, why=why)
             raise RemoteError(
-                f"the Buildbot master could not set up worker {session.name!r}: "
-                f"{type(e).__name__}"
+                f"the Buildbot master refused worker {session.name!r} ({why})"
             ) from None
 
     async def _attach(self, session: WorkerSession) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from buildbot_furl.client.connect import MasterUnreachable
 from buildbot_furl.errors import (
     CommandNotExecutable,
     CommandNotFound,
@@ -52,6 +53,7 @@ BY_ERROR: dict[type[FurlError], Exit] = {
     CommandNotExecutable: Exit.NOT_EXECUTABLE,
     Interrupted: Exit.INTERRUPTED,
     LocalFileError: Exit.ERROR,
+    MasterUnreachable: Exit.UNAVAILABLE,  # runs, but does not answer: not NOT_RUNNING
 }
 
 

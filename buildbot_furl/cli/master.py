@@ -104,7 +104,7 @@ def rotate_worker(cfg: MasterCli, name: str, output: str | None) -> None:
     cmds.rotate_worker(cfg, name, output)
 
 
-@cli.command("list-workers", epilog=epilog(*USUAL))
+@cli.command("list-workers", epilog=epilog(*USUAL, Exit.UNAVAILABLE))
 @_basedir
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--show-furls", is_flag=True, help="Include the FURLs (secrets!).")

@@ -305,9 +305,11 @@ def status(cfg: MasterCli, as_json: bool) -> None:
                f"location {st['location']}")
     ref = st.get("refusals") or {}
     if ref.get("total"):
+        cut = (f"; {ref['cut_unanswered']} cut unanswered past refusal_limit"
+               if ref.get("cut_unanswered") else "")
         click.echo(f"refused {ref['total']} attach attempt(s) with an unknown or revoked FURL "
                    f"since it started ({ref.get('this_interval', 0)} in the current minute, "
-                   f"from {ref.get('addresses', 0)} address(es))")
+                   f"from {ref.get('addresses', 0)} address(es){cut})")
     _warn(problems, True)
 
 

@@ -20,7 +20,12 @@ T = TypeVar("T")
 
 
 class MasterNotRunning(FurlError):
-    """No master answers for this basedir."""
+    """No master runs for this basedir (its pid file says so)."""
+
+
+class MasterUnreachable(FurlError):
+    """The master runs (its pid file is locked) but its admin port does not
+    answer: not the same as "not running", and never said as such."""
 
 
 def admin_furl(paths: MasterPaths) -> str:
@@ -39,8 +44,28 @@ def admin_furl(paths: MasterPaths) -> str:
         raise ConfigError(f"cannot read {paths.admin_furl}: {e.strerror}") from None
 
 
+def _why_unreachable(e: BaseException) -> str:
+    """What went wrong dialing the admin FURL, in a few words."""
+    from foolscap.tokens import NegotiationError, RemoteNegotiationError
+    from twisted.internet import error as terror
+
+    if isinstance(e, terror.ConnectionRefusedError):
+        return "nothing listens on its admin port (is it starting or stopping?)"
+    if isinstance(e, (defer.TimeoutError, terror.TimeoutError, defer.CancelledError)):
+        return "no answer on its admin port in time (is it overloaded or stopped?)"
+    if isinstance(e, (NegotiationError, RemoteNegotiationError)):
+        return "the server on its admin port is not the master that wrote admin.furl"
+    if "KeyError" in repr(e):
+        return "it does not know the admin FURL in private/admin.furl (a stale file?)"
+    if isinstance(e, (terror.ConnectionDone, terror.ConnectionLost)):
+        return "it closed the connection to its admin port"
+    return f"{type(e).__name__}: {str(e)[:200]}"
+
+
 async def connect(paths: MasterPaths, timeout: float = 10.0) -> tuple[Any, Any]:
-    """(tub, admin reference); stop the tub when done."""
+    """(tub, admin reference); stop the tub when done.  MasterNotRunning if
+    the pid file says no master runs, MasterUnreachable if one runs but
+    does not answer."""
     furl = admin_furl(paths)
     tub = make_tub(None, keepalive=0, disconnect_timeout=0)
     tub.startService()
@@ -50,11 +75,15 @@ async def connect(paths: MasterPaths, timeout: float = 10.0) -> tuple[Any, Any]:
 
         d.addTimeout(timeout, reactor)
         ref = await d
-    except Exception:
+    except Exception as e:
         await tub.stopService()
-        raise MasterNotRunning(
-            f"the master in {paths.basedir} does not answer on its admin FURL; "
-            "is it running? (furl-master status)"
+        pid = PidFile(paths.pidfile).running_pid()
+        if pid is None:
+            raise MasterNotRunning(f"the master in {paths.basedir} is not running "
+                                   "(it stopped meanwhile)") from None
+        raise MasterUnreachable(
+            f"the master in {paths.basedir} runs (pid {pid}) but does not answer the admin: "
+            f"{_why_unreachable(e)}"
         ) from None
     return tub, ref
 

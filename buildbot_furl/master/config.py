@@ -30,8 +30,8 @@ from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, tubid_of
 
 DEFAULT_GRACE = 60.0  # seconds a session outlives its connection
-#: refused attach attempts per address per minute before its connections are
-#: closed before TLS for the rest of the minute (0: never)
+#: refused attach attempts per address per minute before its unknown names are
+#: cut unanswered for the rest of the minute (0: never; see master/refusals.py)
 DEFAULT_REFUSAL_LIMIT = 100
 
 HINT_RE = re.compile(r"^(?:tcp:)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
@@ -117,8 +117,8 @@ def create(basedir: str, location: str, port: str | None,
             "# seconds), log_size = 10M (0: never rotate master.log), log_keep = 5,\n"
             "# session_grace = 60 (seconds a worker's session and its running commands\n"
             "# outlive a lost connection; 0: they end with it), refusal_limit = 100\n"
-            "# (refused attach attempts per address per minute before its new connections\n"
-            "# are closed before TLS until the minute ends; 0: never), call_timeout = 120\n"
+            "# (refused attach attempts per address per minute before its unknown names\n"
+            "# are cut unanswered until the minute ends; 0: never), call_timeout = 120\n"
             "# (seconds a worker has to answer a call before it is cut off).\n"
         )
         cp.write(f)

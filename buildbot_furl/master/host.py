@@ -3,9 +3,14 @@
 :class:`MasterHost` checks the master's secret files, builds its Tub from
 ``private/tub.pem``, listens, sets the location, starts the registry of
 ``workers.furls`` and publishes the admin capability at
-``private/admin.furl`` (removed again at stop).  The standalone daemon
-(:mod:`buildbot_furl.master.service`) and the Buildbot plugin
-(:mod:`buildbot_furl.buildbot.hub`) each add only what is theirs.
+``private/admin.furl`` (removed again at stop).
+
+The admin capability has a Tub and a listener of its own, on loopback
+(``ADMIN_PORT``), with a key made at each start: the public port's
+refusal gate never stands between the admin and the master, and a leaked
+``admin.furl`` is of no use from another host (see docs/admin.md).  The
+standalone daemon (:mod:`buildbot_furl.master.service`) and the Buildbot
+plugin (:mod:`buildbot_furl.buildbot.hub`) each add only what is theirs.
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from buildbot_furl.tubs import (
     DEFAULT_DISCONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE,
     listen,
-    local_furl,
     make_tub,
 )
+
+
+#: where the admin capability listens: loopback only, a port the kernel picks
+ADMIN_PORT = "tcp:0:interface=127.0.0.1"
 
 
 class CannotListen(FurlError):
@@ -84,6 +92,8 @@ class MasterHost(service.MultiService):
         self.tub: Any = None
         self.registry: WorkerRegistry | None = None
         self.listener: Any = None
+        #: the admin capability's own Tub, on loopback (made by publish_admin)
+        self.admin_tub: Any = None
         self._admin_written = False
 
     def startService(self) -> None:
@@ -119,18 +129,28 @@ class MasterHost(service.MultiService):
             await defer.maybeDeferred(self.tub.stopListeningOn, old)
         if port != self.settings.port:
             self.settings = dataclasses.replace(self.settings, port=port)
-            if self._admin_written:
-                self._write_admin_furl()
 
-    def publish_admin(self, admin: Any) -> None:
-        """Register ``admin`` under a fresh secret and write its FURL, made to
-        dial the listening port directly, to ``private/admin.furl`` (0600)."""
-        self._admin_furl = self.tub.registerReference(admin, name=new_swissnum())
-        self._write_admin_furl()
-
-    def _write_admin_furl(self) -> None:
-        write_private(self.settings.paths.admin_furl,
-                      local_furl(self._admin_furl, self.settings.port) + "\n")
+    async def publish_admin(self, admin: Any) -> None:
+        """Serve ``admin`` on a Tub of its own listening on loopback (never
+        behind the public port's gate) under a fresh secret, and write its
+        FURL to ``private/admin.furl`` (0600).  CannotListen if loopback
+        cannot be listened on."""
+        s = self.settings
+        if self.admin_tub is None:
+            tub = make_tub(None, s.keepalive, s.disconnect_timeout)
+            _, listening = listen(tub, ADMIN_PORT)
+            tub.setServiceParent(self)
+            try:
+                lp = await listening
+            except Exception as e:
+                await defer.maybeDeferred(tub.disownServiceParent)
+                why = getattr(e, "socketError", None) or e
+                raise CannotListen(f"cannot listen on {ADMIN_PORT} for the admin: {why}") \
+                    from None
+            tub.setLocation(f"tcp:127.0.0.1:{lp.getHost().port}")
+            self.admin_tub = tub
+        furl = self.admin_tub.registerReference(admin, name=new_swissnum())
+        write_private(s.paths.admin_furl, furl + "\n")
         self._admin_written = True
 
     def unpublish_admin(self) -> None:

@@ -1,24 +1,35 @@
-"""Refused attach attempts: counted, summed up in the log, and made to cost.
+"""Refused attach attempts: counted, summed up in the log, and made to cost,
+without ever shutting out a worker that holds a valid FURL.
 
 Anyone who can reach the master's port can ask for FURLs it does not
 serve.  Each refusal is counted per peer address; the first from an
 address is logged at once, the rest as one summary line per address per
 interval, and at most :data:`MAX_LINES` lines per interval in all, so the
 log grows by a few KB a minute whatever the rate.  A connection that asks
-for :data:`PER_CONNECTION` unknown names is hung up (each try then costs a
-new TLS handshake), and an address with more than ``limit`` refusals in an
-interval has its new connections closed before any TLS, until the interval
-ends.  A worker with a valid FURL is never refused, so it is never slowed
-(unless it shares its address with the attacker: see docs/security.md).
+for :data:`PER_CONNECTION` unknown names is hung up.
+
+Past ``limit`` refusals in an interval an address is *over the limit*
+until the interval ends.  Before TLS nothing tells a guesser from a worker
+behind the same address (a NAT, a shared build host), so the address is not
+shut out: its connections go on to TLS, :data:`PENDING_PER_ADDRESS` at a
+time, the rest held unread in order (up to :data:`WAITING_PER_ADDRESS`; past
+that they are closed before TLS), and each must name a valid FURL within
+:data:`SETTLE_TIMEOUT` s.  After TLS a lookup of a valid name is always
+served; an unknown one from a Tub that never attached here is not answered
+at all: the connection is cut at once (counted, not logged).  So a guesser
+gets no more answers, pays a TLS handshake per guess and holds few of the
+master's sockets, while a worker waits its turn behind at most a few
+handshakes (figures in docs/security.md).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import time
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import reactor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -26,9 +37,31 @@ log = Logger()
 
 INTERVAL = 60.0  # seconds per summary
 PER_CONNECTION = 3  # unknown names one connection may ask for before it is hung up
-DEFAULT_LIMIT = 100  # refusals per address per interval before it is shut out
+DEFAULT_LIMIT = 100  # refusals per address per interval before it is over the limit
 MAX_LINES = 20  # log lines per interval for refusals, in all
 MAX_PEERS = 4096  # addresses remembered
+PENDING_PER_ADDRESS = 8  # connections of an over-limit address on their way to a lookup
+WAITING_PER_ADDRESS = 64  # more of them held unread, in order; past that: closed before TLS
+WAITING_IN_ALL = 1024  # held unread, all addresses together
+SETTLE_TIMEOUT = 10.0  # seconds an over-limit address's connection has to name a valid FURL
+KNOWN_TUBS = 4096  # client TubIDs that attached here, remembered
+
+#: what the gate makes of a new connection
+GO, WAIT, CLOSE = "go", "wait", "close"
+
+
+class Conn(Protocol):
+    """What the gate may do to a connection it admits or holds."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+@dataclasses.dataclass
+class _Held:
+    conn: Conn
+    timer: IDelayedCall | None = None
 
 
 @dataclasses.dataclass
@@ -39,24 +72,35 @@ class _Peer:
     first: float = 0.0
     last: float = 0.0
     revoked: str = ""  # a worker whose old FURL this address used
+    cut: int = 0  # unknown names not answered (over the limit) in this interval
+    #: connections (keyed by client port) on their way to a lookup, admitted
+    #: while the address was over the limit
+    pending: dict[Any, _Held] = dataclasses.field(default_factory=dict)
+    waiting: collections.OrderedDict[Any, _Held] = dataclasses.field(
+        default_factory=collections.OrderedDict)
 
 
 class Refusals:
     """Counts refused attach attempts per peer address and rations the log."""
 
-    def __init__(self, limit: int = DEFAULT_LIMIT, interval: float = INTERVAL) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, interval: float = INTERVAL,
+                 clock: IReactorTime = reactor) -> None:  # type: ignore[assignment]
         self.limit = limit
         self.interval = interval
+        self.clock = clock
         self.total = 0
         self.dropped_total = 0
+        self.cut_total = 0
         self._peers: dict[str, _Peer] = {}
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._waiting = 0  # held unread, all addresses
         self._lines = 0  # lines logged in this interval
         self._unlogged = 0  # first refusals from new addresses not logged (over MAX_LINES)
         self._loop: LoopingCall | None = None
 
     def start(self) -> None:
         self._loop = LoopingCall(self.summarize)
-        self._loop.clock = reactor
+        self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:
@@ -71,20 +115,34 @@ class Refusals:
         self._lines += 1
         return True
 
-    def refused(self, host: str, revoked_worker: str | None = None) -> None:
-        """A connection from ``host`` asked for a name we do not serve."""
+    def _over(self, peer: _Peer | None) -> bool:
+        return peer is not None and self.limit > 0 and peer.interval >= self.limit
+
+    def refused(self, host: str, revoked_worker: str | None = None, tubid: str = "",
+                key: Any = None) -> bool:
+        """A connection from ``host`` (client Tub ``tubid``) asked for a name
+        we do not serve.  True: answer it (no such name); False: the address
+        is over the limit and the Tub never attached here: do not answer, cut
+        the connection (counted, not logged)."""
         self.total += 1
-        now = time.time()
+        now = self.clock.seconds()
         peer = self._peers.get(host)
         if peer is None:
             if len(self._peers) >= MAX_PEERS:
                 self._forget_oldest()
             peer = self._peers[host] = _Peer(first=now)
+        over = self._over(peer)
         peer.total += 1
         peer.interval += 1
         peer.last = now
         if revoked_worker:
             peer.revoked = revoked_worker
+        if over and tubid not in self._known:
+            peer.cut += 1
+            self.cut_total += 1
+            if key is not None:
+                self._settle(peer, key)
+            return False
         if peer.interval == 1:
             if not self._line():
                 self._unlogged += 1
@@ -95,15 +153,71 @@ class Refusals:
             else:
                 log.info("refused attach from {peer}: unknown FURL (wrong secret); more "
                          "from it are summed up every {n:.0f} s", peer=host, n=self.interval)
+        return True
 
-    def allow(self, host: str) -> bool:
-        """Whether a new connection from ``host`` may go on to TLS."""
+    # -- admission of connections (before TLS) ----------------------------------
+    def admit(self, host: str, key: Any, conn: Conn) -> str:
+        """A new connection from ``host`` (``key``: unique per connection):
+        GO on to TLS, WAIT (held unread: the gate resumes it later), or
+        CLOSE it now.  Only an address over the limit is ever held or closed."""
         peer = self._peers.get(host)
-        if peer is None or self.limit <= 0 or peer.interval < self.limit:
-            return True
-        peer.dropped += 1
-        self.dropped_total += 1
-        return False
+        if not self._over(peer):
+            return GO
+        assert peer is not None
+        if len(peer.pending) < PENDING_PER_ADDRESS and not peer.waiting:
+            self._start(peer, key, conn)
+            return GO
+        if len(peer.waiting) >= WAITING_PER_ADDRESS or self._waiting >= WAITING_IN_ALL:
+            peer.dropped += 1
+            self.dropped_total += 1
+            return CLOSE
+        peer.waiting[key] = _Held(conn)
+        self._waiting += 1
+        return WAIT
+
+    def _start(self, peer: _Peer, key: Any, conn: Conn) -> None:
+        held = _Held(conn)
+        held.timer = self.clock.callLater(SETTLE_TIMEOUT, self._timed_out, peer, key)
+        peer.pending[key] = held
+
+    def _timed_out(self, peer: _Peer, key: Any) -> None:
+        held = peer.pending.pop(key, None)
+        if held is not None:
+            held.timer = None
+            held.conn.abort()
+            self._next(peer)
+
+    def _settle(self, peer: _Peer, key: Any) -> None:
+        held = peer.pending.pop(key, None)
+        if held is not None:
+            if held.timer is not None and held.timer.active():
+                held.timer.cancel()
+            self._next(peer)
+        elif peer.waiting.pop(key, None) is not None:
+            self._waiting -= 1
+
+    def _next(self, peer: _Peer) -> None:
+        """Let held connections of ``peer`` go on, in order, as places free."""
+        while peer.waiting and len(peer.pending) < PENDING_PER_ADDRESS:
+            key, held = peer.waiting.popitem(last=False)
+            self._waiting -= 1
+            self._start(peer, key, held.conn)
+            held.conn.resume()
+
+    def resolved(self, host: str, key: Any, tubid: str) -> None:
+        """The connection ``key`` named a valid FURL: its Tub is a worker's."""
+        if tubid:
+            self._known[tubid] = None
+            self._known.move_to_end(tubid)
+            if len(self._known) > KNOWN_TUBS:
+                self._known.popitem(last=False)
+        self.closed(host, key)
+
+    def closed(self, host: str, key: Any) -> None:
+        """The connection ``key`` ended (or no longer waits for the gate)."""
+        peer = self._peers.get(host)
+        if peer is not None:
+            self._settle(peer, key)
 
     def summarize(self) -> None:
         """Log this interval's refusals (bounded), then start a new interval."""
@@ -113,8 +227,9 @@ class Refusals:
         shown = busy[:MAX_LINES - 1] if len(busy) > MAX_LINES else busy
         for host, p in shown:
             self._lines += 1
-            extra = (f"; {p.dropped} more connection(s) closed before TLS" if p.dropped
-                     else "")
+            extra = "".join([
+                f"; {p.cut} of them cut unanswered (over the limit)" if p.cut else "",
+                f"; {p.dropped} more connection(s) closed before TLS" if p.dropped else ""])
             if p.revoked:
                 extra += f" (among them the revoked or rotated FURL of worker {p.revoked})"
             log.info("refused {n} attach attempts from {peer} in the last {s:.0f} s{extra}",
@@ -131,10 +246,26 @@ class Refusals:
             p.interval = 0
             p.dropped = 0
             p.revoked = ""
+            p.cut = 0
+            self._next_all(p)
+
+    def _next_all(self, peer: _Peer) -> None:
+        """A new interval: an address no longer over the limit waits for nothing."""
+        while peer.waiting:
+            _, held = peer.waiting.popitem(last=False)
+            self._waiting -= 1
+            held.conn.resume()
 
     def _forget_oldest(self) -> None:
-        oldest = min(self._peers, key=lambda h: self._peers[h].last)
-        del self._peers[oldest]
+        idle = [h for h, p in self._peers.items() if not p.pending and not p.waiting]
+        oldest = min(idle or self._peers, key=lambda h: self._peers[h].last)
+        peer = self._peers.pop(oldest)
+        for held in peer.pending.values():
+            if held.timer is not None and held.timer.active():
+                held.timer.cancel()
+        self._waiting -= len(peer.waiting)
+        for held in peer.waiting.values():
+            held.conn.resume()
 
     def describe(self) -> dict[str, Any]:
         """The counters, for status and list-workers --json."""
@@ -142,6 +273,8 @@ class Refusals:
         return {
             "total": self.total,
             "closed_before_tls": self.dropped_total,
+            "cut_unanswered": self.cut_total,
+            "waiting": self._waiting,
             "this_interval": sum(p.interval for p in self._peers.values()),
             "interval_seconds": self.interval,
             "addresses": len(self._peers),

@@ -131,7 +131,7 @@ class WorkerRegistry:
         self.tub.registerNameLookupHandler(self._lookup)
         self.tub.on_refused_name = self.refused
         self.tub.on_violation = self._violation
-        self.tub.connection_gate = self.refusals.allow
+        self.tub.connection_gate = self.refusals
         self.refusals.start()
         self._loop = LoopingCall(self.poll)
         self._loop.start(self.reload_interval, now=False)
@@ -157,9 +157,10 @@ class WorkerRegistry:
                 session.violation(f"a call out of the protocol's bounds ({what})")
                 return
 
-    def refused(self, name: str, host: str) -> None:
-        """A lookup of a name we do not serve (never logged: it may be a secret)."""
-        self.refusals.refused(host, self.revoked.get(secret_digest(name)))
+    def refused(self, name: str, host: str, tubid: str = "", key: Any = None) -> bool:
+        """A lookup of a name we do not serve (never logged: it may be a secret);
+        whether to answer it (see Refusals.refused)."""
+        return self.refusals.refused(host, self.revoked.get(secret_digest(name)), tubid, key)
 
     # -- workers.furls --------------------------------------------------------
     def _file_stamp(self) -> tuple[int, ...] | None:

@@ -44,7 +44,7 @@ class MasterService(service.MultiService):
         await self.host.listen()
         registry = self.host.registry
         assert registry is not None
-        self.host.publish_admin(StandaloneAdmin(registry, self.config.location,
+        await self.host.publish_admin(StandaloneAdmin(registry, self.config.location,
                                                 Standalone(registry)))
         log.info("furl-master {version} serving {n} worker(s) on {port}, location {loc}",
                  version=__version__, n=len(registry.entries), port=self.config.port,

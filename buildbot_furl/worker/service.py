@@ -1,8 +1,9 @@
 """The furl-worker daemon: a Tub that keeps itself attached to one FURL.
 
-Reconnection is foolscap's Reconnector (backoff capped at ``MAX_DELAY``,
-with jitter); after each connection the worker calls ``attach`` on its
-login object.  Failures are classified into one clear sentence each
+Reconnection is foolscap's Reconnector, paced by :class:`Backoff` (one
+jittered doubling backoff capped at ``MAX_DELAY`` for every failed attempt:
+no connection, a refused attach, or a link dropped right after the attach);
+after each connection the worker calls ``attach`` on its login object.  Failures are classified into one clear sentence each
 (unreachable, wrong master, unknown FURL, revoked, duplicate, ...).
 With ``maxretries`` (furl-worker.conf) the worker gives up after that many
 failed attempts in a row and the process exits with ``EXIT_GAVE_UP``.
@@ -29,7 +30,7 @@ from foolscap.tokens import (
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet import error as terror
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -64,6 +65,13 @@ from buildbot_furl.worker.streams import SessionEnded
 log = Logger()
 
 MAX_DELAY = 60.0
+INITIAL_DELAY = 1.0
+FACTOR = 2.0
+JITTER = 0.2
+#: seconds a link must stay up after an attach to count as a success: a link
+#: the master drops sooner (Buildbot refusing the worker after login) is a
+#: failed attempt, under the same backoff as a refused one
+STABLE_AFTER = 10.0
 #: how long past the master's grace period the worker keeps an unowned
 #: session's commands running (the master may notice the loss later than we do)
 ORPHAN_MARGIN = 15.0
@@ -107,33 +115,119 @@ def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
     return f"connection failed: {f.getErrorMessage()}", False
 
 
+def retry_delay(attempt: int,
+                rng: Callable[[float, float], float] = random.normalvariate) -> float:
+    """Seconds to wait before dialing again after ``attempt`` failed attempts
+    in a row (0: none, dial at once): doubling from INITIAL_DELAY up to
+    MAX_DELAY, jittered by JITTER (``rng(mean, sigma)``), never under 0.5 s."""
+    if attempt <= 0:
+        return 0.0
+    base = min(INITIAL_DELAY * FACTOR ** min(attempt - 1, 32), MAX_DELAY)
+    return min(max(0.5, rng(base, base * JITTER)), MAX_DELAY * (1 + JITTER))
+
+
+class Backoff:
+    """Failed attempts in a row and the wait before the next dial.  A failed
+    attempt is a connection that failed, an attach the master refused, or a
+    link dropped within STABLE_AFTER s of the attach (that one waits as long
+    as the failures before it ask: the first such drop, which may be a
+    network reset, is redialed at once); a link that stayed up longer resets
+    the count (its loss is redialed at once: a session is waiting)."""
+
+    def __init__(self, clock: IReactorTime,
+                 rng: Callable[[float, float], float] = random.normalvariate) -> None:
+        self.clock = clock
+        self.rng = rng
+        self.attempts = 0
+        self.delay = 0.0  # the wait after the last failure
+        self._refused = False  # the last attach was refused; its link not yet gone
+        self._stable: IDelayedCall | None = None  # pending while a new link proves itself
+
+    def failed(self) -> float:
+        """One more failed attempt: the wait before the next."""
+        self._cancel()
+        self._refused = False
+        self.attempts += 1
+        self.delay = retry_delay(self.attempts, self.rng)
+        return self.delay
+
+    def refused(self) -> float:
+        """The master refused the attach: a failed attempt (its link's loss
+        then waits this long, and is not counted again)."""
+        delay = self.failed()
+        self._refused = True
+        return delay
+
+    def attached(self, resumed: bool = False) -> None:
+        """An attach succeeded.  A resumed session is the master taking the
+        worker back: the count starts again at once.  A fresh one must hold
+        STABLE_AFTER s first (a master that drops a worker it refuses after
+        login hands out fresh sessions only)."""
+        self._cancel()
+        self._refused = False
+        if resumed:
+            self.attempts = 0
+        else:
+            self._stable = self.clock.callLater(STABLE_AFTER, self._proved)
+
+    def lost(self) -> float:
+        """The link ended: the wait before dialing again."""
+        if self._refused:
+            self._refused = False
+            return self.delay
+        if self._stable is not None:
+            # dropped right after the attach: a failed attempt, paced by the
+            # failures before it (a lone drop may be a network reset: at once)
+            self._cancel()
+            self.attempts += 1
+            self.delay = retry_delay(self.attempts - 1, self.rng)
+            return self.delay
+        return 0.0
+
+    @property
+    def proving(self) -> bool:
+        """Attached, but not yet for STABLE_AFTER s."""
+        return self._stable is not None
+
+    def reset(self) -> None:
+        self._cancel()
+        self._refused = False
+        self.attempts = 0
+
+    def _proved(self) -> None:
+        self._stable = None
+        self.attempts = 0
+
+    def _cancel(self) -> None:
+        if self._stable is not None and self._stable.active():
+            self._stable.cancel()
+        self._stable = None
+
+
 class _Reconnector(Reconnector):
-    """foolscap's Reconnector, with a bounded backoff, a failure hook and no
-    FURL in any log line (the stock one logs the whole FURL)."""
+    """foolscap's Reconnector, with the service's backoff (``on_failure(f)``
+    and ``on_lost()`` answer the wait before the next dial) and no FURL in
+    any log line (the stock one logs the whole FURL)."""
 
-    maxDelay = MAX_DELAY
-    initialDelay = 1.0
-    factor = 2.0
-    jitter = 0.2
-
-    def __init__(self, url: str, cb: Callable[..., Any], on_failure: Callable[[Any], None]):
+    def __init__(self, url: str, cb: Callable[..., Any], on_failure: Callable[[Any], float],
+                 on_lost: Callable[[], float]) -> None:
         super().__init__(url, cb, (), {})
         self._on_failure = on_failure
+        self._on_lost = on_lost
 
     def _failed(self, f: Any) -> None:  # noqa: D401 - foolscap hook
         self._last_failure = f
-        self._on_failure(f)
+        delay = self._on_failure(f)
         if not self._active:
             return
-        self._delay = min(self._delay * self.factor, self.maxDelay)
-        self._delay = max(0.5, random.normalvariate(self._delay, self._delay * self.jitter))
+        self._delay = delay
         self._retry()
 
     def _disconnected(self) -> None:  # noqa: D401 - foolscap hook
-        # the first try at once (a session is waiting for us), then the backoff
-        self._delay = 0
+        if not self._active:
+            return  # the worker hung up itself (stop, or a new FURL): no failure
+        self._delay = self._on_lost()
         self._retry()
-        self._delay = self.initialDelay
 
 
 class WorkerService(service.MultiService):
@@ -165,7 +259,7 @@ class WorkerService(service.MultiService):
         self.name = ""  # as the master knows this worker (its attach answer says)
         self._orphan_timer: Any = None
         self.attach_count = 0
-        self._attach_delay = 1.0
+        self.backoff = Backoff(self.clock)
         #: a graceful stop: None, "asked" (not yet told to a master),
         #: "accepted" or "unsupported" (the master cannot drain)
         self.drain: str | None = None
@@ -185,7 +279,8 @@ class WorkerService(service.MultiService):
         self._start_connecting()
 
     def _start_connecting(self) -> None:
-        self.reconnector = _Reconnector(str(self.furl), self._connected, self._conn_failed)
+        self.reconnector = _Reconnector(str(self.furl), self._connected, self._conn_failed,
+                                        self._link_lost)
         self.tub.reconnectors.append(self.reconnector)
         self.reconnector.startConnecting(self.tub)
 
@@ -315,7 +410,7 @@ class WorkerService(service.MultiService):
         self._forget_session("the worker switched to a new FURL")
         self.furl = furl
         self.name = ""  # another FURL may stand for another name
-        self._attach_delay = 1.0
+        self.backoff.reset()
         self._write_state("connecting", None)
         self._start_connecting()
         return True
@@ -391,11 +486,31 @@ class WorkerService(service.MultiService):
                      "once the {n} running command(s) or build(s) end", n=running)
         self._write_state(*self._state)
 
-    def _conn_failed(self, f: Any) -> None:
+    def _within_grace(self, delay: float) -> float:
+        """``delay``, but while the master keeps a session for this worker, at
+        most a quarter of its grace period: a link that keeps being cut must
+        still get several tries before the session (and its commands) ends."""
+        if self.session is not None and self.grace > 0:
+            return min(delay, max(1.0, self.grace / 4))
+        return delay
+
+    def _conn_failed(self, f: Any) -> float:
         reason, fatal = describe_failure(f, self.furl)
+        delay = self._within_grace(self.backoff.failed())
         if not (self.maxretries and self.failures + 1 >= self.maxretries):
-            log.warn("{reason}; retrying", reason=reason)
+            log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
         self._outcome(False, reason, fatal)
+        return delay
+
+    def _link_lost(self) -> float:
+        """The Reconnector's question when a link ends: how long to wait."""
+        quick = self.backoff.proving
+        delay = self._within_grace(self.backoff.lost())
+        if quick:
+            reason = "the master dropped the link right after the attach"
+            log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
+            self._outcome(False, reason)
+        return delay
 
     def _connected(self, login: Any) -> None:
         defer.Deferred.fromCoroutine(self._attach(login))
@@ -407,16 +522,15 @@ class WorkerService(service.MultiService):
         except Exception as e:
             reason = str(e) if isinstance(e, FurlError) else f"attach failed: {e}"
             fatal = isinstance(e, FATAL)
-            delay = self._attach_delay
-            self._attach_delay = min(self._attach_delay * 2, MAX_DELAY)
+            delay = self.backoff.refused()
             log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
             if isinstance(e, DuplicateWorker):
                 fatal = self.attach_count == 0
             self._outcome(False, reason, fatal)
-            # hang up after a delay: the Reconnector then dials again
-            reactor.callLater(delay, sever, login, "attach refused")
+            # hang up now: the Reconnector waits ``delay`` before it dials again
+            sever(login, "attach refused")
             return
-        self._attach_delay = 1.0
+        self.backoff.attached(answer.resumed)
         self.attach_count += 1
         self.login = login
         self._cancel_orphan_timer()
