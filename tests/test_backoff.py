@@ -64,3 +64,21 @@ def test_a_resumed_session_is_taken_back_at_once_after_any_cut() -> None:
         clock.advance(0.2)
         assert b.lost() == 0.0
     assert b.failed() == 1
+
+
+def test_while_a_session_waits_no_wait_outlasts_a_quarter_of_its_grace(tmp_path) -> None:
+    """A link cut again and again must not back off past the master's grace
+    period: the session and its commands would end (found by the soak)."""
+    from twisted.internet.task import Clock
+
+    from buildbot_furl.furl import new_swissnum, parse_furl
+    from buildbot_furl.layout import WorkerPaths
+    from buildbot_furl.worker.service import WorkerService
+
+    furl = parse_furl(f"pb://{'a' * 32}@tcp:127.0.0.1:1/{new_swissnum()}")
+    svc = WorkerService(WorkerPaths(str(tmp_path)), furl, clock=Clock())
+    assert svc._within_grace(72.0) == 72.0  # no session: the plain backoff
+    svc.session, svc.grace = ("s" * 32, "x" * 64), 60.0
+    assert svc._within_grace(72.0) == 15.0 and svc._within_grace(4.0) == 4.0
+    svc.grace = 2.0
+    assert svc._within_grace(72.0) == 1.0
