@@ -20,6 +20,7 @@ from conftest import Procs
 
 from buildbot_furl.testing import soak
 from buildbot_furl.testing.soak_buildbot import BuildbotSoak
+from buildbot_furl.testing.soak_standalone import StandaloneSoak
 from buildbot_furl.worker import streams
 
 pytestmark = [
@@ -28,7 +29,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Passing pyOpenSSL PKey objects:DeprecationWarning"),
 ]
 
-BUILDBOT_SECONDS = float(os.environ.get("SOAK_SECONDS", 90))  # of builds; faults at soak.FAULTS' fractions of it
+BUILDBOT_SECONDS = float(os.environ.get("SOAK_SECONDS", 75))  # of builds; faults at FAULTS
 
 
 def test_the_sizes_are_the_transfer_boundaries() -> None:
@@ -62,6 +63,24 @@ async def test_buildbot_soak(tmp_path: Path, procs: Procs) -> None:
         report = await run.run()
     finally:
         await run.close()
+    (tmp_path / "soak-report.txt").write_text(report.summary(limit=1000) + "\n")
+    print(report.summary())
+    assert report.ok > 0 and not report.problems, report.summary()
+
+
+STANDALONE_SECONDS = float(os.environ.get("SOAK_STANDALONE_SECONDS", 45))
+
+
+def test_standalone_soak(tmp_path: Path, procs: Procs) -> None:
+    """run/put/get of every boundary size, interleaved with a streaming
+    command on each worker, a guesser and cuts: every operation exact, no
+    bad line about a worker, the master's RSS flat."""
+    run = StandaloneSoak(tmp_path, procs, seconds=STANDALONE_SECONDS, say=print)
+    try:
+        report = run.run()
+    finally:
+        procs.cleanup()
+        run.close()
     (tmp_path / "soak-report.txt").write_text(report.summary(limit=1000) + "\n")
     print(report.summary())
     assert report.ok > 0 and not report.problems, report.summary()

@@ -58,14 +58,20 @@ FAULTS: tuple[PlannedFault, ...] = (
     (0.10, "guess"), (0.30, "cut"), (0.50, "rotate"), (0.70, "reconfig"), (0.85, "cut"))
 
 
-def schedule(seconds: float, cycle: float | None = None) -> list[tuple[float, str]]:
-    """(second, fault) for a run of ``seconds``: FAULTS once per ``cycle``
+#: the standalone master's: a guesser and cuts
+STANDALONE_FAULTS: tuple[PlannedFault, ...] = (
+    (0.10, "guess"), (0.25, "cut"), (0.45, "cut"), (0.65, "cut"), (0.85, "cut"))
+
+
+def schedule(seconds: float, cycle: float | None = None,
+             faults: tuple[PlannedFault, ...] = FAULTS) -> list[tuple[float, str]]:
+    """(second, fault) for a run of ``seconds``: ``faults`` once per ``cycle``
     (default: once over the whole run); 'guess' only in the first cycle."""
     cycle = cycle or seconds
     out: list[tuple[float, str]] = []
     start = 0.0
     while start < seconds:
-        for frac, what in FAULTS:
+        for frac, what in faults:
             at = start + frac * cycle
             if at < seconds and (what != "guess" or start == 0):
                 out.append((at, what))
@@ -159,6 +165,12 @@ BAD_WORDS = re.compile(r"refused|violation|cut off|skips bytes|too far back|deta
 ANYWHERE = re.compile(r"Traceback|Unhandled [Ee]rror|Unhandled error in Deferred")
 
 
+def cut_line(worker: str) -> Callable[[str], bool]:
+    """The lines a planned cut of ``worker``'s link leaves in the master's log."""
+    pattern = re.compile(rf"\b{re.escape(worker)}\b.*(lost; keeping its session|session resumed)")
+    return lambda line: bool(pattern.search(line))
+
+
 def bad_lines(text_: str, workers: tuple[str, ...],
               expected: Callable[[str], bool] = lambda line: False) -> list[str]:
     """Lines about one of ``workers`` (named as a word) that BAD_WORDS
@@ -175,11 +187,21 @@ def bad_lines(text_: str, workers: tuple[str, ...],
 
 def worker_bad_lines(text_: str, expected: Callable[[str], bool] = lambda line: False
                      ) -> list[str]:
-    """In a worker's own log every line is about that worker."""
-    return [ln.strip()[:300] for ln in text_.splitlines()
+    """In a worker's own log every line is about that worker (each kind of
+    line once, with its count)."""
+    return _dedup([ln.strip()[:300] for ln in text_.splitlines()
             if not expected(ln) and (ANYWHERE.search(ln) or re.search(
                 r"refused|violation|cut off|skips bytes|too far back|failed to kill|gave up",
-                ln, re.I))]
+                ln, re.I))])
+
+
+def _dedup(lines: list[str]) -> list[str]:
+    """Each distinct line once, with how many times it came (numbers masked)."""
+    seen: dict[str, int] = {}
+    for ln in lines:
+        key = re.sub(r"\d+", "N", ln)
+        seen[key] = seen.get(key, 0) + 1
+    return [f"{k} (x{n})" if n > 1 else k for k, n in seen.items()]
 
 
 # -- memory -------------------------------------------------------------------------------
@@ -193,12 +215,15 @@ def rss_kib(pid: int | None = None) -> int:
     return 0
 
 
+WARM_UP = 0.35  # the first 35% of a run is warm-up for the RSS check
+
+
 @dataclasses.dataclass
 class RssCheck:
     """RSS after warm-up against RSS at the end: 'flat' is growth within
     max(``slack_kib``, ``slack_ratio`` of the warm figure)."""
     samples: list[tuple[float, int]]  # (seconds since start, KiB)
-    warm_until: float
+    warm_until: float  # seconds since the start
     slack_kib: int = 32 * 1024
     slack_ratio: float = 0.10
 
