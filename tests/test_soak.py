@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Passing pyOpenSSL PKey objects:DeprecationWarning"),
 ]
 
-BUILDBOT_SECONDS = float(os.environ.get("SOAK_SECONDS", 75))  # of builds; faults at FAULTS
+BUILDBOT_SECONDS = float(os.environ.get("SOAK_SECONDS", 60))  # of builds; faults at FAULTS
 
 
 def test_the_sizes_are_the_transfer_boundaries() -> None:
@@ -57,7 +57,7 @@ async def test_buildbot_soak(tmp_path: Path, procs: Procs) -> None:
     """Every build SUCCESS with byte-exact files and logs; no violation,
     refusal or cut-off line about a well-behaved worker; no unplanned
     detach; the master's RSS flat after warm-up."""
-    run = BuildbotSoak(tmp_path, procs, seconds=BUILDBOT_SECONDS, build_timeout=90,
+    run = BuildbotSoak(tmp_path, procs, seconds=BUILDBOT_SECONDS, build_timeout=45,
                        say=print)
     try:
         report = await run.run()
@@ -68,7 +68,7 @@ async def test_buildbot_soak(tmp_path: Path, procs: Procs) -> None:
     assert report.ok > 0 and not report.problems, report.summary()
 
 
-STANDALONE_SECONDS = float(os.environ.get("SOAK_STANDALONE_SECONDS", 45))
+STANDALONE_SECONDS = float(os.environ.get("SOAK_STANDALONE_SECONDS", 35))
 
 
 def test_standalone_soak(tmp_path: Path, procs: Procs) -> None:

@@ -293,6 +293,13 @@ class Report:
     problems: list[str] = dataclasses.field(default_factory=list)
     guesser: dict[str, int] = dataclasses.field(default_factory=dict)
     results: dict[str, int] = dataclasses.field(default_factory=dict)
+    durations: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # by kind
+
+    def took(self, kind: str, seconds: float) -> None:
+        self.durations.setdefault(kind, []).append(round(seconds, 2))
+
+    def medians(self) -> dict[str, float]:
+        return {k: sorted(v)[len(v) // 2] for k, v in sorted(self.durations.items()) if v}
 
     def problem(self, what: str) -> None:
         self.problems.append(what)
@@ -303,7 +310,8 @@ class Report:
     def summary(self, limit: int = 60) -> str:
         lines = [f"{self.mode}: {self.ok}/{self.builds} ok in {self.seconds:.0f} s, "
                  f"{self.bytes / MiB:.0f} MiB checked, faults "
-                 f"{[f[1] for f in self.faults]}, guesser {self.guesser}"]
+                 f"{[f[1] for f in self.faults]}, guesser {self.guesser}",
+                 f"median seconds: {self.medians()}"]
         if self.rss:
             lines.append(f"RSS KiB (t, KiB): {self.rss[:: max(1, len(self.rss) // 12)]}")
         lines += [f"  - {p}" for p in self.problems[:limit]]

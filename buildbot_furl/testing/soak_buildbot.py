@@ -483,7 +483,9 @@ class BuildbotSoak:
         while self.now() < end:
             builder = f"soak-{worker}-{i % len(BLOCKSIZES)}"
             i += 1
+            t0 = time.monotonic()
             number, b = await self.build(builder)
+            self.report.took("build", time.monotonic() - t0)
             self.report.builds += 1
             if b is None:
                 self.report.problem(f"{builder}: a build did not end within "

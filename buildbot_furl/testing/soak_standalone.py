@@ -174,6 +174,7 @@ class StandaloneSoak:
                     return
             i += 1
             kind = rnd.choice(("put", "put", "run", "rc"))
+            t0 = time.monotonic()
             try:
                 if kind == "put":
                     self.op_put_get(w, i, rnd.choice(SIZES))
@@ -183,6 +184,8 @@ class StandaloneSoak:
                     self.op_rc(w)
             except subprocess.TimeoutExpired as e:
                 self._done(False, 0, f"{kind} on {w} hung: {e}")
+            with self.lock:
+                self.report.took("put+get+rm" if kind == "put" else kind, time.monotonic() - t0)
 
     # -- faults ----------------------------------------------------------------------------------
     def _faults(self) -> None:
