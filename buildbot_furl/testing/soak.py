@@ -45,10 +45,10 @@ WINDOW = 4 * CHUNK
 SIZES = (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, WINDOW - 1, WINDOW, WINDOW + 1,
          2 * WINDOW - 1, 2 * WINDOW + 1)
 #: Buildbot's blocksize (its default is 16 KiB): odd, default, unaligned, above a chunk
-BLOCKSIZES = (1000, 16 * 1024, 64 * 1024 + 3, CHUNK + 7)
+BLOCKSIZES = (4095, 16 * 1024, 64 * 1024 + 3, CHUNK + 7)
 STRING_SIZES = (0, 1, CHUNK + 1)  # StringDownload
 COMPOSITE_SIZES = (0, 1, CHUNK - 1, CHUNK + 1, WINDOW + 1)  # downloadFileContentToWorker...
-BIG_LINES = 20_000  # ~1.8 MB of stdout per build
+BIG_LINES = 10_000  # ~0.9 MB of stdout per build
 MiB = 1024 * 1024
 
 PlannedFault = tuple[float, str]
