@@ -44,11 +44,12 @@ class StandaloneSoak:
     """Run for ``seconds`` (at most ``max_ops`` CLI operations); then :meth:`check`."""
 
     def __init__(self, tmp: Path, procs: Any, seconds: float, max_ops: int = 100_000,
-                 say: Callable[[str], None] = lambda msg: None) -> None:
+                 cycle: float | None = None, say: Callable[[str], None] = lambda msg: None) -> None:
         self.tmp = tmp
         self.procs = procs
         self.seconds = seconds
         self.max_ops = max_ops
+        self.cycle = cycle
         self.say = say
         self.mdir = tmp / "master"
         self.data = tmp / "data"
@@ -189,7 +190,7 @@ class StandaloneSoak:
 
     # -- faults ----------------------------------------------------------------------------------
     def _faults(self) -> None:
-        for at, what in schedule(self.seconds, faults=STANDALONE_FAULTS):
+        for at, what in schedule(self.seconds, self.cycle, STANDALONE_FAULTS):
             while self.now() < at and not self._stop.is_set():
                 time.sleep(min(0.2, at - self.now()))
             if self._stop.is_set():
