@@ -167,12 +167,17 @@ def main() -> int:
                     help="seconds between rounds of faults (default 300)")
     ap.add_argument("--docs", action="store_true", help="write the figures to " + str(DOCS))
     ap.add_argument("--json", type=Path, help="also write the reports as JSON here")
+    ap.add_argument("--keep", type=Path, help="work in this new directory and keep it "
+                    "(logs of every process), instead of a temporary one")
     args = ap.parse_args()
     seconds = args.minutes * 60
     halves = ["buildbot", "standalone"] if args.mode == "both" else [args.mode]
     each = seconds / len(halves)
     reports = []
-    with tempfile.TemporaryDirectory(prefix="furl-soak-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep
+          else tempfile.TemporaryDirectory(prefix="furl-soak-")) as tmp:
         for mode in halves:
             d = Path(tmp) / mode
             d.mkdir()

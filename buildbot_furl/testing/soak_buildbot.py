@@ -95,6 +95,8 @@ def _steps() -> Any:
         downloadFileContentToWorker and getFileContentFromWorker at boundary
         sizes, rmfile, rmdir.  Mismatches go to the 'problems' log."""
 
+        logEnviron = False  # what CompositeStepMixin's calls send (WorkerBuildStep has it)
+
         @defer.inlineCallbacks
         def run(self) -> Any:
             yield self.addLogForRemoteCommands("stdio")
