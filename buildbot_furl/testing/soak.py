@@ -181,7 +181,7 @@ def bad_lines(text_: str, workers: tuple[str, ...],
         if expected(line):
             continue
         if ANYWHERE.search(line) or (names.search(line) and BAD_WORDS.search(line)):
-            out.append(line.strip()[:300])
+            out.append(_short(line))
     return out
 
 
@@ -189,10 +189,17 @@ def worker_bad_lines(text_: str, expected: Callable[[str], bool] = lambda line: 
                      ) -> list[str]:
     """In a worker's own log every line is about that worker (each kind of
     line once, with its count)."""
-    return _dedup([ln.strip()[:300] for ln in text_.splitlines()
+    return _dedup([_short(ln) for ln in text_.splitlines()
             if not expected(ln) and (ANYWHERE.search(ln) or re.search(
                 r"refused|violation|cut off|skips bytes|too far back|failed to kill|gave up",
                 ln, re.I))])
+
+
+def _short(line: str) -> str:
+    """A log line cut to its start and its end (where the message is, after
+    a command line that buildbot-worker echoes in front of it)."""
+    line = line.strip()
+    return line if len(line) <= 300 else f"{line[:80]} ... {line[-200:]}"
 
 
 def _dedup(lines: list[str]) -> list[str]:
