@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from buildbot_furl.testing import soak
 from buildbot_furl.testing.faultproxy import FaultProxy
 from buildbot_furl.testing.soak import (BLOCKSIZES, CHUNK, COMPOSITE_SIZES, PY, SIZES,
                                         SLOW_SCRIPT, STRING_SIZES, TREE_SCRIPT, WARM_UP,
-                                        bad_lines, big_output, big_output_script, child_env,
-                                        cli_argv, cut_line, furl_via, guesser_argv, MiB, must,
+                                        bad_lines, big_output, big_output_script,
+                                        cut_line, furl_via, guesser_argv, must,
                                         payload, Report, rss_kib, RssCheck, run_cli, schedule,
                                         streams, text, tree_files, tree_of, tubid_of,
                                         worker_bad_lines)
@@ -41,8 +40,8 @@ def _buildbot() -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         from buildbot.schedulers.forcesched import ForceScheduler  # noqa: F401
-    import buildbot.plugins  # noqa: F401
-    return sys.modules["buildbot.plugins"]
+    from buildbot import plugins
+    return plugins
 
 
 def _steps() -> Any:
@@ -159,8 +158,8 @@ def soak_factory(data: Path, out: Path, blocksize: int) -> Any:
         f.addStep(FileUpload(name=f"string-up-{n}", workersrc=f"t/s{n}.txt",
                              masterdest=Interpolate(f"{dest}/s{n}.txt")))
     f.addStep(ShellCommand(name="big-output", command=[PY, "-c", big_output_script()]))
-    f.addStep(ShellCommand(name="rc3", command=[PY, "-c", "import sys; print('rc3'); sys.exit(3)"],
-                           decodeRC={3: SUCCESS}))
+    f.addStep(ShellCommand(name="rc3", decodeRC={3: SUCCESS},
+                           command=[PY, "-c", "import sys; print('rc3'); sys.exit(3)"]))
     f.addStep(ShellCommand(name="timeout", command=[PY, "-c", SLOW_SCRIPT], timeout=2,
                            flunkOnFailure=False, warnOnFailure=False))
     f.addStep(InterruptedShell(name="interrupt", maxTime=25))
