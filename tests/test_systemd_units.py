@@ -101,6 +101,8 @@ def unit_problems(text: str, expected: dict[str, str], argv: list[str]) -> list[
         problems.append("ExecStart lacks --nodaemon (systemd must supervise the process itself)")
     if not re.fullmatch(r"\d+(\.\d+)?s?", svc.get("RestartSec", "")):
         problems.append(f"RestartSec={svc.get('RestartSec')!r}, expected a number of seconds")
+    if int(svc.get("LimitNOFILE", "1024").split(":")[0]) < 65536:
+        problems.append("LimitNOFILE below 65536: idle connections exhaust 1024 descriptors")
     if unit["Install"].get("WantedBy") != "multi-user.target":
         problems.append("[Install] WantedBy is not multi-user.target")
     # cffi's ffi.callback() (pyOpenSSL's verify and info callbacks) needs W+X memory:
