@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
@@ -26,6 +27,7 @@ def test_the_admin_furl_is_served_on_loopback_apart_from_the_workers_port(
     assert farm.master("status").returncode == 0
 
 
+@pytest.mark.expect_log(r"refused attach from .*: unknown FURL")  # the admin's, tried there
 @pytest_twisted.ensureDeferred
 async def test_the_workers_port_does_not_serve_the_admin(farm: Farm) -> None:
     worker_furl = parse_furl(farm.create_worker("w1"))

@@ -26,6 +26,8 @@ async def _not_substantiating(self: Any, conn: Any) -> None:
 
 
 @pytest.mark.parametrize("how", ["configured-nowhere", "attached-raises"])
+@pytest.mark.expect_log(r"refused worker fw2?: ", r"dropping connection of worker fw2? "
+                        r"\(attach refused\)", r"the Buildbot master refused worker 'fw2?'")
 @pytest_twisted.ensureDeferred
 async def test_a_worker_buildbot_refuses_backs_off(env_factory: Callable[..., Env],
                                                     how: str) -> None:

@@ -78,13 +78,18 @@ def test_graceful_stop_of_an_idle_worker_by_signal(farm: Farm) -> None:
 def test_master_side_drain(farm: Farm) -> None:
     farm.start_two()
     pid = _worker_pid(farm, "w1")
-    slow = farm.run_popen("w1", "sh", "-c", "sleep 2; echo done",
+    # the command runs until the test lets it end (a fixed sleep could end before
+    # the drain on a busy machine): it waits for a file the test makes
+    go = farm.tmp / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.1; done; echo done"
+    slow = farm.run_popen("w1", "sh", "-c", script,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert farm.wait_for(lambda: farm.procs.find("sh", "-c", "sleep 2; echo done"), 30)
+    assert farm.wait_for(lambda: farm.procs.find("sh", "-c", script), 30)
     p = farm.master("drain", "w1")
     assert p.returncode == 0, p.stderr
     assert "worker 'w1' is draining" in p.stderr and "1 still run" in p.stderr
     assert farm.run("w1", "true").returncode == 2
+    go.touch()
     out, _ = slow.communicate(timeout=60)
     assert out == b"done\n"
     assert farm.wait_for(lambda: not pid_alive(pid), 30)

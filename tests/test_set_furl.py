@@ -59,6 +59,7 @@ def _set(farm: Farm, tmp_path: Path, furl: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("change", ["address", "tubid", "swissnum"])
+@pytest.mark.expect_log(r"refused attach from .*: unknown FURL")  # the mistyped swissnum
 def test_a_new_furl_that_does_not_work_is_not_taken(one: Farm, tmp_path: Path,
                                                     change: str) -> None:
     old = one.furls["w1"]

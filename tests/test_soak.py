@@ -61,6 +61,14 @@ def test_schedule_and_log_checks() -> None:
     assert soak.bad_lines("Traceback (most recent call last):", ("w1",)) != []
 
 
+# The guesser's refusals, rationed (the soak's own check holds the lines about the
+# well-behaved workers to none); and a worker redialing while the test stops the
+# Buildbot master, whose configuration is gone by then.
+GUESSER_LINES = (r"refused attach from .*: unknown FURL",
+                 r"refused \d+ attach attempts from", r"refused \d+ more attach attempts")
+
+
+@pytest.mark.expect_log(*GUESSER_LINES, r"refused worker w\d: master.cfg configures no")
 @pytest_twisted.ensureDeferred
 async def test_buildbot_soak(tmp_path: Path, procs: Procs) -> None:
     """Every build SUCCESS with byte-exact files and logs; no violation,
@@ -80,6 +88,7 @@ async def test_buildbot_soak(tmp_path: Path, procs: Procs) -> None:
 STANDALONE_SECONDS = float(os.environ.get("SOAK_STANDALONE_SECONDS", 35))
 
 
+@pytest.mark.expect_log(*GUESSER_LINES)
 def test_standalone_soak(tmp_path: Path, procs: Procs) -> None:
     """run/put/get of every boundary size, interleaved with a streaming
     command on each worker, a guesser and cuts: every operation exact, no
@@ -93,3 +102,19 @@ def test_standalone_soak(tmp_path: Path, procs: Procs) -> None:
     (tmp_path / "soak-report.txt").write_text(report.summary(limit=1000) + "\n")
     print(report.summary())
     assert report.ok > 0 and not report.problems, report.summary()
+
+
+def test_warm_up_lasts_until_each_kind_of_fault_has_happened_once() -> None:
+    """A first reconfig keeps memory for good (Buildbot's new configuration);
+    growth after it would be a leak, growth at it is not."""
+    from buildbot_furl.testing.soak import Report, RssCheck, warm_up_until
+
+    r = Report("buildbot", seconds=60.0)
+    r.faults = [(6.0, "guess", ""), (18.0, "cut", ""), (42.0, "reconfig", ""), (51.0, "cut", "")]
+    r.rss = [(t, 280_000 if t < 45 else 318_000) for t in range(0, 61, 5)]
+    assert warm_up_until(r) == 47.0
+    assert RssCheck(r.rss, warm_up_until(r)).problem() is None
+    r.rss[-3:] = [(50, 360_000), (55, 380_000), (60, 400_000)]  # growing after it: a leak
+    assert RssCheck(r.rss, warm_up_until(r)).problem() is not None
+    r.faults.append((58.0, "rotate", ""))  # too late to leave samples: the fraction
+    assert warm_up_until(r) == 0.35 * 60

@@ -222,6 +222,23 @@ def rss_kib(pid: int | None = None) -> int:
 
 
 WARM_UP = 0.35  # the first 35% of a run is warm-up for the RSS check
+SETTLE = 5.0  # seconds after the first fault of a kind before RSS counts again
+
+
+def warm_up_until(report: "Report") -> float:
+    """When a run's warm-up ends, for the RSS check: WARM_UP of the run, or
+    later, SETTLE s after the first fault of each kind (a first reconfig
+    builds Buildbot's new configuration, a first rotation a new login: memory
+    kept for good, not a leak; a second one of the kind must not grow it) --
+    unless that would leave fewer than three samples to judge by."""
+    until = WARM_UP * report.seconds
+    firsts: dict[str, float] = {}
+    for t, what, _ in report.faults:
+        firsts.setdefault(what, t)
+    later = max([until, *(t + SETTLE for t in firsts.values())])
+    if sum(1 for t, _ in report.rss if t > later) >= 3:
+        return later
+    return until
 
 
 @dataclasses.dataclass

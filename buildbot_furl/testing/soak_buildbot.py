@@ -25,7 +25,7 @@ from unittest import mock
 from buildbot_furl.testing import soak
 from buildbot_furl.testing.faultproxy import FaultProxy
 from buildbot_furl.testing.soak import (BLOCKSIZES, CHUNK, COMPOSITE_SIZES, PY, SIZES,
-                                        SLOW_SCRIPT, STRING_SIZES, TREE_SCRIPT, WARM_UP,
+                                        SLOW_SCRIPT, STRING_SIZES, TREE_SCRIPT, warm_up_until,
                                         bad_lines, big_output, big_output_script,
                                         cut_line, furl_via, guesser_argv, must,
                                         payload, Report, rss_kib, RssCheck, run_cli, schedule,
@@ -623,7 +623,7 @@ class BuildbotSoak:
             if n > planned:
                 r.problem(f"{name} detached from Buildbot {n} time(s) (planned: {planned}), "
                           f"at t={self.detaches[name]}")
-        if p := RssCheck(r.rss, WARM_UP * r.seconds).problem():
+        if p := RssCheck(r.rss, warm_up_until(r)).problem():
             r.problem(f"master {p}")
         text_ = self.log_text()
         r.problems += [f"master.log: {ln}" for ln in bad_lines(text_, BUILD_WORKERS,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_furl.testing.faultproxy import FaultProxy
-from buildbot_furl.testing.soak import (PY, SIZES, STANDALONE_FAULTS, WARM_UP, bad_lines,
+from buildbot_furl.testing.soak import (PY, SIZES, STANDALONE_FAULTS, warm_up_until, bad_lines,
                                         big_output, big_output_script, child_env, cli_argv,
                                         cut_line, furl_via, guesser_argv, must, payload, Report,
                                         rss_kib, RssCheck, run_cli, schedule, tubid_of,
@@ -264,7 +264,7 @@ class StandaloneSoak:
 
     def check(self) -> None:
         r = self.report
-        if p := RssCheck(r.rss, WARM_UP * r.seconds).problem():
+        if p := RssCheck(r.rss, warm_up_until(r)).problem():
             r.problem(f"master {p}")
         log = (self.mdir / "master.log").read_text(errors="replace")
         r.problems += [f"master.log: {ln}" for ln in bad_lines(log, WORKERS, cut_line("w1"))]
