@@ -53,6 +53,7 @@ from conftest import Procs, Timing, cli, free_port, processes
 from buildbot_furl import furlsfile
 from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
 from buildbot_furl.testing.faultproxy import FaultProxy
+from buildbot_furl.testing.soak import streams
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.privatefiles import write_private
 
@@ -376,13 +377,6 @@ async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
     return pred()
 
 
-def streams(content: str) -> dict[str, str]:
-    """A stdio log's text by stream: 'o' stdout, 'e' stderr, 'h' header."""
-    out: dict[str, list[str]] = {"o": [], "e": [], "h": []}
-    for line in content.splitlines(keepends=True):
-        if line[:1] in out:
-            out[line[:1]].append(line[1:])
-    return {k: "".join(v) for k, v in out.items()}
 
 
 def expected_stdout() -> str:

@@ -414,18 +414,19 @@ def parse_policy(text: str, basedir: str, origin: str = "policy") -> Policy:
                               "worker's directory")
         roots = None if chosen is None else tuple(
             os.path.realpath(os.path.join(base, os.path.expanduser(p))) for p in chosen)
+    def variables(name: str) -> tuple[tuple[str, ...] | None, str] | None:
+        got = listed(name)
+        for pattern in (got[0] or ()) if got is not None else ():
+            if not _ENV_PATTERN.match(pattern):
+                raise ConfigError(f"{got[1]}: {pattern!r} is not a variable name or pattern")
+        return got
+
     environment = None
-    if (got := listed("environment.allow")) is not None:
+    if (got := variables("environment.allow")) is not None:
         environment, where = got
-        for name in environment or ():
-            if not _ENV_PATTERN.match(name):
-                raise ConfigError(f"{where}: {name!r} is not a variable name or pattern")
     disclosed = environment
-    if (got := listed("environment.disclose")) is not None:
+    if (got := variables("environment.disclose")) is not None:
         disclosed, where = got
-        for name in disclosed or ():
-            if not _ENV_PATTERN.match(name):
-                raise ConfigError(f"{where}: {name!r} is not a variable name or pattern")
     sizes: dict[str, int | None] = {}
     for key in ("max_upload", "max_download"):
         raw, where = fields.get(f"limits.{key}", (None, ""))
