@@ -288,6 +288,11 @@ def _rotation_line(line: str) -> bool:
     return bool(re.search(r"revoked|rotated|no longer works|detached", line, re.I))
 
 
+#: what the in-process master's RSS may grow after warm-up (see _check_logs_and_detaches)
+IN_PROCESS_SLACK_KIB = 96 * 1024
+IN_PROCESS_SLACK_RATIO = 0.35
+
+
 class BuildbotSoak:
     """Builds back to back on w1 (behind a FaultProxy) and w2 (beside the
     guesser), with the faults of soak.schedule; w3 is revoked and rotated.
@@ -623,7 +628,13 @@ class BuildbotSoak:
             if n > planned:
                 r.problem(f"{name} detached from Buildbot {n} time(s) (planned: {planned}), "
                           f"at t={self.detaches[name]}")
-        if p := RssCheck(r.rss, warm_up_until(r)).problem():
+        # The Buildbot master runs in this process, beside the soak's own byte-exact
+        # checks (whole files read back) and Buildbot's database: its RSS moves by
+        # tens of MiB with them (seen: 242 -> 287 -> 242 MiB), so a run of a minute
+        # can only catch a gross leak here; flatness is judged by the long runs of
+        # bench/soak.py, and by the standalone half's separate master process.
+        if p := RssCheck(r.rss, warm_up_until(r), slack_kib=IN_PROCESS_SLACK_KIB,
+                         slack_ratio=IN_PROCESS_SLACK_RATIO).problem():
             r.problem(f"master {p}")
         text_ = self.log_text()
         r.problems += [f"master.log: {ln}" for ln in bad_lines(text_, BUILD_WORKERS,
