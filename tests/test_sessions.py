@@ -81,7 +81,9 @@ def test_a_run_survives_resets_without_loss_or_duplication(cut_farm: Farm) -> No
     farm = cut_farm
     _attached_worker(farm)
     p = _run_slow(farm)
-    _cut_several(farm, 3, 200, 6_000)
+    # up to three cuts while it runs (a cut armed after the last byte never comes:
+    # how many land depends on how fast the machine replays the backlog)
+    assert _cut_several(farm, 3, 200, 6_000, while_running=p) >= 1
     err = _check_slow(p)
     assert b"connection to worker" not in err  # no notice: not -v, not a terminal
     # with -v the admin hears of the cut, in one line each way
