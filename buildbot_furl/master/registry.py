@@ -249,16 +249,18 @@ class WorkerRegistry:
         and a revoked login must never yield a session."""
         if self.by_name.get(login.name) is login:
             return
-        # Rationed like every refusal (a holder of an old FURL may call in a
-        # loop), and the connection is cut once the answer is on its way.
-        self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], login.name)
-        reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, "its FURL was revoked")
+        self._refuse_and_cut(bot, login.name, "its FURL was revoked")
         raise Revoked(f"the FURL of worker {login.name!r} has been revoked or rotated")
 
     def refuse_malformed(self, login: WorkerLogin, bot: Any) -> None:
         """An attach whose info cannot be read."""
-        self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], None)
-        reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, "a malformed attach")
+        self._refuse_and_cut(bot, None, "a malformed attach")
+
+    def _refuse_and_cut(self, bot: Any, revoked_worker: str | None, why: str) -> None:
+        """Count a refused attach in the rationed refusal log (its holder may
+        call in a loop), and cut the connection once the answer is on its way."""
+        self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], revoked_worker)
+        reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, why)
 
     async def attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         login.attaching.add(bot)

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from buildbot_furl.errors import ConnectionLost
+from buildbot_furl.protocol import call
 from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.tubs import sever
 
@@ -288,8 +289,6 @@ class WorkerSession:
         """Call the worker's ``method``; if the link is cut first, again once
         the session has a connection again (a resumed session lost the call
         with the old link), until it answers or the session ends."""
-        from buildbot_furl.protocol import call  # (protocol imports no master code)
-
         while True:
             await self.wait_attached()
             bot = self.bot
