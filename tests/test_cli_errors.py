@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,89 @@ def test_put_and_get_name_the_copy_itself(farm: Farm, tmp_path: Path) -> None:
     (tmp_path / "old.bin").write_bytes(b"old")
     assert farm.master("get", "w1", "a.bin", str(tmp_path / "old.bin")).returncode == 0
     assert (tmp_path / "old.bin").read_bytes() == b"data"
+
+
+def _main_in_process(main: Any, argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                     capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run a CLI's ``main()`` here (no process): its exit code and stderr."""
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        main()
+    return int(e.value.code or 0), capsys.readouterr().err
+
+
+def test_a_furl_typed_where_it_does_not_belong_is_never_echoed_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16 item 14: a FURL pasted where a name, a directory or an
+    option's value belongs; the error says what was wrong, never the secret."""
+    from buildbot_furl.cli.master import main as master_main
+    from buildbot_furl.cli.worker import main as worker_main
+    mdir = tmp_path / "m"
+    cli("furl-master", "create-master", "-d", str(mdir), "--location", "tcp:127.0.0.1:9",
+        check=True)
+    furl = cli("furl-master", "create-worker", "-d", str(mdir), "w1", check=True).stdout.strip()
+    secret = furl.rsplit("/", 1)[1]
+    m, w = ["furl-master", "-d", str(mdir)], ["furl-worker"]
+    cases = [
+        (master_main, m + ["create-worker", "w2", furl], 64),  # click: an extra argument
+        (master_main, m + ["run", "--timeout", furl, "w1", "--", "true"], 64),  # click: a value
+        (master_main, m + ["drain", "--wait", furl, "w1"], 64),
+        (master_main, m + [furl], 64),  # click: no such command
+        (master_main, m + ["list-workers", furl], 64),
+        (master_main, ["furl-master", "status", "-d", furl], 1),  # a directory
+        (master_main, m + ["revoke-worker", furl], 1),  # a name
+        (master_main, m + ["rotate-worker", furl], 1),
+        (master_main, m + ["drain", furl], 1),
+        (master_main, m + ["put", furl, str(mdir / "workers.furls"), "x"], 1),
+        (master_main, m + ["run", "--env", furl, "w1", "--", "true"], 64),
+        (worker_main, w + ["start", furl], 1),
+        (worker_main, w + ["policy", furl], 1),
+        (worker_main, w + ["settings", furl], 1),
+        (worker_main, w + ["set-furl", furl], 1),
+        (worker_main, w + ["create-worker", str(tmp_path / "wd"), "--furl-file", furl], 1),
+        (worker_main, w + ["create-worker", str(tmp_path / "wd"), furl], 64),
+    ]
+    for main, argv, code in cases:
+        got, err = _main_in_process(main, argv, monkeypatch, capsys)
+        assert secret not in err, (argv[1:], err)
+        assert got == code, (argv[1:], got, err)
+        assert "/..." in err, (argv[1:], err)  # it does say what was typed, short
+    assert not (tmp_path / "wd").exists()
+
+
+def test_the_master_refuses_a_name_that_is_none_before_logging_it() -> None:
+    """A FURL sent as a worker's name to the admin capability (an older or a
+    hand-made client): refused, and neither the answer nor the log holds it."""
+    from twisted.logger import globalLogPublisher
+
+    from buildbot_furl.errors import UnknownWorker
+    from buildbot_furl.master.standalone import Standalone
+    from buildbot_furl.protocol.messages import RunRequest
+
+    class Registry:
+        entries: dict[str, Any] = {}
+        sessions: dict[str, Any] = {}
+        on_drain = None
+
+        def poll(self) -> None:
+            pass
+
+        def drain(self, *args: Any) -> int:
+            raise AssertionError("a name that is none reached the registry")
+
+    furl = "pb://" + "b" * 32 + "@tcp:127.0.0.1:9/" + "s3cr3t" * 6
+    seen: list[str] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        st = Standalone(Registry())  # type: ignore[arg-type]
+        with pytest.raises(UnknownWorker) as drained:
+            st.drain(furl)
+        with pytest.raises(UnknownWorker) as ran:
+            # refused before its first wait: one step of the coroutine runs it
+            st.run(furl, RunRequest(argv=["true"], run_id="r1"), None).send(None)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    for e in (drained.value, ran.value):
+        assert "s3cr3t" not in str(e) and "'pb:/...'" in str(e), str(e)
+    assert not any("s3cr3t" in repr(event) for event in seen), seen

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from buildbot_furl.cli.exits import Exit, code_for
-from buildbot_furl.display import printable
+from buildbot_furl.display import printable, without_furls
 from buildbot_furl.errors import ConfigError, FurlError
 
 
@@ -24,8 +24,10 @@ class Failed(click.ClickException):
         self.prog = (ctx.find_root().info_name if ctx else None) or "furl"
 
     def show(self, file: Any = None) -> None:
-        # the message may carry a peer's text (a worker's error): no escapes
-        click.echo(f"{self.prog}: error: {printable(self.format_message())}", err=True)
+        # the message may carry a peer's text (a worker's error): no escapes;
+        # and what the user typed, maybe a FURL where a name or a path belongs
+        text = printable(without_furls(self.format_message()))
+        click.echo(f"{self.prog}: error: {text}", err=True)
 
 
 def guarded(exit_code: int = Exit.ERROR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -63,12 +65,12 @@ def run_main(group: click.Group, prog: str) -> None:
     so that 2 keeps its one meaning (the request could not be made)."""
     try:
         rv = group.main(prog_name=prog, standalone_mode=False)
-    except click.UsageError as e:
-        e.show()
-        sys.exit(Exit.USAGE)
     except click.ClickException as e:
+        # click echoes what was typed ("unexpected extra argument (...)", "'...'
+        # is not a valid float"): a FURL pasted in the wrong place is cut short
+        e.message = without_furls(e.message)
         e.show()
-        sys.exit(e.exit_code)
+        sys.exit(Exit.USAGE if isinstance(e, click.UsageError) else e.exit_code)
     except click.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(Exit.ERROR)

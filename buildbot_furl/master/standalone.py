@@ -40,6 +40,7 @@ from buildbot_furl.errors import (
     WorkerDraining,
     WorkerNotConnected,
 )
+from buildbot_furl.furlsfile import NAME_RE, shown_name
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.session import WorkerSession
@@ -212,6 +213,9 @@ class Standalone:
         registry.on_drain = self._drain_started
 
     def _session(self, name: str) -> WorkerSession:
+        if not NAME_RE.match(name):
+            # never a name: maybe a FURL pasted in its place, so not echoed whole
+            raise UnknownWorker(f"no worker named {shown_name(name)} in workers.furls")
         if name not in self.registry.entries:
             self.registry.poll()  # a worker added a moment ago counts already
         if name not in self.registry.entries:
@@ -288,6 +292,7 @@ class Standalone:
         if request.run_id in self._runs:
             raise BadRequest("duplicate run id")
         args = _shell_args(request.argv, request.workdir, request.env, request.timeout)
+        self._session(worker)  # a name that is none is refused before it is logged
         log.info("run on worker {worker}: {n} argument(s) (run {run})", worker=worker,
                  n=len(request.argv), run=request.run_id)
         if out is not None:
