@@ -4,6 +4,7 @@ neutral modules and the wire schema, nothing imports the CLI, no cycles."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,42 @@ def test_the_wire_schema_knows_neither_side() -> None:
     for module, deps in GRAPH.items():
         if module.startswith(("buildbot_furl.protocol", "buildbot_furl.errors")):
             assert all(_part(d) == "neutral" for d in deps), (module, deps)
+
+
+def test_no_product_module_imports_the_test_machinery() -> None:
+    for module, deps in GRAPH.items():
+        if not module.startswith("buildbot_furl.testing"):
+            assert not [d for d in deps if d.startswith("buildbot_furl.testing")], module
+
+
+def _mapped_modules(doc: str) -> set[str]:
+    """The modules docs/architecture.md's map names: in its tree, a line whose
+    text starts with ``NAME.py`` (or ``A.py, B.py``) under the package line
+    (``NAME/``) less indented above it."""
+    block = doc.split("```\nbuildbot_furl/\n", 1)[1].split("```", 1)[0]
+    found: set[str] = set()
+    packages: dict[int, str] = {}  # indent -> the package opened at that indent
+    for line in block.splitlines():
+        text = line.lstrip()
+        indent = len(line) - len(text)
+        package = re.match(r"(\w+)/(\s|$)", text)
+        if package:
+            packages = {i: p for i, p in packages.items() if i < indent}
+            packages[indent] = package.group(1)
+            continue
+        head = re.match(r"\w+\.py(,\s*\w+\.py)*", text)
+        if not head:
+            continue  # a description's continuation line
+        names = [n.strip() for n in head.group(0).split(",")]
+        prefix = [p for i, p in sorted(packages.items()) if i < indent]
+        found.update(".".join(["buildbot_furl", *prefix, n[:-3]]) for n in names)
+    return found
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    """docs/architecture.md lists every module under buildbot_furl/ (and
+    only those): a module added without a line in the map fails here."""
+    mapped = _mapped_modules((ROOT / "docs" / "architecture.md").read_text())
+    modules = {m for m, p in MODULES.items() if p.name != "__init__.py"}
+    assert sorted(modules - mapped) == [], "missing from docs/architecture.md's map"
+    assert sorted(mapped - modules) == [], "in docs/architecture.md's map, but gone"

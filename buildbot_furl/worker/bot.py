@@ -3,7 +3,7 @@
 ``FurlBot`` is buildbot-worker's transport-neutral ``BotPbLike`` made a
 foolscap Referenceable; builders are its ``WorkerForBuilderPbLike``
 children, running commands through :class:`FurlProtocolCommand`.  Each
-remote method answers with an ok/error envelope (see protocol.py).
+remote method answers with an ok/error envelope (see protocol/envelope.py).
 """
 
 from __future__ import annotations
