@@ -20,6 +20,7 @@ from buildbot_furl.protocol import (
     unwrap,
 )
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo
+from buildbot_furl.testing.fakes import FakeBot
 from buildbot_furl.tubs import make_tub
 
 
@@ -67,28 +68,6 @@ def test_malformed_answers_and_payloads_are_bad_requests() -> None:
     with pytest.raises(errors.BadRequest):
         encode("x" * (MAX_PAYLOAD + 1))
     assert decode(encode({"t": (1, 2), "b": b"\x00"})) == {"t": [1, 2], "b": b"\x00"}
-
-
-class FakeBot:
-    def __init__(self) -> None:
-        self.disconnect: list[Any] = []
-
-    def notifyOnDisconnect(self, cb: Any, *args: Any) -> object:
-        self.disconnect.append((cb, args))
-        return cb
-
-    def lose(self) -> None:
-        """The connection drops: tell whoever asked to know."""
-        for cb, args in self.disconnect:
-            cb(*args)
-
-    def getPeer(self) -> Any:
-        class P:
-            host, port = "127.0.0.1", 4242
-        return P()
-
-    def callRemote(self, method: str, *args: Any) -> Any:
-        return defer.succeed(encode(["ok", "pong"]))
 
 
 def _registry(tmp_path: Any) -> tuple[WorkerRegistry, str]:
@@ -285,7 +264,7 @@ async def test_a_missing_workers_furls_keeps_the_last_good_list(tmp_path: Any) -
     reg.poll()
     assert reg._lookup(swiss) is login and reg.sessions.get("w1") is session
     assert reg.problem is not None and "missing" in reg.problem
-    assert not session.dropped and not session.gone
+    assert session.state == "attached"
     os.rename(aside, reg.furls_path)
     reg.poll()
     assert reg.problem is None and reg._lookup(swiss) is login

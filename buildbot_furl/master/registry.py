@@ -12,13 +12,13 @@ the consumer (the standalone admin, or the Buildbot plugin) through
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from foolscap.api import Referenceable
 from twisted.internet import defer, reactor
 from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -99,14 +99,17 @@ class WorkerRegistry:
         grace: Callable[[str], float] | float = 0.0,
         refusal_limit: int = DEFAULT_LIMIT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        clock: IReactorTime | None = None,
     ) -> None:
+        #: the clock of every timer here and in the sessions
+        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.tub = tub
         self.furls_path = furls_path
         self.tubid = tub.getTubID()
         self.on_attach = on_attach
         self.on_detach = on_detach
         self.reload_interval = reload_interval
-        self.refusals = Refusals(refusal_limit)
+        self.refusals = Refusals(refusal_limit, clock=self.clock)
         self.call_timeout = call_timeout
         #: how long a worker's session outlives its connection (per name)
         self.grace = grace if callable(grace) else (lambda name, g=float(grace): g)
@@ -134,6 +137,7 @@ class WorkerRegistry:
         self.tub.connection_gate = self.refusals
         self.refusals.start()
         self._loop = LoopingCall(self.poll)
+        self._loop.clock = self.clock
         self._loop.start(self.reload_interval, now=False)
 
     def stop(self) -> None:
@@ -260,7 +264,7 @@ class WorkerRegistry:
         """Count a refused attach in the rationed refusal log (its holder may
         call in a loop), and cut the connection once the answer is on its way."""
         self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], revoked_worker)
-        reactor.callLater(REFUSED_HANGUP_DELAY, sever, bot, why)
+        self.clock.callLater(REFUSED_HANGUP_DELAY, sever, bot, why)
 
     async def attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         login.attaching.add(bot)
@@ -296,9 +300,9 @@ class WorkerRegistry:
             await self._settle_duplicate(name, peer)
             self._current(login, bot)
             session = WorkerSession(name, bot, info, max(common), peer, self.grace(name),
-                                    self.call_timeout)
+                                    self.call_timeout, clock=self.clock)
             self.sessions[name] = session
-            self.last_seen[name] = time.time()
+            self.last_seen[name] = self.clock.seconds()
             session.add_disconnect_callback(lambda: self._detached(session))
             log.info("worker {name} attached from {peer} (worker version {version}, "
                      "protocol {proto})", name=name, peer=peer,
@@ -308,9 +312,9 @@ class WorkerRegistry:
                     await defer.maybeDeferred(self.on_attach, session)
                 except WireError:
                     # let the refusal reach the worker before hanging up
-                    session.grace = 0
+                    session.no_grace()
                     self._forget(session, drop=False)
-                    reactor.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
+                    self.clock.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
                     raise
             self._current(login, bot)  # revoked while Buildbot took it (it was dropped)
             return AttachAnswer(session.protocol, session.session_id,
@@ -325,8 +329,7 @@ class WorkerRegistry:
         if session is None or not session.proves(proof):
             return False
         log.info("worker {name} is stopping", name=login.name)
-        session.grace = 0  # it hangs up itself once it has the answer
-        session.end("the worker stopped")
+        session.end("the worker stopped")  # it hangs up itself once it has the answer
         return True
 
     def drain_asked(self, login: WorkerLogin, proof: tuple[str, str] | None) -> dict[str, Any]:
@@ -338,9 +341,7 @@ class WorkerRegistry:
 
     def drain(self, session: WorkerSession, who: str) -> int:
         """Start a graceful stop of ``session``; how much still runs on it."""
-        first = session.draining is None
-        if first:
-            session.draining = who
+        first = session.drain(who)
         running = self.on_drain(session) if self.on_drain is not None else 0
         if first:
             log.info("worker {name}: graceful stop asked by {who}: no new work for it; it "
@@ -352,7 +353,7 @@ class WorkerRegistry:
                       info: AttachInfo) -> AttachAnswer:
         """The worker proved it holds ``session``: carry it over to ``bot``."""
         carried = await session.rebind(bot, peer)
-        self.last_seen[session.name] = time.time()
+        self.last_seen[session.name] = self.clock.seconds()
         assert info.resume is not None
         return AttachAnswer(session.protocol, session.session_id, info.resume[1],
                             session.grace, __version__, resumed=True, commands=tuple(carried),
@@ -373,7 +374,7 @@ class WorkerRegistry:
             return
         try:
             d = defer.Deferred.fromCoroutine(call(old.bot, "ping"))
-            d.addTimeout(DUPLICATE_PING_TIMEOUT, reactor)
+            d.addTimeout(DUPLICATE_PING_TIMEOUT, self.clock)
             await d
         except Exception:
             log.info("worker {name}: old connection from {old} did not answer; "
@@ -391,7 +392,7 @@ class WorkerRegistry:
     def _forget(self, session: WorkerSession, drop: bool = True) -> None:
         if self.sessions.get(session.name) is session:
             del self.sessions[session.name]
-            self.last_seen[session.name] = time.time()
+            self.last_seen[session.name] = self.clock.seconds()
             if drop:
                 session.drop("forgotten")
             if self.on_detach is not None:
@@ -419,7 +420,7 @@ class WorkerRegistry:
                     "grace_until": (s.detached_at + s.grace) if s and s.detached_at else None,
                     "peer": s.peer if s else None,
                     "connected_since": s.connected_at if s else None,
-                    "last_seen": time.time() if s else self.last_seen.get(name),
+                    "last_seen": self.clock.seconds() if s else self.last_seen.get(name),
                     "host": _info_line(s.worker_info.get("host")) if s else None,
                     "admin": _info_line(s.worker_info.get("admin")) if s else None,
                 }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +26,13 @@ from twisted.logger import Logger
 
 from buildbot_furl.errors import ConnectionLost
 from buildbot_furl.protocol import call
+from buildbot_furl.master.session_states import (
+    ATTACHED,
+    DRAINING,
+    ENDED,
+    SessionCore,
+    SessionStates,
+)
 from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.tubs import sever
 
@@ -77,7 +83,10 @@ def _digest(secret: str) -> bytes:
 
 
 class WorkerSession:
-    """A worker's session; ``bot`` is the worker's current reference."""
+    """A worker's session; ``bot`` is the worker's current reference.  Its
+    life (attached, detached in grace, draining, ended) is a state machine,
+    :mod:`~buildbot_furl.master.session_states`; this object carries out what
+    each transition means to the rest of the master."""
 
     def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int, peer: str,
                  grace: float = 0.0, call_timeout: float = DEFAULT_CALL_TIMEOUT,
@@ -87,7 +96,6 @@ class WorkerSession:
         self.info = info
         self.protocol = protocol
         self.peer = peer
-        self.grace = grace
         #: seconds the worker has to answer a call before it is cut off
         self.call_timeout = call_timeout
         self.session_id = secrets.token_hex(16)
@@ -95,22 +103,58 @@ class WorkerSession:
         #: kept here only as a digest, never logged
         self.secret = secrets.token_hex(32)
         self._secret_digest = _digest(self.secret)
-        self.connected_at = time.time()
-        self.detached_at: float | None = None  # while the link is down
-        self.dropped = False  # drop() was asked for
-        self.gone = False  # the session has ended
+        #: the clock of every timer here (grace, violations' memory)
+        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self.connected_at = self.clock.seconds()
+        self._core = SessionCore(self.clock, float(grace), self._grace_over)
+        self._life = SessionStates(self._core)
         self._callbacks: list[Callable[[], None]] = []
         self._rebind_listeners: list[Callable[[], Awaitable[list[str]]]] = []
         self._link_listeners: list[Callable[[bool], None]] = []
         self._attached_waiters: list[defer.Deferred[None]] = []
-        self._grace_timer: Any = None
-        #: the clock violations are counted on
-        self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.violations = 0  # all of them, for the record
         self._strikes = Strikes(self.clock)  # those outside any command
-        #: who asked for a graceful stop (no new work; stop when idle), or None
-        self.draining: str | None = None
         bot.notifyOnDisconnect(self._link_lost, bot)
+
+    # -- what the state says ----------------------------------------------------
+    @property
+    def state(self) -> str:
+        """attached, detached, draining, "draining, detached" or ended."""
+        return self._life.state()
+
+    @property
+    def gone(self) -> bool:
+        """The session has ended."""
+        return self._life.state() == ENDED
+
+    @property
+    def attached(self) -> bool:
+        """The session has a connection now."""
+        return self._life.state() in (ATTACHED, DRAINING)
+
+    @property
+    def grace(self) -> float:
+        """Seconds the session outlives a lost connection."""
+        return self._core.grace
+
+    @property
+    def detached_at(self) -> float | None:
+        """When the connection was lost (the clock's seconds), while it is."""
+        return self._core.detached_at
+
+    @property
+    def draining(self) -> str | None:
+        """Who asked for a graceful stop (no new work; stop when idle), or None."""
+        return self._core.drained_by
+
+    def drain(self, who: str) -> bool:
+        """A graceful stop asked by ``who``; whether it is the first ask."""
+        return self._life.drain(who)
+
+    def no_grace(self) -> None:
+        """From now on a lost connection ends the session at once (an attach
+        refused above, whose connection is cut once the refusal is sent)."""
+        self._core.grace = 0.0
 
     def hand_out_secret(self) -> str:
         """The secret, for the attach answer only (then forgotten here)."""
@@ -122,10 +166,6 @@ class WorkerSession:
         """What the worker said of itself (buildbot-worker's getWorkerInfo
         less its environment)."""
         return self.info.worker_info
-
-    @property
-    def attached(self) -> bool:
-        return not self.gone and self.detached_at is None
 
     def proves(self, resume: tuple[str, str] | None) -> bool:
         """Whether ``resume`` (from a reattaching worker) is this session."""
@@ -171,7 +211,7 @@ class WorkerSession:
         fails with ConnectionLost if it ends first."""
         if self.gone:
             return defer.fail(ConnectionLost(f"worker {self.name!r} is gone"))
-        if self.detached_at is None:
+        if self.attached:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._attached_waiters.append(d)
@@ -206,19 +246,17 @@ class WorkerSession:
         self._link_lost(bot)
 
     def _link_lost(self, bot: Any) -> None:
-        if self.gone or bot is not self.bot or self.detached_at is not None:
-            return
-        if self.grace <= 0 or self.dropped:
+        if bot is not self.bot or not self.attached:
+            return  # an old connection, or the session is detached or ended
+        if self.grace <= 0:
             self.end("connection lost")
             return
-        self.detached_at = time.time()
+        self._life.link_lost()
         log.info("worker {name}: connection from {peer} lost; keeping its session for "
                  "{grace:.0f} s", name=self.name, peer=self.peer, grace=self.grace)
-        self._grace_timer = reactor.callLater(self.grace, self._grace_over)
         self._tell_link(False)
 
     def _grace_over(self) -> None:
-        self._grace_timer = None
         self.end(f"no reattach within {self.grace:.0f} s")
 
     async def rebind(self, bot: Any, peer: str) -> list[str]:
@@ -228,15 +266,13 @@ class WorkerSession:
         old = self.bot
         self.bot = bot
         self.peer = peer
-        if self._grace_timer is not None and self._grace_timer.active():
-            self._grace_timer.cancel()
-        self._grace_timer = None
+        link_was_up = self.attached
+        self._life.reattached()
         # a worker that noticed the cut before the master did is back already:
         # to the layer above that is a lost link too (and back at once)
-        was_detached = self.detached_at is not None or old is not bot
-        if self.detached_at is None and old is not bot:
+        was_detached = not link_was_up or old is not bot
+        if link_was_up and old is not bot:
             self._tell_link(False)
-        self.detached_at = None
         if old is not bot:
             sever(old, f"worker {self.name} reattached elsewhere")
         bot.notifyOnDisconnect(self._link_lost, bot)
@@ -258,12 +294,8 @@ class WorkerSession:
 
     def end(self, why: str) -> None:
         """End the session: tell everyone listening (idempotent)."""
-        if self.gone:
+        if not self._life.end():
             return
-        self.gone = True
-        if self._grace_timer is not None and self._grace_timer.active():
-            self._grace_timer.cancel()
-        self._grace_timer = None
         log.info("worker {name}: session ended ({why})", name=self.name, why=why)
         waiters, self._attached_waiters = self._attached_waiters, []
         for d in waiters:
@@ -278,9 +310,9 @@ class WorkerSession:
     def drop(self, why: str) -> None:
         """Close the connection and end the session now, grace or not
         (revocation, a refused attach, shutdown).  Idempotent."""
-        if self.dropped:
+        if self.gone:
+            sever(self.bot, why)  # ended without a cut (it hung up itself): cut it now
             return
-        self.dropped = True
         log.info("dropping connection of worker {name} ({why})", name=self.name, why=why)
         sever(self.bot, why)
         self.end(why)
@@ -297,7 +329,7 @@ class WorkerSession:
             except ConnectionLost:
                 if self.gone:
                     raise
-                if self.bot is bot and self.detached_at is None:
+                if self.bot is bot and self.attached:
                     # lost, yet still attached on that link as far as we know:
                     # wait until the session notices the cut
                     await self._link_change()
