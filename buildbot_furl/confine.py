@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import stat
 from collections import deque
 
 from buildbot_furl.errors import PathRefused
@@ -205,6 +206,59 @@ def open_dir_strict(dir_fd: int, parts: list[str], create: bool) -> int:
                 raise
             os.close(fd)
             fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def beneath(dir_fd: int, roots: list[tuple[int, int]]) -> bool:
+    """Is the directory ``dir_fd`` one of ``roots`` (their ``(st_dev,
+    st_ino)``) or inside one?  Walked up by ``..`` from the descriptor, so
+    it is where the directory is, not what a path string said."""
+    fd = os.dup(dir_fd)
+    try:
+        while True:
+            st = os.fstat(fd)
+            here = (st.st_dev, st.st_ino)
+            if here in roots:
+                return True
+            up = os.open("..", DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == here:  # "/": its ".." is itself
+                return False
+    finally:
+        os.close(fd)
+
+
+def open_file_beneath(path: str, roots: tuple[str, ...]) -> int:
+    """A descriptor of the regular file at the absolute ``path``, opened for
+    reading, if it lies beneath one of the directories ``roots``.
+
+    The path is walked as the kernel would walk it, symlinks and all (so a
+    link from one root into another is fine), but by descriptor; the
+    directory reached must be inside a root, and the file is opened in it
+    with ``O_NOFOLLOW``: what is checked is what is opened.  PathRefused if
+    it leads elsewhere or is no regular file; OSError as ``open`` raises it.
+    """
+    if not path.startswith("/"):
+        path = os.path.join(os.getcwd(), path)  # not abspath: it would fold '..' by text
+    ids = []
+    for r in roots:
+        with contextlib.suppress(OSError):
+            st = os.stat(r)
+            ids.append((st.st_dev, st.st_ino))
+    with Root("/", label="the file system") as top, \
+            top.resolve(path.lstrip("/")) as res:  # relative: walked '..' by '..'
+        if not res.name or not beneath(res.dir_fd, ids):
+            raise PathRefused(f"{path!r} leads outside the paths the worker's policy allows")
+        fd = res.open(os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PathRefused(f"{path!r} is not a regular file")
+        os.set_blocking(fd, True)
         return fd
     except BaseException:
         os.close(fd)

@@ -11,7 +11,10 @@ reader outside nor make the writer write outside.
   files, symlinks; other kinds are left out) and returns its manifest.
 * :func:`unpack` extracts such a stream into a new directory, refusing
   absolute or ``..`` names, hard links, devices and symlinks that lead out
-  of the tree, and returns the manifest of what it wrote.
+  of the tree, and returns the manifest of what it wrote.  A symlink is
+  judged by its text as if every component existed (a dangling link must
+  not lead out once a directory appears: see :func:`_check_link_text`),
+  and again as the kernel resolves it once everything is written.
 * :func:`manifest` digests a tree: every entry's relative path and type,
   file contents and symlink targets (modes and times are left out).
 """
@@ -228,6 +231,35 @@ def _member_parts(member: tarfile.TarInfo) -> list[str]:
     return parts
 
 
+def _check_link_text(name: str, depth: int, target: str) -> None:
+    """Judge a symlink's target by its text alone, as if every component of
+    it existed: it may climb (``..``) only at its start and no higher than
+    the tree's top (the link sits ``depth`` directories below it), then only
+    descend.
+
+    Resolving it against the disk is not enough: ``lf/link -> x/../../..``
+    dangles while ``x`` is missing and leads out as soon as a directory ``x``
+    appears (a later member, a later ``mkdir`` or transfer); and ``x/..`` is
+    refused even where it stays inside, because ``x`` may later be a link
+    that climbs (``a/b/x -> ../..`` makes ``a/b/x/..`` the tree's parent).
+    """
+    climbs, named = 0, False
+    for comp in target.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp != "..":
+            named = True
+        elif named:
+            raise PathRefused(f"archive member {name!r} is a symlink with '..' after a name "
+                              f"in its target {target[:100]!r} (it could lead out once that name "
+                              "exists)")
+        else:
+            climbs += 1
+            if climbs > depth:
+                raise PathRefused(f"archive member {name!r} is a symlink that leads out of "
+                                  "the destination")
+
+
 def _check_member(member: tarfile.TarInfo) -> list[str]:
     """The member's path parts, or PathRefused for what may not be unpacked."""
     parts = _member_parts(member)
@@ -237,6 +269,7 @@ def _check_member(member: tarfile.TarInfo) -> list[str]:
                               "path")
         if not member.linkname or "\x00" in member.linkname:
             raise PathRefused(f"archive member {member.name!r} is a symlink to nothing")
+        _check_link_text(member.name, len(parts) - 1, member.linkname)
     elif member.islnk():
         raise PathRefused(f"archive member {member.name!r} is a hard link (not supported)")
     elif member.issparse():  # its size on disk is not bounded by the archive's

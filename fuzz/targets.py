@@ -443,6 +443,14 @@ def _check_unpacked(dest: str, digest: str, data: bytes) -> None:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
+                # by its text, as if every component existed: a dangling link must
+                # not lead out once a directory appears (issue 16)
+                rel = os.path.relpath(dirpath, dest)
+                depth = 0 if rel == "." else rel.count(os.sep) + 1
+                comps = [c for c in os.readlink(path).split("/") if c not in ("", ".")]
+                climbs = next((i for i, c in enumerate(comps) if c != ".."), len(comps))
+                assert climbs <= depth and ".." not in comps[climbs:], \
+                    f"symlink {path!r} could lead out once its directories exist"
                 try:
                     os.stat(path)
                 except OSError:
@@ -554,7 +562,9 @@ def target_policy_check(data: bytes) -> None:
     except PolicyRefused as e:
         _wire_error(e, data)
         return
-    assert isinstance(limits, Limits) and limits == policy.limits
+    # the policy's limits, and its [paths] for what the command opens while it runs
+    assert isinstance(limits, Limits) and limits == dataclasses.replace(policy.limits,
+                                                                        paths=policy.roots)
     assert command in READS or command in WRITES or command == "glob"
 
     def real(path: Any) -> str:

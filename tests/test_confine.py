@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buildbot_furl.confine import Root
+from buildbot_furl.confine import Root, open_file_beneath
 from buildbot_furl.errors import PathRefused
 
 
@@ -138,3 +138,28 @@ def test_a_component_longer_than_the_system_allows_is_refused(tmp_path: Path) ->
             confine._readlink(fd, "x" * 300)
     finally:
         os.close(fd)
+
+
+def test_open_file_beneath_checks_where_the_walk_ends(tmp_path: Path) -> None:
+    """What a logfile open uses: links are followed as the kernel would, from
+    one allowed root into another too, but what is opened must lie in one."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for d in (a, b, out):
+        d.mkdir()
+    (b / "log").write_text("in b\n")
+    (out / "secret").write_text("no\n")
+    (a / "to-b").symlink_to(b / "log")
+    (a / "up").symlink_to("x/../../out/secret")
+    (a / "x").mkdir()
+    os.mkfifo(a / "fifo")
+    roots = (str(a), str(b))
+    fd = open_file_beneath(str(a / "to-b"), roots)
+    try:
+        assert os.read(fd, 100) == b"in b\n"
+    finally:
+        os.close(fd)
+    for name in ("up", "fifo", "x"):
+        with pytest.raises(PathRefused):
+            open_file_beneath(str(a / name), roots)
+    with pytest.raises(FileNotFoundError):
+        open_file_beneath(str(a / "missing"), roots)

@@ -23,6 +23,7 @@ from foolscap.api import Referenceable
 from twisted.internet import defer, reactor, threads
 from zope.interface import implementer
 
+from buildbot_furl import tree
 from buildbot_furl.protocol import MAX_PAYLOAD, PROTOCOL_VERSIONS, RIWorkerBot, call, encode
 from buildbot_furl.protocol import remote_method
 from buildbot_furl.protocol.messages import AttachInfo, encode_failure
@@ -204,9 +205,12 @@ def _evil_tar(kind: str) -> bytes:
         info.size = 2
         tf.addfile(info, io.BytesIO(b"ok"))
         bad = tarfile.TarInfo({"dotdot": "../evil.txt", "absolute": "/tmp/evil-furl.txt",
-                               "symlink": "link", "device": "dev"}[kind])
+                               "symlink": "link", "device": "dev",
+                               "dangling": "lf/link"}[kind])
         if kind == "symlink":
             bad.type, bad.linkname = tarfile.SYMTYPE, "../../.."
+        elif kind == "dangling":  # leads out once the admin has a directory lf/x (issue 16)
+            bad.type, bad.linkname = tarfile.SYMTYPE, "x/../../../evil.txt"
         elif kind == "device":
             bad.type = tarfile.CHRTYPE
         else:
@@ -215,12 +219,19 @@ def _evil_tar(kind: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "device"])
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "device", "dangling"])
 @pytest_twisted.ensureDeferred
 async def test_a_hostile_archive_is_refused_and_nothing_lands(evil_farm: Farm, tmp_path: Path,
                                                               kind: str) -> None:
     farm = evil_farm
     payload = _evil_tar(kind)
+    manifest = "0" * 64
+    if kind == "dangling":  # the true manifest: only the link check may refuse it
+        model = tmp_path / "model"
+        (model / "lf").mkdir(parents=True)
+        (model / "fine.txt").write_bytes(b"ok")
+        (model / "lf" / "link").symlink_to("x/../../../evil.txt")
+        manifest = tree.manifest_path(str(model))
 
     async def misdeed(status: Any, writer: Any, reader: Any) -> None:
         import hashlib
@@ -228,7 +239,7 @@ async def test_a_hostile_archive_is_refused_and_nothing_lands(evil_farm: Farm, t
         await _outcome(call(writer, "write", 0, payload))
         await _outcome(call(writer, "unpack"))
         info = {"kind": "dir", "sha256": hashlib.sha256(payload).hexdigest(),
-                "manifest": "0" * 64, "size": len(payload), "mode": 0o755}
+                "manifest": manifest, "size": len(payload), "mode": 0o755}
         await call(status, "update", 1, encode([["furl", info], ["rc", 0]]))
         await call(status, "complete", 2, encode_failure(None))
 

@@ -36,6 +36,13 @@ def _link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
     return info, None
 
 
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info, None
+
+
 def _unpack(tmp: Path, src: io.BytesIO, name: str = "dest") -> str:
     fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -96,11 +103,43 @@ def test_unpack_refuses_escaping_members(tmp_path: Path, evil: str) -> None:
     [_link("l", "../..")],                              # up and out
     [_link("b", "."), _link("a", "b/..")],              # out only through another link
     [_link("l", "."), _file("l/x", b"through a link")],  # a member through a link
+    # dangling while unpacked, out once a directory 'x' appears (issue 16)
+    [_dir("lf"), _link("lf/link", "x/../../../secret")],
+    [_link("l", "x/../.."), _dir("x")],                 # the directory comes later
+    [_dir("a"), _link("a/l", "x/../y")],                # inside, until 'x' is a link
 ])
 def test_unpack_refuses_links_out_or_through(tmp_path: Path, members: list) -> None:
     with pytest.raises(PathRefused):
         _unpack(tmp_path, _tar(members))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_dangling_link_cannot_lead_out_once_its_directories_appear(tmp_path: Path) -> None:
+    """The issue-16 trick at this level: a link that dangles when unpacked
+    is refused, so no later mkdir (nor a later tree below it, whose own
+    links climb) can make it point outside."""
+    (tmp_path / "secret").write_text("secret\n")
+    work = tmp_path / "w"
+    work.mkdir()
+    with pytest.raises(PathRefused, match="'..' after a name"):
+        _unpack(work, _tar([_link("link", "x/../../secret")]), "lf")
+    assert os.listdir(work) == []
+    # across two transfers: the first tree's link names 'a/b/c/x' before it
+    # exists; the second, put at lf/a/b, makes c/x a link that climbs two levels
+    first = _tar([_link("l", "a/b/c/x/../../../../../secret")])
+    with pytest.raises(PathRefused):
+        _unpack(work, first, "lf")
+    assert os.listdir(work) == []
+
+
+def test_links_that_stay_inside_are_kept(tmp_path: Path) -> None:
+    members = [_dir("a"), _dir("a/b"), _file("top", b"t"), _link("a/b/up", "../../top"),
+               _link("down", "a/b/./up"), _link("a/self", ".."), _link("dangling", "a/none")]
+    _unpack(tmp_path, _tar(members))
+    dest = tmp_path / "dest"
+    assert (dest / "down").read_text() == "t"
+    assert os.readlink(dest / "a" / "self") == ".."
+    assert os.readlink(dest / "dangling") == "a/none"
 
 
 def test_unpack_refuses_devices_hardlinks_and_garbage(tmp_path: Path) -> None:

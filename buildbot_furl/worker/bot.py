@@ -23,7 +23,7 @@ from buildbot_furl.tree import transferred_mode
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
 from buildbot_furl.protocol.messages import RESUMED, UNKNOWN_COMMAND, ResumeState
-from buildbot_furl.worker import procgroup, transfers
+from buildbot_furl.worker import logfiles, procgroup, transfers
 from buildbot_furl.worker.command import Check, FurlProtocolCommand
 from buildbot_furl.worker.policy import Limits, PolicyFile
 
@@ -47,6 +47,7 @@ class FurlBot(Referenceable, BotPbLike):
     def __init__(self, basedir: str, **kwargs: Any) -> None:
         transfers.register()
         procgroup.install()
+        logfiles.install()
         BotPbLike.__init__(self, basedir, **kwargs)
         self.buffer_timeout = BUFFER_TIMEOUT
         #: every command whose completion the master has not acknowledged yet

@@ -83,10 +83,13 @@ _MAGIC = re.compile(r"[*?\[]")
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Bytes one transfer may move (None: no limit)."""
+    """What one command may move: bytes per transfer, and where from (None: no limit)."""
 
     upload: int | None = None  # worker -> master
     download: int | None = None  # master -> worker
+    #: the directories it may read and write ([paths]), for what it opens while
+    #: it runs (its logfiles: buildbot_furl.worker.logfiles)
+    paths: tuple[str, ...] | None = None
 
 
 NO_LIMITS = Limits()
@@ -142,7 +145,7 @@ class Policy:
         if checker is None:
             raise PolicyRefused(f"command {command!r} is not one the worker's policy knows")
         checker(self, args)
-        return self.limits
+        return dataclasses.replace(self.limits, paths=self.roots)
 
     def _real(self, path: Any, what: str) -> str:
         if not isinstance(path, str) or not path or "\0" in path:
