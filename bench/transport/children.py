@@ -20,10 +20,10 @@ from typing import Any
 
 from twisted.internet import defer, protocol, reactor
 
-from bench.clock import within
+from bench.transport.clock import within
 
-ROOT = Path(__file__).resolve().parent.parent
-CHILD = Path(__file__).resolve().with_name("child.py")
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = "bench.transport.child"  # run with -m: PYTHONPATH names ROOT
 PR_SET_PDEATHSIG = 1
 
 
@@ -95,7 +95,7 @@ class Children:
         """Start child.py with ``cfg`` (see there) and ``env``, in ``cfg["basedir"]``."""
         child = Child(label)
         with open(self.logdir / f"{label}.log", "wb") as log:
-            reactor.spawnProcess(child, sys.executable, [sys.executable, str(CHILD)],
+            reactor.spawnProcess(child, sys.executable, [sys.executable, "-m", CHILD],
                                  env=self._env(label, cfg, env), path=cfg["basedir"],
                                  childFDs={0: "w", 1: "r", 2: log.fileno()})
         self.all.append(child)

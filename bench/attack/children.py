@@ -1,9 +1,9 @@
-"""The two child processes of bench/attack.py: the attacker and the prober.
+"""The two child processes of bench/attack/run.py: the attacker and the prober.
 
-Started by bench/attack.py, never by hand::
+Started by bench/attack/run.py, never by hand::
 
-    python -m bench.attack_children attack   (config: JSON in BENCH_ATTACK)
-    python -m bench.attack_children probe    (config: JSON in BENCH_ATTACK)
+    python -m bench.attack.children attack   (config: JSON in BENCH_ATTACK)
+    python -m bench.attack.children probe    (config: JSON in BENCH_ATTACK)
 
 Each has its own reactor in its own process, so that neither the forger's
 CPU nor the prober's shares an event loop with what is measured.  Both
@@ -43,11 +43,9 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.children import die_with_parent  # noqa: E402
+from bench.transport.children import die_with_parent
 
 ATTEMPT_TIMEOUT = 10.0  # seconds one forged lookup may take before it counts as timed out
 

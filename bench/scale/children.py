@@ -1,7 +1,7 @@
-"""The child processes of bench/scale.py (``python -m bench.scale_children ROLE``).
+"""The child processes of bench/scale/run.py (``python -m bench.scale.children ROLE``).
 
 Configuration comes as JSON in ``$BENCH_ATTACK``; the control channel is
-bench.attack_children's (``ready``, ``go``, ``quit``, JSON lines out).
+bench.attack.children's (``ready``, ``go``, ``quit``, JSON lines out).
 
 ``fleet``: many simulated workers in one reactor.  Each is a real
 WorkerService (what ``furl-worker start`` runs: FurlBot, the bounded
@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.attack_children import _emit, serve  # noqa: E402
-from bench.children import die_with_parent  # noqa: E402
+from bench.attack.children import _emit, serve
+from bench.transport.children import die_with_parent
 
 
 def raise_nofile() -> tuple[int, int]:

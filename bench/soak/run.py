@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Soak the product for a while, the way it is used, with faults; write the figures.
 
-    python bench/soak.py [--minutes N] [--mode buildbot|standalone|both]
+    python -m bench.soak [--minutes N] [--mode buildbot|standalone|both]
                          [--cycle SECONDS] [--docs] [--json FILE]
 
 ``buildbot``: a real Buildbot master (in this process) and FURL workers
@@ -37,13 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from buildbot_furl.testing.soak import MiB, Report, child_env
 
-from buildbot_furl.testing.soak import MiB, Report, child_env  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DOCS = ROOT / "docs" / "reliability.md"
-BEGIN, END = "<!-- soak figures: begin (bench/soak.py --docs) -->", "<!-- soak figures: end -->"
+BEGIN, END = "<!-- soak figures: begin (python -m bench.soak --docs) -->", "<!-- soak figures: end -->"
 
 
 class Procs:
@@ -118,7 +117,7 @@ def say(msg: str) -> None:
 
 def markdown(reports: list[Report], minutes: float) -> str:
     out = [BEGIN, "",
-           f"`python bench/soak.py --minutes {minutes:g}` on {platform.node() and 'this'} "
+           f"`python -m bench.soak --minutes {minutes:g}` on {platform.node() and 'this'} "
            f"machine ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end), "
            f"{time.strftime('%Y-%m-%d')}:", "",
            "| mode | seconds | builds / operations | passed every check | MiB checked "
@@ -195,6 +194,3 @@ def main() -> int:
         args.json.write_text(json.dumps([r.__dict__ for r in reports], indent=1, default=str))
     return 1 if any(r.problems for r in reports) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

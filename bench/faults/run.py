@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cut the worker's connection hundreds of times; count what survives.
 
-    python bench/faults.py [--cuts N] [--grace S] [--seed N] [--json FILE]
+    python -m bench.faults [--cuts N] [--grace S] [--seed N] [--json FILE]
 
 One furl-master and one furl-worker (real daemons, on 127.0.0.1) with a
 fault-injecting proxy between them (buildbot_furl.testing.faultproxy).
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from buildbot_furl.testing.faultproxy import FaultProxy  # noqa: E402
-from buildbot_furl.tree import manifest_path  # noqa: E402
+from buildbot_furl.testing.faultproxy import FaultProxy
+from buildbot_furl.tree import manifest_path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FURL_")},
        "PYTHONPATH": str(ROOT)}
@@ -281,6 +281,3 @@ def _table(s: dict[str, Any]) -> str:
     rows.append(f"| seed | {s['seed']} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

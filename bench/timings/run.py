@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The wall-clock figures the test suite measures, held to their budgets.
 
-    python bench/timings.py [--runs N] [--json FILE] [PYTEST_ARGS ...]
+    python -m bench.timings [--runs N] [--json FILE] [PYTEST_ARGS ...]
 
 Tests do not assert how long something took (on a shared CPU, beside other
 tests under ``pytest -n``, a bound is flaky or so loose it means nothing);
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: the tests that record figures (grep the suite for ``timing.record``)
 TESTS = [
@@ -73,6 +73,3 @@ def main() -> int:
         return 1
     return 1 if over else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How one furl-master copes with many workers.
 
-    python bench/scale.py [--sizes 250,1000] [--children 4] [--idle 20]
+    python -m bench.scale [--sizes 250,1000] [--children 4] [--idle 20]
                           [--bound 300] [--keys DIR] [--json FILE] [--keep]
 
 For each size N (default 250 and 1000; ``--sizes 250,1000,2000`` for more,
@@ -13,7 +13,7 @@ in-process (buildbot_furl.furlsfile.update, what create-worker runs; N
 CLI processes would take N seconds).  N simulated workers, each a real
 WorkerService with its own Tub key (cached in ``--keys``, default
 ~/.cache/buildbot_furl-bench/keys), run in ``--children`` processes
-(bench/scale_children.py ``fleet``), each child many services in one
+(bench/scale/children.py ``fleet``), each child many services in one
 reactor, RLIMIT_NOFILE raised to the hard limit.  Measured, in order:
 
 * cold start: every child starts all its workers at once; the time from
@@ -28,7 +28,7 @@ reactor, RLIMIT_NOFILE raised to the hard limit.  Measured, in order:
   ``furl-master status`` is timed too, for comparison);
 * reload +1: one line added to workers.furls (N+1 lines), SIGHUP, until
   the master logs ``worker ... added``; meanwhile a stall probe child times
-  an admin call every 20 ms (bench/scale_children.py ``stall``): the
+  an admin call every 20 ms (bench/scale/children.py ``stall``): the
   longest one, and the longest before the reload for comparison;
 * restart: ``furl-master stop``, ``furl-master start``; the time from the
   start command until every worker has attached again (they redial by
@@ -39,7 +39,7 @@ reactor, RLIMIT_NOFILE raised to the hard limit.  Measured, in order:
 Prints a table per size and how each figure grows with N; ``--json FILE``
 writes the figures.  Exit code 1 if at some size not all workers attached
 within ``--bound`` seconds (cold start or restart).  Loopback only; every
-process it starts is stopped by pid (bench/attack.py's Procs).
+process it starts is stopped by pid (bench/attack/run.py's Procs).
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.attack import HZ, Child, Procs, Rig, log_tail, pct, proc_rss_kb, proc_ticks, say  # noqa: E402,I001
+from bench.attack.run import HZ, Child, Procs, Rig, log_tail, pct, proc_rss_kb, proc_ticks, say
 
 DEFAULT_KEYS = Path.home() / ".cache" / "buildbot_furl-bench" / "keys"
 RELOAD_LINES = 10_000
@@ -148,7 +147,7 @@ class Fleet:
             spec.write_text(json.dumps([[n, furls[n]] for n in part]))
             self.children.append(Child(procs, "fleet", {
                 "spec": str(spec), "keys": str(keys), "dir": str(tmp / f"fleet{i}")},
-                tmp / f"fleet{i}.log", module="bench.scale_children"))
+                tmp / f"fleet{i}.log", module="bench.scale.children"))
 
     def ready(self, timeout: float) -> None:
         for c in self.children:
@@ -333,7 +332,7 @@ def run_size(n: int, args: argparse.Namespace, keys: Path) -> dict[str, Any]:
 
         say("  reload +1 line, stall probe on")
         stall = Child(procs, "stall", {"master": str(rig.mdir), "interval": 0.02},
-                      tmp / "stall.log", module="bench.scale_children")
+                      tmp / "stall.log", module="bench.scale.children")
         stall.expect("ready", 60)
         stall.expect("connected", 60)
         base_from = time.time()
@@ -369,7 +368,7 @@ def run_size(n: int, args: argparse.Namespace, keys: Path) -> dict[str, Any]:
 
         say(f"  reload to {RELOAD_LINES} lines, stall probe on")
         stall = Child(procs, "stall", {"master": str(rig.mdir), "interval": 0.02},
-                      tmp / "stall2.log", module="bench.scale_children")
+                      tmp / "stall2.log", module="bench.scale.children")
         stall.expect("ready", 60)
         stall.expect("connected", 60)
         time.sleep(2.0)
@@ -441,6 +440,3 @@ def main() -> int:
     ok = all(r.get("cold_all") and r.get("restart_all") for r in results)
     return 0 if ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Guess FURLs at a real master by the thousand; measure what it costs everyone else.
 
-    python bench/attack.py [--attempts N] [--connections C] [--addresses A | --same-address]
+    python -m bench.attack [--attempts N] [--connections C] [--addresses A | --same-address]
                            [--workers W] [--seconds S] [--refusal-limit L] [--json FILE]
 
 One furl-master and W furl-workers (real daemons, on 127.0.0.1; created
@@ -13,7 +13,7 @@ then three phases:
   random swissnum, buildbot_furl.testing.forgery) over C concurrent
   connections, dialed from A source addresses (127.0.0.2, 127.0.0.3, ...),
   until N are made or S seconds pass.  The attacker runs in its own child
-  process (bench/attack_children.py), so its CPU is not this process's;
+  process (bench/attack/children.py), so its CPU is not this process's;
   on a small machine it still competes with the master for cores;
 * after (``--after`` s, and by default until the master has written its
   per-minute refusal summary, which comes 60 s after its start and every 60 s).
@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FURL_")},
        "PYTHONPATH": str(ROOT)}
 HZ = os.sysconf("SC_CLK_TCK")
@@ -251,10 +251,10 @@ class Rig:
 
 
 class Child:
-    """A bench/attack_children.py process; its JSON lines go to ``lines``."""
+    """A bench/attack/children.py process; its JSON lines go to ``lines``."""
 
     def __init__(self, procs: Procs, role: str, cfg: dict[str, Any], logfile: Path,
-                 module: str = "bench.attack_children") -> None:
+                 module: str = "bench.attack.children") -> None:
         self.log = open(logfile, "wb")
         self.proc = procs.popen([sys.executable, "-m", module, role],
                                 env={**ENV, "BENCH_ATTACK": json.dumps(cfg)}, cwd=str(ROOT),
@@ -713,6 +713,3 @@ def _kb(v: int | None) -> str:
 def _pc(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}%"
 
-
-if __name__ == "__main__":
-    sys.exit(main())
