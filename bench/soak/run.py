@@ -29,47 +29,21 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from buildbot_furl.testing.soak import MiB, Report, child_env
+from bench import results_file
+from buildbot_furl.testing.procs import Procs
+from buildbot_furl.testing.soak import MiB, Report
 
 ROOT = Path(__file__).resolve().parents[2]
 
 DOCS = ROOT / "docs" / "reliability.md"
-BEGIN, END = "<!-- soak figures: begin (python -m bench.soak --docs) -->", "<!-- soak figures: end -->"
-
-
-class Procs:
-    """The processes started here, stopped by pid at the end."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-
-    def popen(self, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.Popen(list(argv), env=child_env(), **kw)
-        self.popens.append(p)
-        return p
-
-    def cleanup(self) -> None:
-        for p in self.popens:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for p in self.popens:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.popens.clear()
+BEGIN = "<!-- soak figures: begin (python -m bench.soak --docs) -->"
+END = "<!-- soak figures: end -->"
 
 
 def run_buildbot(tmp: Path, seconds: float, cycle: float | None) -> Report:
@@ -77,7 +51,7 @@ def run_buildbot(tmp: Path, seconds: float, cycle: float | None) -> Report:
 
     from buildbot_furl.testing.soak_buildbot import BuildbotSoak
 
-    procs = Procs()
+    procs = Procs(grace=15)
     out: list[Report] = []
 
     async def main(reactor: Any) -> None:
@@ -102,7 +76,7 @@ def run_buildbot(tmp: Path, seconds: float, cycle: float | None) -> Report:
 def run_standalone(tmp: Path, seconds: float, cycle: float | None) -> Report:
     from buildbot_furl.testing.soak_standalone import StandaloneSoak
 
-    procs = Procs()
+    procs = Procs(grace=15)
     soak = StandaloneSoak(tmp, procs, seconds=seconds, cycle=cycle, say=say)
     try:
         return soak.run()
@@ -165,7 +139,9 @@ def main() -> int:
     ap.add_argument("--cycle", type=float, default=300.0,
                     help="seconds between rounds of faults (default 300)")
     ap.add_argument("--docs", action="store_true", help="write the figures to " + str(DOCS))
-    ap.add_argument("--json", type=Path, help="also write the reports as JSON here")
+    ap.add_argument("--json", metavar="FILE", type=Path, nargs="?",
+                    const=Path(results_file("soak")),
+                    help="also write the reports as JSON (FILE; default bench/results/soak.json)")
     ap.add_argument("--keep", type=Path, help="work in this new directory and keep it "
                     "(logs of every process), instead of a temporary one")
     args = ap.parse_args()

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import results_file
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: the tests that record figures (grep the suite for ``timing.record``)
@@ -42,7 +44,8 @@ TESTS = [
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--json", metavar="FILE", nargs="?", const=results_file("timings"),
+                    help="write the figures (FILE; default bench/results/timings.json)")
     args, extra = ap.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timings.jsonl"

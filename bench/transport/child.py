@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from bench.transport.children import die_with_parent
+from buildbot_furl.testing.procs import die_with_parent
 
 Starter = tuple[Callable[[], Any], Callable[[], Any]]  # (connect, disconnect)
 

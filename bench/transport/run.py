@@ -26,6 +26,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
+from bench import results_file
 from bench.transport import report
 from bench.transport.children import Children
 from bench.transport.clock import now
@@ -78,7 +79,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per metric (median)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="FILE", nargs="?", const=results_file("transport"),
+                        help="also write the results as JSON "
+                             "(FILE; default bench/results/transport.json)")
     parser.add_argument("--transports", default=DEFAULT_TRANSPORTS,
                         help=f"comma-separated, from: {','.join(TRANSPORTS)} "
                              f"(default {DEFAULT_TRANSPORTS}; the *nd ones are PB with "
