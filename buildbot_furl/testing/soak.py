@@ -1,7 +1,7 @@
 """The soak: the product used as it is used, for a while, with faults.
 
 One copy of the soak's machinery, used by ``tests/test_soak.py`` (a few
-minutes in CI) and ``bench/soak.py`` (``--minutes N``, figures for
+minutes in CI) and ``python -m bench.soak`` (``--minutes N``, figures for
 docs/reliability.md):
 
 * the workload: file sizes at every transfer boundary, the Buildbot build
