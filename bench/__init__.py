@@ -1,15 +1,13 @@
-"""The transport benchmark (not part of the installed package).
+"""The benchmarks: one package per tool, each run as ``python -m bench.TOOL``
+from the checkout's root; bench/README.md is the index.  Not part of the
+installed package."""
 
-Run ``python bench/bench_transport.py``; docs/performance.md describes the
-method, the metrics and the tables.  Its modules:
+from pathlib import Path
 
-* ``bench_transport`` -- the entry point: command line, the run loop, cleanup
-* ``metrics``         -- one class per metric, the samples they collect, CPU
-* ``sides/``          -- the master side of each transport
-* ``children``        -- worker processes: started, stopped by pid, die with us
-* ``child``           -- the worker process itself (a script); ``raw_worker``
-  is its raw TLS end
-* ``report``          -- progress notes, machine facts, the JSON, the tables
-* ``testfiles``       -- the test files and the TLS certificate
-* ``clock``, ``nodelay`` -- timing helpers; TCP_NODELAY for the diagnostics
-"""
+#: where each tool's ``--json`` goes when no FILE is given
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_file(tool: str) -> str:
+    """The default ``--json`` file of ``tool``: bench/results/TOOL.json."""
+    return str(RESULTS / f"{tool}.json")

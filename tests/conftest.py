@@ -514,7 +514,7 @@ def _module_log_check(request: pytest.FixtureRequest) -> Iterator[None]:
 class Timing:
     """A test's wall-clock figures: not asserted in the test (on a shared CPU
     a bound is either flaky or meaningless) but recorded, and
-    ``bench/timings.py`` runs those tests alone and holds each figure to its
+    ``python -m bench.timings`` runs those tests alone and holds each figure to its
     budget.  The test keeps only the event, with a bound against hanging."""
 
     def __init__(self, nodeid: str) -> None:

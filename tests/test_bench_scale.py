@@ -1,4 +1,4 @@
-"""bench/scale.py's own pure helpers (the bench itself is not run by the suite)."""
+"""bench/scale/run.py's own pure helpers (the bench itself is not run by the suite)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.scale import FIGURES, growth, split, table  # noqa: E402
+from bench.scale.run import FIGURES, growth, split, table  # noqa: E402
 
 
 def test_split_deals_round_robin_without_empty_parts() -> None:

@@ -5,7 +5,7 @@ A real Buildbot 4.3 master and FURL workers running builds back to back
 boundary) while a guesser hammers the workers' own address, a link is cut,
 a worker is revoked and rotated, and the master is reconfigured; and the
 standalone master's run/put/get, interleaved, with a guesser and cuts.
-The machinery is buildbot_furl/testing/soak*.py (bench/soak.py runs the
+The machinery is buildbot_furl/testing/soak*.py (python -m bench.soak runs the
 same for longer).  Run it alone: ``scripts/test.sh -n 1 tests/test_soak.py``.
 """
 

@@ -1,7 +1,7 @@
 """A TCP proxy on loopback that breaks connections on purpose.
 
 Workers dial the proxy (their FURL's location hint names its port), the
-proxy dials the master.  Tests and ``bench/faults.py`` tell it when to
+proxy dials the master.  Tests and bench/faults tell it when to
 break things:
 
 * :meth:`FaultProxy.cut` resets every connection now (TCP RST both ways);

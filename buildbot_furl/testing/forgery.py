@@ -1,6 +1,6 @@
 """Forged attach attempts: FURLs with the master's TUBID and a wrong secret.
 
-Used by tests and ``bench/attack.py`` to play someone who can reach the
+Used by tests and bench/attack to play someone who can reach the
 master's port but holds no FURL.  The attempts can come from another
 loopback address (``127.0.0.2``...), so that a master's per-address limits
 can be told apart from its real workers on ``127.0.0.1``.

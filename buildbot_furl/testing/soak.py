@@ -1,7 +1,7 @@
 """The soak: the product used as it is used, for a while, with faults.
 
 One copy of the soak's machinery, used by ``tests/test_soak.py`` (a few
-minutes in CI) and ``bench/soak.py`` (``--minutes N``, figures for
+minutes in CI) and ``python -m bench.soak`` (``--minutes N``, figures for
 docs/reliability.md):
 
 * the workload: file sizes at every transfer boundary, the Buildbot build
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_furl.protocol import MAX_CHUNK
+from buildbot_furl.testing.procs import child_env  # noqa: F401 - the soak's children's env
 
 PY = sys.executable
 CHUNK = MAX_CHUNK
@@ -357,13 +358,6 @@ def tubid_of(furl: str) -> str:
 def cli_argv(prog: str, *args: str) -> list[str]:
     mod = {"furl-master": "buildbot_furl.cli.master", "furl-worker": "buildbot_furl.cli.worker"}
     return [PY, "-m", mod[prog], *args]
-
-
-def child_env() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parents[2])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FURL_")}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def run_cli(prog: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -632,7 +632,7 @@ class BuildbotSoak:
         # checks (whole files read back) and Buildbot's database: its RSS moves by
         # tens of MiB with them (seen: 242 -> 287 -> 242 MiB), so a run of a minute
         # can only catch a gross leak here; flatness is judged by the long runs of
-        # bench/soak.py, and by the standalone half's separate master process.
+        # bench/soak, and by the standalone half's separate master process.
         if p := RssCheck(r.rss, warm_up_until(r), slack_kib=IN_PROCESS_SLACK_KIB,
                          slack_ratio=IN_PROCESS_SLACK_RATIO).problem():
             r.problem(f"master {p}")

@@ -1,7 +1,7 @@
 """``tls``: the raw TLS baseline's master end -- the same bytes, no RPC.
 
 Twisted TLS on both ends, a few bytes of framing (see the worker end,
-bench/raw_worker.py): the stream is ``cat`` piped to the socket, then
+raw_worker.py): the stream is ``cat`` piped to the socket, then
 ``R rc``; an upload is the file itself, written to a temporary file and
 renamed into place as Buildbot's FileWriter does; a download is the file,
 answered by ``K``; a stat is a one-line request answered by one line.
@@ -20,8 +20,8 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.protocols.basic import FileSender
 
-from bench.clock import OP_TIMEOUT, now, within
-from bench.sides.base import Side
+from bench.transport.clock import OP_TIMEOUT, now, within
+from bench.transport.sides.base import Side
 
 
 class RawMaster(protocol.Protocol):

@@ -9,8 +9,8 @@ import platform
 import statistics
 from typing import Any
 
-from bench.metrics import METRICS, Samples
-from bench.sides import TRANSPORTS
+from bench.transport.metrics import METRICS, Samples
+from bench.transport.sides import TRANSPORTS
 
 
 def build(profile_name: str, profile: dict[str, int], runs: int, keys: list[str],

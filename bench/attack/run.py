@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Guess FURLs at a real master by the thousand; measure what it costs everyone else.
 
-    python bench/attack.py [--attempts N] [--connections C] [--addresses A | --same-address]
+    python -m bench.attack [--attempts N] [--connections C] [--addresses A | --same-address]
                            [--workers W] [--seconds S] [--refusal-limit L] [--json FILE]
 
 One furl-master and W furl-workers (real daemons, on 127.0.0.1; created
@@ -13,7 +13,7 @@ then three phases:
   random swissnum, buildbot_furl.testing.forgery) over C concurrent
   connections, dialed from A source addresses (127.0.0.2, 127.0.0.3, ...),
   until N are made or S seconds pass.  The attacker runs in its own child
-  process (bench/attack_children.py), so its CPU is not this process's;
+  process (bench/attack/children.py), so its CPU is not this process's;
   on a small machine it still competes with the master for cores;
 * after (``--after`` s, and by default until the master has written its
   per-minute refusal summary, which comes 60 s after its start and every 60 s).
@@ -46,273 +46,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import queue
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FURL_")},
-       "PYTHONPATH": str(ROOT)}
-HZ = os.sysconf("SC_CLK_TCK")
+from bench import results_file
+from buildbot_furl.testing.linechild import LineChild
+from buildbot_furl.testing.procs import HZ, Procs, proc_rss_kb, proc_ticks
+from buildbot_furl.testing.rig import Rig, Sample, log_tail, pct, say
+
 SUMMARY_RE = re.compile(r"refused \d+ (more )?attach attempts from")
 RESTART_EVERY = 4  # every 4th CLI step restarts a worker daemon instead of a run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Sample:
-    kind: str  # attach | run | start
-    wall: float  # when it began (time.time())
-    seconds: float
-    ok: bool
-    detail: str = ""
-    phase: str = ""
-
-
-class Procs:
-    """Every process started here, stopped by pid at the end.
-
-    Daemons are known by their pidfiles; a pid read from one is signalled
-    only while its command line still names our temp dir (never a recycled
-    pid).  Child processes are Popen objects (their pid is ours until waited)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = str(tmp)
-        self.pidfiles: list[Path] = []
-        self.daemon_pids: set[int] = set()
-        self.popens: set[subprocess.Popen[Any]] = set()
-        self.lock = threading.Lock()
-        self.closed = False  # set at the end: no new process from then on
-
-    def note_pidfile(self, path: Path) -> int | None:
-        with self.lock:
-            if path not in self.pidfiles:
-                self.pidfiles.append(path)
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(path.read_text().strip())
-            with self.lock:
-                self.daemon_pids.add(pid)
-            return pid
-        return None
-
-    def ours(self, pid: int) -> bool:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return self.tmp.encode() in cmd and state != "Z"
-
-    def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        with self.lock:
-            if self.closed:
-                raise RuntimeError("the bench is stopping: no new process")
-            p = subprocess.Popen(argv, env=kw.pop("env", ENV), **kw)
-            self.popens.add(p)
-        return p
-
-    def forget(self, p: subprocess.Popen[Any]) -> None:
-        with self.lock:
-            self.popens.discard(p)
-
-    def cleanup(self) -> None:
-        with self.lock:
-            self.closed = True
-        for pf in list(self.pidfiles):
-            self.note_pidfile(pf)
-        with self.lock:
-            popens = list(self.popens)
-            daemons = [pid for pid in self.daemon_pids if self.ours(pid)]
-        for p in popens:
-            with contextlib.suppress(OSError):
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-        for pid in daemons:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for pid in daemons:
-            while self.ours(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.ours(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for p in popens:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=5)
-        with self.lock:
-            self.popens.clear()
-            self.daemon_pids.clear()
-
-
-class Rig:
-    """The master, its workers, and the CLI calls on them."""
-
-    def __init__(self, tmp: Path, procs: Procs, workers: int) -> None:
-        self.tmp = tmp
-        self.procs = procs
-        self.port = free_port()
-        self.mdir = tmp / "master"
-        self.names = [f"w{i + 1}" for i in range(workers)]
-        self.master_pid = 0
-        self.tubid = ""
-        self.probe_furl = ""
-
-    def cli(self, prog: str, *args: str, check: bool = True, timeout: float = 120
-            ) -> tuple[int, str, str]:
-        p = self.procs.popen([sys.executable, "-m", f"buildbot_furl.cli.{prog}", *args],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            err += f"\n(timed out after {timeout:.0f} s)"
-        finally:
-            self.procs.forget(p)
-        if check and p.returncode != 0:
-            raise RuntimeError(f"{prog} {' '.join(args)}: {err.strip()}")
-        return p.returncode, out, err
-
-    def wdir(self, name: str) -> Path:
-        return self.tmp / f"worker-{name}"
-
-    def create_master(self, refusal_limit: int | None = None) -> None:
-        self.cli("master", "create-master", "-d", str(self.mdir), "--location",
-                 f"tcp:127.0.0.1:{self.port}", "--port", f"tcp:{self.port}:interface=127.0.0.1")
-        if refusal_limit is not None:
-            with open(self.mdir / "furl-master.conf", "a") as f:
-                f.write(f"refusal_limit = {refusal_limit}\n")
-
-    def start_master(self) -> int:
-        """``furl-master start`` (it returns once the master listens); its pid."""
-        self.procs.note_pidfile(self.mdir / "furl-master.pid")
-        self.cli("master", "start", "-d", str(self.mdir))
-        pid = self.procs.note_pidfile(self.mdir / "furl-master.pid")
-        if pid is None:
-            raise RuntimeError("the master started but wrote no pidfile")
-        self.master_pid = pid
-        return pid
-
-    def setup(self, refusal_limit: int | None) -> None:
-        m = str(self.mdir)
-        self.create_master(refusal_limit)
-        for name in [*self.names, "probe"]:
-            self.cli("master", "create-worker", "-d", m, name, "-o", str(self.tmp / f"{name}.furl"))
-        self.probe_furl = (self.tmp / "probe.furl").read_text().strip()
-        self.tubid = self.probe_furl.split("//", 1)[1].split("@", 1)[0]
-        self.start_master()
-        for name in self.names:
-            self.cli("worker", "create-worker", str(self.wdir(name)), "--furl-file",
-                     str(self.tmp / f"{name}.furl"))
-            self.procs.note_pidfile(self.wdir(name) / "furl-worker.pid")
-            self.cli("worker", "start", str(self.wdir(name)))
-            self.procs.note_pidfile(self.wdir(name) / "furl-worker.pid")
-
-    def status(self) -> dict[str, Any]:
-        _, out, _ = self.cli("master", "status", "-d", str(self.mdir), "--json")
-        return json.loads(out)
-
-    def run_true(self, name: str) -> Sample:
-        wall, t0 = time.time(), time.monotonic()
-        rc, _, err = self.cli("master", "run", "-d", str(self.mdir), name, "--", "true",
-                              check=False, timeout=60)
-        return Sample("run", wall, time.monotonic() - t0, rc == 0,
-                      "" if rc == 0 else f"{name}: rc {rc}: {err.strip()[-200:]}")
-
-    def restart_worker(self, name: str) -> Sample:
-        self.cli("worker", "stop", str(self.wdir(name)), check=False)
-        wall, t0 = time.time(), time.monotonic()
-        rc, _, err = self.cli("worker", "start", str(self.wdir(name)), check=False, timeout=60)
-        self.procs.note_pidfile(self.wdir(name) / "furl-worker.pid")
-        return Sample("start", wall, time.monotonic() - t0, rc == 0,
-                      "" if rc == 0 else f"{name}: rc {rc}: {err.strip()[-200:]}")
-
-
-class Child:
-    """A bench/attack_children.py process; its JSON lines go to ``lines``."""
-
-    def __init__(self, procs: Procs, role: str, cfg: dict[str, Any], logfile: Path,
-                 module: str = "bench.attack_children") -> None:
-        self.log = open(logfile, "wb")
-        self.proc = procs.popen([sys.executable, "-m", module, role],
-                                env={**ENV, "BENCH_ATTACK": json.dumps(cfg)}, cwd=str(ROOT),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.lines.put(json.loads(raw))
-        self.lines.put({"kind": "eof"})
-
-    def expect(self, kind: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"no {kind!r} from the child in {timeout:.0f} s")
-            line = self.lines.get(timeout=left)
-            if line["kind"] == kind:
-                return line
-            if line["kind"] in ("eof", "error"):
-                raise RuntimeError(f"the child ended or failed before {kind!r}: {line}")
-
-    def send(self, line: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(line.encode() + b"\n")
-            self.proc.stdin.flush()
-
-    def stop(self) -> None:
-        self.send("quit")
-        try:
-            self.proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self.log.close()
-
-
-def proc_ticks(pid: int) -> int | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def proc_rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+CHILDREN = "bench.attack.children"  # the attacker's and the prober's module
 
 
 class Sampler(threading.Thread):
@@ -355,7 +107,7 @@ def cli_loop(rig: Rig, stop: threading.Event, out: list[Sample]) -> None:
         stop.wait(0.1)
 
 
-def probe_loop(child: Child, stop: threading.Event, out: list[Sample]) -> None:
+def probe_loop(child: LineChild, stop: threading.Event, out: list[Sample]) -> None:
     while not stop.is_set():
         try:
             line = child.lines.get(timeout=0.5)
@@ -367,13 +119,6 @@ def probe_loop(child: Child, stop: threading.Event, out: list[Sample]) -> None:
             out.append(Sample("attach", line["wall"], line["seconds"], line["ok"], why))
         elif line["kind"] == "eof":
             return
-
-
-def log_tail(path: Path, offset: int, end: int | None = None) -> str:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read() if end is None else f.read(max(0, end - offset))
-    return data.decode(errors="replace")
 
 
 def main() -> int:
@@ -400,7 +145,9 @@ def main() -> int:
                     help="refusal_limit in furl-master.conf (default: not set, i.e. the "
                     "master's default of 100; 0: no pre-TLS gate)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
-    ap.add_argument("--json", metavar="FILE", help="also write the figures and samples as JSON")
+    ap.add_argument("--json", metavar="FILE", nargs="?", const=results_file("attack"),
+                    help="also write the figures and samples as JSON "
+                    "(FILE; default bench/results/attack.json)")
     args = ap.parse_args()
     if not 1 <= args.addresses <= 250:
         ap.error("--addresses must be 1 to 250 (127.0.0.2 to 127.0.0.251)")
@@ -418,26 +165,26 @@ def main() -> int:
     stop = threading.Event()
     samples: list[Sample] = []
     marks: dict[str, Any] = {}
-    children: list[Child] = []
+    children: list[LineChild] = []
     sampler: Sampler | None = None
     threads: list[threading.Thread] = []
     try:
         rig = Rig(tmp, procs, args.workers)
-        rig.setup(args.refusal_limit)
+        rig.setup(more_names=["probe"], refusal_limit=args.refusal_limit)
         log = rig.mdir / "master.log"
         say(f"master pid {rig.master_pid} on 127.0.0.1:{rig.port}, {args.workers} worker(s) "
             f"attached; temp dir {tmp}")
         (tmp / "probe").mkdir(mode=0o700)
-        prober = Child(procs, "probe", {"furl": rig.probe_furl, "interval": 0.25,
-                                        "dir": str(tmp / "probe")},
-                       tmp / "prober.log")
+        prober = LineChild(procs, "probe", {"furl": rig.furl("probe"), "interval": 0.25,
+                                            "dir": str(tmp / "probe")},
+                           tmp / "prober.log", CHILDREN)
         children.append(prober)
         addresses = (["127.0.0.1"] if args.same_address
                      else [f"127.0.0.{2 + i}" for i in range(args.addresses)])
-        attacker = Child(procs, "attack", {
+        attacker = LineChild(procs, "attack", {
             "tubid": rig.tubid, "host": "127.0.0.1", "port": rig.port,
             "attempts": args.attempts, "connections": args.connections,
-            "addresses": addresses, "seconds": args.seconds}, tmp / "attacker.log")
+            "addresses": addresses, "seconds": args.seconds}, tmp / "attacker.log", CHILDREN)
         children.append(attacker)
         prober.expect("ready", 60)
         attacker.expect("ready", 120)  # its Tubs' keys are made by now
@@ -509,8 +256,7 @@ def main() -> int:
         return 130
     finally:
         stop.set()
-        with procs.lock:
-            procs.closed = True  # the loops start nothing more; let a step under way end
+        procs.close()  # the loops start nothing more; let a step under way end
         for t in threads:
             t.join(timeout=10)
         for c in children:
@@ -531,18 +277,6 @@ def main() -> int:
              "resources": sampler.rows}, indent=2) + "\n")
     legit_failed = sum(1 for s in samples if not s.ok)
     return 0 if result["accepted"] == 0 and legit_failed == 0 else 1
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """The q-th percentile, nearest rank."""
-    if not values:
-        return None
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, int(round(q / 100 * len(v) + 0.5)) - 1))]
 
 
 def summarize(args: argparse.Namespace, result: dict[str, Any], marks: dict[str, Any],
@@ -713,6 +447,3 @@ def _kb(v: int | None) -> str:
 def _pc(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}%"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,14 +3,14 @@
 Every process the benchmark starts is recorded in :class:`Children` and
 stopped by its pid (``quit`` on its stdin, SIGKILL if it does not go),
 also when a run fails or is interrupted.  The other half of that promise
-runs in the child: :func:`die_with_parent` asks the kernel to SIGTERM the
-child when the benchmark dies, and the child also exits at EOF on stdin.
+runs in the child: ``die_with_parent`` (buildbot_furl.testing.procs) asks
+the kernel to SIGTERM the child when the benchmark dies, and the child also
+exits at EOF on stdin.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -20,22 +20,10 @@ from typing import Any
 
 from twisted.internet import defer, protocol, reactor
 
-from bench.clock import within
+from bench.transport.clock import within
+from buildbot_furl.testing.procs import child_env
 
-ROOT = Path(__file__).resolve().parent.parent
-CHILD = Path(__file__).resolve().with_name("child.py")
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In a child: SIGTERM when the parent dies; exit now if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except Exception:  # not Linux: the stdin EOF rule still applies
-        pass
-    if os.getppid() == 1:
-        sys.exit(1)
+CHILD = "bench.transport.child"  # run with -m: child_env puts the checkout on PYTHONPATH
 
 
 class Child(protocol.ProcessProtocol):
@@ -95,7 +83,7 @@ class Children:
         """Start child.py with ``cfg`` (see there) and ``env``, in ``cfg["basedir"]``."""
         child = Child(label)
         with open(self.logdir / f"{label}.log", "wb") as log:
-            reactor.spawnProcess(child, sys.executable, [sys.executable, str(CHILD)],
+            reactor.spawnProcess(child, sys.executable, [sys.executable, "-m", CHILD],
                                  env=self._env(label, cfg, env), path=cfg["basedir"],
                                  childFDs={0: "w", 1: "r", 2: log.fileno()})
         self.all.append(child)
@@ -103,10 +91,7 @@ class Children:
 
     def _env(self, label: str, cfg: dict[str, Any], env: dict[str, str] | None
              ) -> dict[str, str]:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FURL_")}
-        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env["BENCH_CHILD"] = json.dumps(cfg)
-        full_env.update(env or {})
+        full_env = child_env({"BENCH_CHILD": json.dumps(cfg), **(env or {})})
         if self.profile:
             full_env["BENCH_PROFILE"] = str(self.logdir / f"{label}.prof")
         return full_env

@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.internet import defer
 
-from bench.children import Child, Children
-from bench.clock import now, within
-from bench.testfiles import Cert
+from bench.transport.children import Child, Children
+from bench.transport.clock import now, within
+from bench.transport.testfiles import Cert
 
 BUILDER = "b1"
 BUILDDIR = "b1dir"

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Side-by-side transport benchmark: buildbot_furl vs Buildbot PB vs raw TLS.
 
-    python bench/bench_transport.py [--quick] [--json FILE] [--transports LIST]
+    python -m bench.transport [--quick] [--json [FILE]] [--transports LIST]
 
-This process is the *master* side of every transport (bench/sides/), with
+This process is the *master* side of every transport (sides/), with
 one Twisted reactor; each worker runs in its own child process
-(bench/child.py) with its own reactor.  The transports are compared in the
-same run, interleaved run by run, and reported as ratios (bench/report.py);
-the metrics are in bench/metrics.py.  Numbers are for comparing transports
+(child.py) with its own reactor.  The transports are compared in the
+same run, interleaved run by run, and reported as ratios (report.py);
+the metrics are in metrics.py.  Numbers are for comparing transports
 *in one run*; see docs/performance.md.  Nothing here is a test: no timing
 is ever asserted.
 """
@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,14 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout first
-from bench import report  # noqa: E402
-from bench.children import Children  # noqa: E402
-from bench.clock import now  # noqa: E402
-from bench.metrics import METRICS, PROFILES, ConnectAttach, Samples  # noqa: E402
-from bench.progress import note  # noqa: E402
-from bench.sides import DEFAULT_TRANSPORTS, SIDES, TRANSPORTS, Side  # noqa: E402
-from bench.testfiles import MiB, make_cert, make_test_data  # noqa: E402
+from bench import results_file
+from bench.transport import report
+from bench.transport.children import Children
+from bench.transport.clock import now
+from bench.transport.metrics import METRICS, PROFILES, ConnectAttach, Samples
+from bench.transport.progress import note
+from bench.transport.sides import DEFAULT_TRANSPORTS, SIDES, TRANSPORTS, Side
+from bench.transport.testfiles import MiB, make_cert, make_test_data
 
 
 async def bench(args: argparse.Namespace, tmp: Path, children: Children) -> dict[str, Any]:
@@ -80,7 +79,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per metric (median)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="FILE", nargs="?", const=results_file("transport"),
+                        help="also write the results as JSON "
+                             "(FILE; default bench/results/transport.json)")
     parser.add_argument("--transports", default=DEFAULT_TRANSPORTS,
                         help=f"comma-separated, from: {','.join(TRANSPORTS)} "
                              f"(default {DEFAULT_TRANSPORTS}; the *nd ones are PB with "
@@ -179,6 +180,3 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

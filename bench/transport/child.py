@@ -1,6 +1,6 @@
 """Worker side of bench_transport.py: one process, one transport, its own reactor.
 
-Started by bench_transport.py (through bench/children.py), never by hand.
+Started by bench/transport/run.py (through children.py), never by hand.
 The parent passes a JSON config in the environment variable ``BENCH_CHILD``::
 
     {"kind": "furl" | "pb" | "tls", "basedir": DIR, ...}
@@ -11,7 +11,7 @@ The parent passes a JSON config in the environment variable ``BENCH_CHILD``::
   AutoLoginPBFactory, ClientService) dialing ``connection_string``
   (``tcp:...`` or ``tls:...``), with ``name``/``BENCH_PASSWORD``.
 * ``tls``: a bare Twisted TLS client speaking the tiny framing protocol of
-  bench/raw_worker.py (no RPC at all): the baseline.
+  raw_worker.py (no RPC at all): the baseline.
 
 Control is by lines on stdin/stdout, so that the expensive part of start-up
 (imports, key generation) is over before the parent starts its clock:
@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.children import die_with_parent  # noqa: E402
+from buildbot_furl.testing.procs import die_with_parent
 
 Starter = tuple[Callable[[], Any], Callable[[], Any]]  # (connect, disconnect)
 
@@ -66,7 +63,7 @@ def _pb_nodelay() -> None:
     """The diagnostic variant: Twisted PB never sets TCP_NODELAY (foolscap does)."""
     from twisted.spread import pb
 
-    from bench.nodelay import set_nodelay
+    from bench.transport.nodelay import set_nodelay
 
     made = pb.Broker.connectionMade
 
@@ -78,7 +75,7 @@ def _pb_nodelay() -> None:
 
 
 def build_tls(cfg: dict[str, Any]) -> Starter:
-    from bench.raw_worker import build
+    from bench.transport.raw_worker import build
 
     return build(cfg)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from foolscap.util import allocate_tcp_port
 
-from bench.sides.rpc import RpcSide
+from bench.transport.sides.rpc import RpcSide
 from buildbot_furl import furlsfile
 from buildbot_furl.furl import Furl, new_swissnum
 from buildbot_furl.master import config

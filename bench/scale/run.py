@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How one furl-master copes with many workers.
 
-    python bench/scale.py [--sizes 250,1000] [--children 4] [--idle 20]
+    python -m bench.scale [--sizes 250,1000] [--children 4] [--idle 20]
                           [--bound 300] [--keys DIR] [--json FILE] [--keep]
 
 For each size N (default 250 and 1000; ``--sizes 250,1000,2000`` for more,
@@ -13,7 +13,7 @@ in-process (buildbot_furl.furlsfile.update, what create-worker runs; N
 CLI processes would take N seconds).  N simulated workers, each a real
 WorkerService with its own Tub key (cached in ``--keys``, default
 ~/.cache/buildbot_furl-bench/keys), run in ``--children`` processes
-(bench/scale_children.py ``fleet``), each child many services in one
+(bench/scale/children.py ``fleet``), each child many services in one
 reactor, RLIMIT_NOFILE raised to the hard limit.  Measured, in order:
 
 * cold start: every child starts all its workers at once; the time from
@@ -28,7 +28,7 @@ reactor, RLIMIT_NOFILE raised to the hard limit.  Measured, in order:
   ``furl-master status`` is timed too, for comparison);
 * reload +1: one line added to workers.furls (N+1 lines), SIGHUP, until
   the master logs ``worker ... added``; meanwhile a stall probe child times
-  an admin call every 20 ms (bench/scale_children.py ``stall``): the
+  an admin call every 20 ms (bench/scale/children.py ``stall``): the
   longest one, and the longest before the reload for comparison;
 * restart: ``furl-master stop``, ``furl-master start``; the time from the
   start command until every worker has attached again (they redial by
@@ -39,7 +39,8 @@ reactor, RLIMIT_NOFILE raised to the hard limit.  Measured, in order:
 Prints a table per size and how each figure grows with N; ``--json FILE``
 writes the figures.  Exit code 1 if at some size not all workers attached
 within ``--bound`` seconds (cold start or restart).  Loopback only; every
-process it starts is stopped by pid (bench/attack.py's Procs).
+process it starts is stopped by pid (buildbot_furl.testing.procs).
+The master and the CLI calls are buildbot_furl.testing.rig's Rig.
 """
 
 from __future__ import annotations
@@ -53,18 +54,20 @@ import resource
 import shutil
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.attack import HZ, Child, Procs, Rig, log_tail, pct, proc_rss_kb, proc_ticks, say  # noqa: E402,I001
+from bench import results_file
+from buildbot_furl.testing.linechild import LineChild
+from buildbot_furl.testing.procs import HZ, Procs, proc_rss_kb, proc_ticks
+from buildbot_furl.testing.rig import Rig, log_tail, pct, say
 
 DEFAULT_KEYS = Path.home() / ".cache" / "buildbot_furl-bench" / "keys"
 RELOAD_LINES = 10_000
 SETTLE = 3.0
+CHILDREN = "bench.scale.children"  # the fleet's and the stall probe's module
 
 
 # -- pure helpers (tests/test_bench_scale.py) --------------------------------------
@@ -141,14 +144,14 @@ class Fleet:
 
     def __init__(self, procs: Procs, tmp: Path, names: list[str], furls: dict[str, str],
                  children: int, keys: Path) -> None:
-        self.children: list[Child] = []
+        self.children: list[LineChild] = []
         self.last: dict[int, dict[str, Any]] = {}
         for i, part in enumerate(split(names, children)):
             spec = tmp / f"fleet{i}.json"
             spec.write_text(json.dumps([[n, furls[n]] for n in part]))
-            self.children.append(Child(procs, "fleet", {
+            self.children.append(LineChild(procs, "fleet", {
                 "spec": str(spec), "keys": str(keys), "dir": str(tmp / f"fleet{i}")},
-                tmp / f"fleet{i}.log", module="bench.scale_children"))
+                tmp / f"fleet{i}.log", CHILDREN))
 
     def ready(self, timeout: float) -> None:
         for c in self.children:
@@ -225,7 +228,7 @@ def add_lines(rig: Rig, names: list[str], template: Any) -> None:
             ff.add(name, Furl(template.tubid, template.hints, new_swissnum()))
 
 
-def timed_reload(rig: Rig, names: list[str], template: Any, stall: Child,
+def timed_reload(rig: Rig, names: list[str], template: Any, stall: LineChild,
                  timeout: float = 300) -> tuple[float, float]:
     """Add ``names``, SIGHUP; (seconds until the master logged the last one added,
     longest stall-probe call from the write until 1 s after that)."""
@@ -251,7 +254,7 @@ def timed_reload(rig: Rig, names: list[str], template: Any, stall: Child,
     return took, longest(stall, t0)
 
 
-def longest(stall: Child, since: float) -> float:
+def longest(stall: LineChild, since: float) -> float:
     """The longest stall-probe call that began at or after ``since`` (s) — calls
     still pending count from their start until now."""
     worst = 0.0
@@ -275,12 +278,10 @@ def run_size(n: int, args: argparse.Namespace, keys: Path) -> dict[str, Any]:
     rig = Rig(tmp, procs, n)
     out: dict[str, Any] = {"n": n, "children": min(args.children, n)}
     fleet: Fleet | None = None
-    stall: Child | None = None
+    stall: LineChild | None = None
     try:
         rig.create_master()
-        rig.cli("master", "create-worker", "-d", str(rig.mdir), rig.names[0], "-o",
-                str(tmp / "w1.furl"))
-        template = parse_furl((tmp / "w1.furl").read_text().strip())
+        template = parse_furl(rig.create_worker(rig.names[0]))
         add_lines(rig, rig.names[1:], template)
         from buildbot_furl import furlsfile
         furls = {e.name: str(e.furl) for e in
@@ -332,8 +333,8 @@ def run_size(n: int, args: argparse.Namespace, keys: Path) -> dict[str, Any]:
         out["status_s"] = statistics.median(st)
 
         say("  reload +1 line, stall probe on")
-        stall = Child(procs, "stall", {"master": str(rig.mdir), "interval": 0.02},
-                      tmp / "stall.log", module="bench.scale_children")
+        stall = LineChild(procs, "stall", {"master": str(rig.mdir), "interval": 0.02},
+                          tmp / "stall.log", CHILDREN)
         stall.expect("ready", 60)
         stall.expect("connected", 60)
         base_from = time.time()
@@ -368,8 +369,8 @@ def run_size(n: int, args: argparse.Namespace, keys: Path) -> dict[str, Any]:
         out["rss_restart_per_worker_kib"] = ((proc_rss_kb(pid) or 0) - rss0) / n
 
         say(f"  reload to {RELOAD_LINES} lines, stall probe on")
-        stall = Child(procs, "stall", {"master": str(rig.mdir), "interval": 0.02},
-                      tmp / "stall2.log", module="bench.scale_children")
+        stall = LineChild(procs, "stall", {"master": str(rig.mdir), "interval": 0.02},
+                          tmp / "stall2.log", CHILDREN)
         stall.expect("ready", 60)
         stall.expect("connected", 60)
         time.sleep(2.0)
@@ -406,7 +407,9 @@ def main() -> int:
     ap.add_argument("--keys", default=str(DEFAULT_KEYS),
                     help=f"the worker key cache (default {DEFAULT_KEYS})")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
-    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--json", metavar="FILE", nargs="?", const=results_file("scale"),
+                    help="also write the figures as JSON "
+                    "(FILE; default bench/results/scale.json)")
     args = ap.parse_args()
     try:
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -441,6 +444,3 @@ def main() -> int:
     ok = all(r.get("cold_all") and r.get("restart_all") for r in results)
     return 0 if ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

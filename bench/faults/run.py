@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cut the worker's connection hundreds of times; count what survives.
 
-    python bench/faults.py [--cuts N] [--grace S] [--seed N] [--json FILE]
+    python -m bench.faults [--cuts N] [--grace S] [--seed N] [--json FILE]
 
 One furl-master and one furl-worker (real daemons, on 127.0.0.1) with a
 fault-injecting proxy between them (buildbot_furl.testing.faultproxy).
@@ -20,44 +20,26 @@ process it starts is stopped by pid.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from buildbot_furl.testing.faultproxy import FaultProxy  # noqa: E402
-from buildbot_furl.tree import manifest_path  # noqa: E402
+from bench import results_file
+from buildbot_furl.testing.faultproxy import FaultProxy
+from buildbot_furl.testing.procs import Procs, free_port
+from buildbot_furl.testing.rig import Rig, say
+from buildbot_furl.tree import manifest_path
 
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("FURL_")},
-       "PYTHONPATH": str(ROOT)}
 LINES = 4000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(prog: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", f"buildbot_furl.cli.{prog}", *args],
-                       capture_output=True, text=True, env=ENV, timeout=300)
-    if check and p.returncode != 0:
-        raise SystemExit(f"{prog} {' '.join(args)}: {p.stderr.strip()}")
-    return p
+WORKER = "w1"
 
 
 @dataclass
@@ -71,42 +53,30 @@ class Outcome:
     detail: str = ""
 
 
-@dataclass
-class Rig:
-    """The master, the worker and the proxy between them."""
+class Faults:
+    """The shared Rig (a master, worker w1) with the proxy between them."""
 
-    tmp: Path
-    proxy: FaultProxy
-    grace: float
-    mdir: Path = field(init=False)
-    wdir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.mdir = self.tmp / "master"
-        self.wdir = self.tmp / "worker"
+    def __init__(self, tmp: Path, procs: Procs, proxy: FaultProxy, grace: float) -> None:
+        self.proxy = proxy
+        self.grace = grace
+        # the master listens on the proxy's target; w1's FURL dials the proxy
+        self.rig = Rig(tmp, procs, 1, port=proxy.target[1], dial=proxy.port)
+        self.wdir = self.rig.wdir(WORKER)
 
     def start(self) -> None:
-        port = self.proxy.target[1]
-        cli("master", "create-master", "-d", str(self.mdir), "--location",
-            f"tcp:127.0.0.1:{self.proxy.port}", "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--session-grace", str(self.grace))
-        cli("master", "create-worker", "-d", str(self.mdir), "w1", "-o",
-            str(self.tmp / "w1.furl"))
-        cli("master", "start", "-d", str(self.mdir))
-        cli("worker", "create-worker", str(self.wdir), "--furl-file", str(self.tmp / "w1.furl"))
-        cli("worker", "start", str(self.wdir))
+        self.rig.setup("--session-grace", str(self.grace))
 
-    def stop(self) -> None:
-        for pidfile in (self.wdir / "furl-worker.pid", self.mdir / "furl-master.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    def master_argv(self, command: str, *args: str) -> list[str]:
+        return self.rig.master_argv(command, *args)
 
-    def master_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "buildbot_furl.cli.master", args[0], "-d",
-                str(self.mdir), *args[1:]]
+    def popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return self.rig.procs.popen(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def done(self, p: subprocess.Popen[bytes]) -> None:
+        self.rig.procs.forget(p)
 
 
-def _cutting(rig: Rig, proc: subprocess.Popen[bytes], cuts: int, low: int, high: int) -> int:
+def _cutting(rig: Faults, proc: subprocess.Popen[bytes], cuts: int, low: int, high: int) -> int:
     """Reset the connection after random byte counts while ``proc`` runs."""
     proxy, first = rig.proxy, rig.proxy.cuts
     while proxy.cuts - first < cuts and proc.poll() is None:
@@ -120,14 +90,14 @@ def _cutting(rig: Rig, proc: subprocess.Popen[bytes], cuts: int, low: int, high:
     return proxy.cuts - first
 
 
-def job_run(rig: Rig, cuts: int) -> Outcome:
+def job_run(rig: Faults, cuts: int) -> Outcome:
     script = (f"i=0; while [ $i -lt {LINES} ]; do echo line$i; i=$((i+1)); "
               "case $i in *00) sleep 0.02;; esac; done; exit 3")
     t0 = time.monotonic()
-    p = subprocess.Popen(rig.master_argv("run", "w1", "--", "sh", "-c", script),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    p = rig.popen(rig.master_argv("run", WORKER, "--", "sh", "-c", script))
     done = _cutting(rig, p, cuts, 500, 30_000) if cuts else 0
     out, err = p.communicate(timeout=300)
+    rig.done(p)
     seconds = time.monotonic() - t0
     want = [f"line{i}" for i in range(LINES)]
     got = out.decode(errors="replace").splitlines()
@@ -138,11 +108,12 @@ def job_run(rig: Rig, cuts: int) -> Outcome:
                    "" if ok else f"rc {p.returncode}: {err.decode()[-200:]}")
 
 
-def _transfer(rig: Rig, cuts: int, kind: str, argv: list[str], check: Any) -> Outcome:
+def _transfer(rig: Faults, cuts: int, kind: str, argv: list[str], check: Any) -> Outcome:
     t0 = time.monotonic()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    p = rig.popen(argv)
     done = _cutting(rig, p, cuts, 200_000, 8_000_000) if cuts else 0
     _, err = p.communicate(timeout=300)
+    rig.done(p)
     seconds = time.monotonic() - t0
     ok, lost, dup = check() if p.returncode == 0 else (False, 0, 0)
     return Outcome(kind, done, seconds, ok, lost, dup,
@@ -157,34 +128,34 @@ def _compare(want: Path, got: Path) -> tuple[bool, int, int]:
     return same, max(0, a - b), max(0, b - a)
 
 
-def job_put(rig: Rig, cuts: int, src: Path, n: int) -> Outcome:
+def job_put(rig: Faults, cuts: int, src: Path, n: int) -> Outcome:
     dest = f"in/put{n}.bin"
-    return _transfer(rig, cuts, "put", rig.master_argv("put", "w1", str(src), dest),
+    return _transfer(rig, cuts, "put", rig.master_argv("put", WORKER, str(src), dest),
                      lambda: _compare(src, rig.wdir / dest))
 
 
-def job_get(rig: Rig, cuts: int, n: int, tmp: Path) -> Outcome:
+def job_get(rig: Faults, cuts: int, n: int, tmp: Path) -> Outcome:
     back = tmp / f"get{n}.bin"
     src = rig.wdir / "in" / "put0.bin"
-    out = _transfer(rig, cuts, "get", rig.master_argv("get", "w1", "in/put0.bin", str(back)),
+    out = _transfer(rig, cuts, "get", rig.master_argv("get", WORKER, "in/put0.bin", str(back)),
                     lambda: _compare(src, back))
     back.unlink(missing_ok=True)
     return out
 
 
-def job_tree(rig: Rig, cuts: int, n: int, tmp: Path) -> Outcome:
+def job_tree(rig: Faults, cuts: int, n: int, tmp: Path) -> Outcome:
     dest = tmp / f"tree{n}"
 
     def check() -> tuple[bool, int, int]:
         same = manifest_path(str(dest)) == manifest_path(str(rig.wdir / "tree"))
         return same, 0, 0
 
-    out = _transfer(rig, cuts, "tree", rig.master_argv("get", "w1", "tree", str(dest)), check)
+    out = _transfer(rig, cuts, "tree", rig.master_argv("get", WORKER, "tree", str(dest)), check)
     shutil.rmtree(dest, ignore_errors=True)
     return out
 
 
-def make_data(rig: Rig, tmp: Path) -> Path:
+def make_data(rig: Faults, tmp: Path) -> Path:
     src = tmp / "payload.bin"
     with open(src, "wb") as f:
         for _ in range(48):
@@ -203,15 +174,17 @@ def main() -> int:
     ap.add_argument("--cuts", type=int, default=200, help="cuts to land (default 200)")
     ap.add_argument("--grace", type=float, default=60, help="the master's session_grace")
     ap.add_argument("--seed", type=int, default=None, help="random seed (reproducible cuts)")
-    ap.add_argument("--json", metavar="FILE", help="also write every job's figures as JSON")
+    ap.add_argument("--json", metavar="FILE", nargs="?", const=results_file("faults"),
+                    help="also write every job's figures as JSON "
+                    "(FILE; default bench/results/faults.json)")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     random.seed(seed)
     tmp = Path(tempfile.mkdtemp(prefix="furl-faults."))
-    port = free_port()
+    procs = Procs(tmp)
     outcomes: list[Outcome] = []
-    with FaultProxy(port) as proxy:
-        rig = Rig(tmp, proxy, args.grace)
+    with FaultProxy(free_port()) as proxy:
+        rig = Faults(tmp, procs, proxy, args.grace)
         try:
             rig.start()
             src = make_data(rig, tmp)
@@ -228,11 +201,13 @@ def main() -> int:
                 outcomes.append(out)
                 landed += out.cuts
                 n += 1
-                print(f"{n:4d} {kind:<4} cuts {out.cuts} {out.seconds:6.2f} s "
-                      f"{'ok' if out.ok else 'FAILED ' + out.detail}", file=sys.stderr)
+                say(f"{n:4d} {kind:<4} cuts {out.cuts} {out.seconds:6.2f} s "
+                    f"{'ok' if out.ok else 'FAILED ' + out.detail}")
+        except RuntimeError as e:  # a CLI step failed: one line, as the CLI said it
+            say(f"faults: {e}")
+            return 1
         finally:
-            rig.stop()
-            time.sleep(1)
+            procs.cleanup()
             shutil.rmtree(tmp, ignore_errors=True)
     summary = _summary(outcomes, baseline, seed)
     print(_table(summary))
@@ -281,6 +256,3 @@ def _table(s: dict[str, Any]) -> str:
     rows.append(f"| seed | {s['seed']} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,8 +21,8 @@ from buildbot.worker.protocols import pb as bbpb
 from buildbot.worker.protocols.manager.pb import PBManager
 from twisted.internet import defer, reactor
 
-from bench.nodelay import set_nodelay
-from bench.sides.rpc import RpcSide
+from bench.transport.nodelay import set_nodelay
+from bench.transport.sides.rpc import RpcSide
 
 
 class BenchMaster(MasterService):

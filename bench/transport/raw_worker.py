@@ -8,7 +8,7 @@ Requests are lines; answers are lines or raw bytes:
     ``T PATH``    os.stat(PATH) as one line
 
 On connecting it says ``hello NAME``: the master's "attach".  The master
-end is bench/sides/tls.py.  Imported by child.py only.
+end is sides/tls.py.  Imported by child.py only.
 """
 
 from __future__ import annotations

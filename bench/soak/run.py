@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Soak the product for a while, the way it is used, with faults; write the figures.
 
-    python bench/soak.py [--minutes N] [--mode buildbot|standalone|both]
+    python -m bench.soak [--minutes N] [--mode buildbot|standalone|both]
                          [--cycle SECONDS] [--docs] [--json FILE]
 
 ``buildbot``: a real Buildbot master (in this process) and FURL workers
@@ -29,48 +29,21 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import results_file
+from buildbot_furl.testing.procs import Procs
+from buildbot_furl.testing.soak import MiB, Report
 
-from buildbot_furl.testing.soak import MiB, Report, child_env  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DOCS = ROOT / "docs" / "reliability.md"
-BEGIN, END = "<!-- soak figures: begin (bench/soak.py --docs) -->", "<!-- soak figures: end -->"
-
-
-class Procs:
-    """The processes started here, stopped by pid at the end."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-
-    def popen(self, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.Popen(list(argv), env=child_env(), **kw)
-        self.popens.append(p)
-        return p
-
-    def cleanup(self) -> None:
-        for p in self.popens:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for p in self.popens:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        self.popens.clear()
+BEGIN = "<!-- soak figures: begin (python -m bench.soak --docs) -->"
+END = "<!-- soak figures: end -->"
 
 
 def run_buildbot(tmp: Path, seconds: float, cycle: float | None) -> Report:
@@ -78,7 +51,7 @@ def run_buildbot(tmp: Path, seconds: float, cycle: float | None) -> Report:
 
     from buildbot_furl.testing.soak_buildbot import BuildbotSoak
 
-    procs = Procs()
+    procs = Procs(grace=15)
     out: list[Report] = []
 
     async def main(reactor: Any) -> None:
@@ -103,7 +76,7 @@ def run_buildbot(tmp: Path, seconds: float, cycle: float | None) -> Report:
 def run_standalone(tmp: Path, seconds: float, cycle: float | None) -> Report:
     from buildbot_furl.testing.soak_standalone import StandaloneSoak
 
-    procs = Procs()
+    procs = Procs(grace=15)
     soak = StandaloneSoak(tmp, procs, seconds=seconds, cycle=cycle, say=say)
     try:
         return soak.run()
@@ -118,7 +91,7 @@ def say(msg: str) -> None:
 
 def markdown(reports: list[Report], minutes: float) -> str:
     out = [BEGIN, "",
-           f"`python bench/soak.py --minutes {minutes:g}` on {platform.node() and 'this'} "
+           f"`python -m bench.soak --minutes {minutes:g}` on {platform.node() and 'this'} "
            f"machine ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end), "
            f"{time.strftime('%Y-%m-%d')}:", "",
            "| mode | seconds | builds / operations | passed every check | MiB checked "
@@ -166,7 +139,9 @@ def main() -> int:
     ap.add_argument("--cycle", type=float, default=300.0,
                     help="seconds between rounds of faults (default 300)")
     ap.add_argument("--docs", action="store_true", help="write the figures to " + str(DOCS))
-    ap.add_argument("--json", type=Path, help="also write the reports as JSON here")
+    ap.add_argument("--json", metavar="FILE", type=Path, nargs="?",
+                    const=Path(results_file("soak")),
+                    help="also write the reports as JSON (FILE; default bench/results/soak.json)")
     ap.add_argument("--keep", type=Path, help="work in this new directory and keep it "
                     "(logs of every process), instead of a temporary one")
     args = ap.parse_args()
@@ -195,6 +170,3 @@ def main() -> int:
         args.json.write_text(json.dumps([r.__dict__ for r in reports], indent=1, default=str))
     return 1 if any(r.problems for r in reports) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
-"""The child processes of bench/scale.py (``python -m bench.scale_children ROLE``).
+"""The child processes of bench/scale/run.py (``python -m bench.scale.children ROLE``).
 
-Configuration comes as JSON in ``$BENCH_ATTACK``; the control channel is
-bench.attack_children's (``ready``, ``go``, ``quit``, JSON lines out).
+Configuration and the control channel (``ready``, ``go``, ``quit``, JSON
+lines out) are buildbot_furl.testing.linechild's.
 
 ``fleet``: many simulated workers in one reactor.  Each is a real
 WorkerService (what ``furl-worker start`` runs: FurlBot, the bounded
@@ -26,16 +26,14 @@ reload) shows as a long call.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.attack_children import _emit, serve  # noqa: E402
-from bench.children import die_with_parent  # noqa: E402
+from buildbot_furl.testing.linechild import config, emit, serve
+from buildbot_furl.testing.procs import die_with_parent
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -105,14 +103,14 @@ class Fleet:
     def _count(self) -> None:
         d = self._delays()
         self.max_delay = max(self.max_delay, d)
-        _emit("count", attached=sum(1 for s in self.svcs if s._state[0] == "attached"),
+        emit("count", attached=sum(1 for s in self.svcs if s._state[0] == "attached"),
               failures=len(self.failures), delay_now=d, latest=self.latest)
 
     def command(self, line: bytes) -> None:
         if line.startswith(b"report "):
             since = float(line.split()[1])
             fails = [m for w, m in self.failures if w >= since]
-            _emit("report", attached=[t if t is not None and t >= since else None
+            emit("report", attached=[t if t is not None and t >= since else None
                                       for t in self.last_ok],
                   failures=len(fails), why=sorted(set(fails))[:5], max_delay=self.max_delay)
             self.max_delay = 0.0
@@ -120,7 +118,7 @@ class Fleet:
     async def run(self) -> None:
         from twisted.internet import defer, reactor
 
-        _emit("started", wall=time.time(), build_seconds=self.build_seconds,
+        emit("started", wall=time.time(), build_seconds=self.build_seconds,
               nofile=list(self.nofile))
         for svc in self.svcs:  # all at once: the cold start
             svc.startService()
@@ -152,7 +150,7 @@ class Stall:
         from buildbot_furl.protocol import call
 
         self.tub, ref = await connect(MasterPaths(self.cfg["master"]))
-        _emit("connected")
+        emit("connected")
         while self.running:
             wall, t0 = time.time(), time.monotonic()
             try:
@@ -160,7 +158,7 @@ class Stall:
                 ok = True
             except Exception:  # noqa: BLE001 - a failed probe is a sample too
                 ok = False
-            _emit("lat", wall=wall, seconds=time.monotonic() - t0, ok=ok)
+            emit("lat", wall=wall, seconds=time.monotonic() - t0, ok=ok)
             d: defer.Deferred[None] = defer.Deferred()
             reactor.callLater(self.cfg.get("interval", 0.02), d.callback, None)
             await d
@@ -174,7 +172,7 @@ class Stall:
 def main() -> None:
     die_with_parent()
     role = sys.argv[1]
-    cfg = json.loads(os.environ["BENCH_ATTACK"])
+    cfg = config()
     serve(Fleet(cfg) if role == "fleet" else Stall(cfg), autostart=role == "stall",
           stop_when_done=False)
 

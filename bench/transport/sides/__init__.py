@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bench.sides.base import Side
-from bench.sides.furl import FurlSide
-from bench.sides.pb import PbNoDelaySide, PbSide, PbTlsNoDelaySide, PbTlsSide
-from bench.sides.tls import TlsSide
+from bench.transport.sides.base import Side
+from bench.transport.sides.furl import FurlSide
+from bench.transport.sides.pb import PbNoDelaySide, PbSide, PbTlsNoDelaySide, PbTlsSide
+from bench.transport.sides.tls import TlsSide
 
 #: in the default order of the columns
 SIDES: dict[str, type[Side]] = {cls.key: cls for cls in (

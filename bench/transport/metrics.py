@@ -16,11 +16,11 @@ from pathlib import Path
 
 from twisted.internet import defer
 
-from bench.children import Children
-from bench.clock import pause, within
-from bench.progress import note
-from bench.sides import Side
-from bench.testfiles import MiB, TestData, sha256
+from bench.transport.children import Children
+from bench.transport.clock import pause, within
+from bench.transport.progress import note
+from bench.transport.sides import Side
+from bench.transport.testfiles import MiB, TestData, sha256
 
 #: sizes in MiB (stream, upload, download), and commands per sample (stat, true)
 PROFILES = {

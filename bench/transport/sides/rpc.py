@@ -15,8 +15,8 @@ from buildbot.process.remotetransfer import FileReader, FileWriter
 from buildbot.worker.protocols.base import RemoteCommandImpl
 from twisted.internet import defer, reactor
 
-from bench.clock import OP_TIMEOUT, now, within
-from bench.sides.base import BUILDDIR, BUILDER, Side
+from bench.transport.clock import OP_TIMEOUT, now, within
+from bench.transport.sides.base import BUILDDIR, BUILDER, Side
 
 UPLOAD_BLOCKSIZE = 256 * 1024  # buildbot.steps.transfer.FileUpload's default
 DOWNLOAD_BLOCKSIZE = 16 * 1024  # buildbot.steps.transfer.FileDownload's default

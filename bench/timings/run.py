@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The wall-clock figures the test suite measures, held to their budgets.
 
-    python bench/timings.py [--runs N] [--json FILE] [PYTEST_ARGS ...]
+    python -m bench.timings [--runs N] [--json FILE] [PYTEST_ARGS ...]
 
 Tests do not assert how long something took (on a shared CPU, beside other
 tests under ``pytest -n``, a bound is flaky or so loose it means nothing);
@@ -22,7 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import results_file
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: the tests that record figures (grep the suite for ``timing.record``)
 TESTS = [
@@ -42,7 +44,8 @@ TESTS = [
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--json", metavar="FILE", nargs="?", const=results_file("timings"),
+                    help="write the figures (FILE; default bench/results/timings.json)")
     args, extra = ap.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timings.jsonl"
@@ -73,6 +76,3 @@ def main() -> int:
         return 1
     return 1 if over else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
-"""The two child processes of bench/attack.py: the attacker and the prober.
+"""The two child processes of bench/attack/run.py: the attacker and the prober.
 
-Started by bench/attack.py, never by hand::
+Started by bench/attack/run.py, never by hand::
 
-    python -m bench.attack_children attack   (config: JSON in BENCH_ATTACK)
-    python -m bench.attack_children probe    (config: JSON in BENCH_ATTACK)
+    python -m bench.attack.children attack   (config: JSON, buildbot_furl.testing.linechild)
+    python -m bench.attack.children probe    (config: JSON, buildbot_furl.testing.linechild)
 
 Each has its own reactor in its own process, so that neither the forger's
 CPU nor the prober's shares an event loop with what is measured.  Both
@@ -39,30 +39,14 @@ retries are part of the time.  One JSON line per sample.
 from __future__ import annotations
 
 import collections
-import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.children import die_with_parent  # noqa: E402
+from buildbot_furl.testing.linechild import config, emit, serve
+from buildbot_furl.testing.procs import die_with_parent
 
 ATTEMPT_TIMEOUT = 10.0  # seconds one forged lookup may take before it counts as timed out
-
-
-#: where _emit writes: the control channel's transport once it is up
-_out: list[Any] = []
-
-
-def _emit(kind: str, **fields: Any) -> None:
-    line = (json.dumps({"kind": kind, **fields}) + "\n").encode()
-    if _out:
-        _out[0].write(line)
-    else:
-        sys.stdout.buffer.write(line)
-        sys.stdout.flush()
 
 
 def _classify(e: BaseException) -> str:
@@ -141,8 +125,8 @@ class Attack:
 
         self.started = time.monotonic()
         self.started_wall = time.time()
-        _emit("started", wall=self.started_wall)
-        progress = LoopingCall(lambda: _emit("progress", **self.snapshot()))
+        emit("started", wall=self.started_wall)
+        progress = LoopingCall(lambda: emit("progress", **self.snapshot()))
         progress.start(1.0, now=False)
         try:
             await defer.DeferredList([defer.Deferred.fromCoroutine(self.slot(t, h))
@@ -150,7 +134,7 @@ class Attack:
         finally:
             self.ended = time.monotonic()
             progress.stop()
-        _emit("result", wall_started=self.started_wall, wall_ended=time.time(),
+        emit("result", wall_started=self.started_wall, wall_ended=time.time(),
               by_address={a: dict(c) for a, c in self.by_address.items()},
               other_errors=dict(self.other.most_common(10)), **self.snapshot())
 
@@ -212,7 +196,7 @@ class Probe:
 
         while self.running:
             sample = await self.one()
-            _emit("attach", **sample)
+            emit("attach", **sample)
             if self.running:
                 await task.deferLater(reactor, self.cfg.get("interval", 0.25), lambda: None)
 
@@ -228,57 +212,9 @@ class Probe:
 def main() -> None:
     die_with_parent()
     role = sys.argv[1]
-    cfg = json.loads(os.environ["BENCH_ATTACK"])
+    cfg = config()
     serve(Attack(cfg) if role == "attack" else Probe(cfg), autostart=role == "probe",
           stop_when_done=role == "attack")
-
-
-def serve(worker: Any, autostart: bool, stop_when_done: bool) -> None:
-    """Run ``worker`` (``run()``, ``stop()`` coroutines; optional ``command(line)``)
-    under the control channel on stdin/stdout: ``ready`` once the channel is up,
-    ``go`` starts ``run()`` (at once with ``autostart``), ``quit`` or EOF stops it
-    and the reactor; any other line goes to ``worker.command``."""
-    from twisted.internet import defer, reactor, stdio
-    from twisted.protocols.basic import LineOnlyReceiver
-
-    stopping: list[bool] = []
-
-    def shutdown() -> None:
-        if stopping:
-            return
-        stopping.append(True)
-        d = defer.Deferred.fromCoroutine(worker.stop())
-        d.addTimeout(5, reactor)
-        d.addBoth(lambda _: reactor.stop())
-
-    def go() -> None:
-        d = defer.Deferred.fromCoroutine(worker.run())
-        d.addErrback(lambda f: _emit("error", error=f.getErrorMessage()))
-        if stop_when_done:  # the result line goes out before the reactor stops
-            d.addBoth(lambda _: reactor.callLater(0.2, shutdown))
-
-    class Control(LineOnlyReceiver):
-        delimiter = b"\n"
-
-        def connectionMade(self) -> None:
-            _out.append(self.transport)
-            _emit("ready")
-            if autostart:
-                go()
-
-        def lineReceived(self, line: bytes) -> None:
-            if line == b"go" and not autostart:
-                go()
-            elif line == b"quit":
-                shutdown()
-            elif hasattr(worker, "command"):
-                worker.command(line)
-
-        def connectionLost(self, reason: Any) -> None:
-            shutdown()
-
-    reactor.callWhenRunning(stdio.StandardIO, Control())
-    reactor.run()
 
 
 if __name__ == "__main__":

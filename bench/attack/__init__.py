@@ -1,0 +1,1 @@
+"""Guessed FURLs by the thousand against a real master (python -m bench.attack)."""

@@ -1,0 +1,1 @@
+"""Cut the worker's connection hundreds of times (python -m bench.faults)."""

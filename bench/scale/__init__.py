@@ -1,0 +1,1 @@
+"""One master, many simulated workers (python -m bench.scale)."""

@@ -1,0 +1,1 @@
+"""The soak, for minutes or hours, with its figures (python -m bench.soak)."""
