@@ -31,7 +31,8 @@ class _PeerAwareBroker(Broker):
     (``tub.on_refused_name(name, host, tubid, key)``: True to answer "no such
     name", False to cut the connection unanswered), hangs up on a connection
     that keeps asking for names it does not know, and tells the Tub's gate
-    (``tub.connection_gate``) when a connection named a valid FURL or ended."""
+    (``tub.connection_gate``) when a connection finished TLS, named a valid
+    FURL or ended."""
 
     refused = 0
     _gate_key: tuple[str, int] | None = None
@@ -43,6 +44,10 @@ class _PeerAwareBroker(Broker):
             self._gate_key = (str(peer.host), int(peer.port))
         except Exception:  # noqa: BLE001 - no address (a test transport): no gate
             self._gate_key = None
+        gate = getattr(self.tub, "connection_gate", None)
+        if gate is not None and self._gate_key is not None:
+            # TLS is done: the gate may know this client Tub (a worker reconnecting)
+            gate.negotiated(self._gate_key[0], self._gate_key, self._tubid())
 
     def connectionLost(self, why: Any) -> None:  # noqa: N802
         gate = getattr(self.tub, "connection_gate", None)
@@ -199,6 +204,15 @@ def make_tub(
     if disconnect_timeout:
         tub.setOption("disconnectTimeout", disconnect_timeout)
     return tub
+
+
+def gate_key(rref: Any) -> tuple[str, int] | None:
+    """The gate's key (peer host, port) of the connection a RemoteReference
+    lives on; None if it has none (not the workers' port, or gone)."""
+    try:
+        return rref.tracker.broker._gate_key  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
 
 
 def sever(rref: Any, why: str) -> None:

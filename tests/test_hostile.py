@@ -4,7 +4,10 @@ rationing of what they cost the master."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import threading
 import time
 from typing import Any
 
@@ -167,3 +170,98 @@ def test_a_worker_that_reconnects_normally_is_never_counted(farm: Farm) -> None:
     assert st["refusals"]["total"] == 0
     time.sleep(0.1)
     assert cli("furl-worker", "status", str(farm.wdir("w1"))).returncode == 0
+
+
+class IdleFlood:
+    """TCP connections that never send a byte, from 127.0.0.2-4, opened at
+    ``rate`` a second in a thread until stopped (at most ``limit``)."""
+
+    def __init__(self, port: int, limit: int, rate: float = 100.0) -> None:
+        self.port, self.limit, self.rate = port, limit, rate
+        self.socks: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while len(self.socks) < self.limit and not self.stopping.is_set():
+            s = socket.socket()
+            s.bind((f"127.0.0.{2 + len(self.socks) % 3}", 0))
+            s.connect(("127.0.0.1", self.port))
+            self.socks.append(s)
+            time.sleep(1 / self.rate)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+    def closed_by_the_master(self) -> int:
+        """How many the master has closed (EOF or reset seen)."""
+        n = 0
+        for s in self.socks:
+            s.setblocking(False)
+            try:
+                n += s.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:  # reset: aborted by the master
+                n += 1
+        return n
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.expect_log(r"closed a connection from 127\.0\.0\.\d")
+def test_idle_connections_cannot_take_the_masters_descriptors(farm: Farm) -> None:
+    """Issue 16 item 2: idle TCP connections (no FURL, no TLS) are bounded in
+    all and per address, cut after attach_timeout, and a worker attaches and
+    the admin's commands answer meanwhile."""
+    farm.configure(max_pending=64, pending_per_address=16, attach_timeout=5)
+    furl = farm.create_worker("w1")
+    farm.start_master()
+    pid = int((farm.mdir / "furl-master.pid").read_text())
+    before = _fds(pid)
+    log = farm.mdir / "master.log"
+    start = log.stat().st_size
+    flood = IdleFlood(farm.port, limit=400, rate=40)
+    try:
+        assert farm.wait_for(lambda: len(flood.socks) >= 150, 30)
+        # the flood is still coming: a worker attaches, the admin is answered
+        t0 = time.monotonic()
+        farm.start_worker("w1", furl, "--wait", "30")
+        attach_s = time.monotonic() - t0
+        assert farm.wait_for(lambda: bool(farm.workers()["w1"].get("connected")), 30)
+        st = json.loads(farm.master("status", "--json", check=True).stdout)
+        assert st["connected"] == 1
+        assert farm.master("list-workers", check=True).returncode == 0
+        during = _fds(pid)
+        flood.stop()
+        # the master never held more than max_pending of them (plus the worker's)
+        assert during - before <= 64 + 8, (before, during)
+        assert len(flood.socks) == 400
+        # every idle connection is closed: past max_pending at once, the rest
+        # after attach_timeout (in turns of 16 per address)
+        assert farm.wait_for(lambda: flood.closed_by_the_master() == 400, 60), \
+            flood.closed_by_the_master()
+        conns = json.loads(farm.master("status", "--json", check=True).stdout)[
+            "refusals"]["connections"]
+        assert conns["evicted"] >= 400 - 64 and conns["timed_out"] > 0
+        assert conns["pending"] == 0 and conns["attached"] == 1
+        text = farm.master("status", check=True).stdout
+        assert "did not start an attach within 5 s" in text
+        p = farm.run("w1", "echo", "still here")
+        assert p.returncode == 0 and p.stdout == b"still here\n", p
+    finally:
+        flood.stop()
+        flood.close()
+    # the log: a line for the first of each kind, not one per connection
+    added = log.read_text()[start:]
+    assert added.count("closed a connection from 127.0.0.") == 2, added
+    print(f"idle flood: 400 connections; worker start+attach {attach_s:.1f} s; "
+          f"master fds {before} -> {during}")

@@ -87,7 +87,7 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
                             conf.disconnect_timeout, conf.reload_interval, conf.session_grace,
-                            conf.refusal_limit, conf.call_timeout)
+                            conf.refusal_limit, conf.call_timeout, conf.gate)
     return HostSettings(paths, port, location, os.path.abspath(furls_path))
 
 

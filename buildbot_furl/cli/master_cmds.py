@@ -310,6 +310,13 @@ def status(cfg: MasterCli, as_json: bool) -> None:
         click.echo(f"refused {ref['total']} attach attempt(s) with an unknown or revoked FURL "
                    f"since it started ({ref.get('this_interval', 0)} in the current minute, "
                    f"from {ref.get('addresses', 0)} address(es){cut})")
+    conns = ref.get("connections") or {}
+    if conns.get("timed_out") or conns.get("evicted"):
+        click.echo(f"closed {conns.get('timed_out', 0)} connection(s) that did not start an "
+                   f"attach within {conns.get('attach_timeout', 0):.0f} s and "
+                   f"{conns.get('evicted', 0)} before TLS past max_pending "
+                   f"({conns.get('max_pending', 0)}) since it started; "
+                   f"{conns.get('pending', 0)} pending now")
     _warn(problems, True)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from buildbot_furl import furlsfile, logs
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
+from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, tubid_of
@@ -50,6 +51,8 @@ class MasterConfig:
     session_grace: float = DEFAULT_GRACE
     refusal_limit: int = DEFAULT_REFUSAL_LIMIT
     call_timeout: float = DEFAULT_CALL_TIMEOUT
+    #: max_pending, pending_per_address, attach_timeout (master/admission.py)
+    gate: GateSettings = GateSettings()
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -119,7 +122,11 @@ def create(basedir: str, location: str, port: str | None,
             "# outlive a lost connection; 0: they end with it), refusal_limit = 100\n"
             "# (refused attach attempts per address per minute before its unknown names\n"
             "# are cut unanswered until the minute ends; 0: never), call_timeout = 120\n"
-            "# (seconds a worker has to answer a call before it is cut off).\n"
+            "# (seconds a worker has to answer a call before it is cut off),\n"
+            "# attach_timeout = 15 (seconds a new connection has to start an attach),\n"
+            "# pending_per_address = 256 (connections of one address on their way to an\n"
+            "# attach at once; more wait), max_pending = 0 (connections not yet attached,\n"
+            "# in all; 0: derived from the open-files limit, 4096 at 65536).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
@@ -203,6 +210,15 @@ def read(basedir: str) -> ConfReading:
         refusal_limit=setting("refusal_limit", DEFAULT_REFUSAL_LIMIT, _refusal_limit),
         call_timeout=setting("call_timeout", DEFAULT_CALL_TIMEOUT, lambda v: _checked(
             float(v), 1, 86400, "call_timeout", " seconds")),
+        gate=GateSettings(
+            max_pending=setting("max_pending", 0, lambda v: int(_checked(
+                int(v), 0, 1_000_000, "max_pending"))),
+            per_address=setting("pending_per_address", GateSettings.per_address,
+                                lambda v: int(_checked(int(v), 1, 1_000_000,
+                                                       "pending_per_address"))),
+            attach_timeout=setting("attach_timeout", GateSettings.attach_timeout,
+                                   lambda v: _checked(float(v), 1, 3600, "attach_timeout",
+                                                      " seconds"))),
     )
     config = None
     if location is not None and port is not None:

@@ -34,6 +34,7 @@ from buildbot_furl.master.config import (
     MasterConfig,
     check_private,
 )
+from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.registry import AttachHook, DetachHook, WorkerRegistry
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import (
@@ -68,6 +69,8 @@ class HostSettings:
     grace: float | Callable[[str], float] = DEFAULT_GRACE
     refusal_limit: int = DEFAULT_REFUSAL_LIMIT
     call_timeout: float = DEFAULT_CALL_TIMEOUT
+    #: admission of connections to the workers' port (master/admission.py)
+    gate: GateSettings = GateSettings()
 
     @property
     def workers_file(self) -> str:
@@ -77,7 +80,7 @@ class HostSettings:
     def from_config(cls, config: MasterConfig) -> HostSettings:
         return cls(config.paths, config.port, config.location, "", config.keepalive,
                    config.disconnect_timeout, config.reload_interval, config.session_grace,
-                   config.refusal_limit, config.call_timeout)
+                   config.refusal_limit, config.call_timeout, config.gate)
 
 
 class MasterHost(service.MultiService):
@@ -107,7 +110,7 @@ class MasterHost(service.MultiService):
         registry = WorkerRegistry(tub, s.workers_file, on_attach=self.on_attach,
                                   on_detach=self.on_detach, reload_interval=s.reload_interval,
                                   grace=s.grace, refusal_limit=s.refusal_limit,
-                                  call_timeout=s.call_timeout)
+                                  call_timeout=s.call_timeout, gate=s.gate)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)

@@ -13,8 +13,9 @@ until the interval ends.  Before TLS nothing tells a guesser from a worker
 behind the same address (a NAT, a shared build host), so the address is not
 shut out: its connections go on to TLS, :data:`PENDING_PER_ADDRESS` at a
 time, the rest held unread in order (up to :data:`WAITING_PER_ADDRESS`; past
-that they are closed before TLS), and each must name a valid FURL within
-:data:`SETTLE_TIMEOUT` s.  After TLS a lookup of a valid name is always
+that they are closed before TLS), and each, like every connection, must
+start an attach within ``attach_timeout`` s (master/admission.py, which
+admits every connection).  After TLS a lookup of a valid name is always
 served; an unknown one from a Tub that never attached here is not answered
 at all: the connection is cut at once (counted, not logged).  So a guesser
 gets no more answers, pays a TLS handshake per guess and holds few of the
@@ -26,12 +27,23 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from buildbot_furl.master.admission import (  # noqa: F401 - GO, WAIT, Conn: the gate's API
+    CLOSE,
+    GO,
+    OVER_LIMIT_PER_ADDRESS,
+    OVER_LIMIT_WAITING,
+    WAIT,
+    Admission,
+    Conn,
+    GateSettings,
+)
 
 log = Logger()
 
@@ -40,28 +52,11 @@ PER_CONNECTION = 3  # unknown names one connection may ask for before it is hung
 DEFAULT_LIMIT = 100  # refusals per address per interval before it is over the limit
 MAX_LINES = 20  # log lines per interval for refusals, in all
 MAX_PEERS = 4096  # addresses remembered
-PENDING_PER_ADDRESS = 8  # connections of an over-limit address on their way to a lookup
-WAITING_PER_ADDRESS = 64  # more of them held unread, in order; past that: closed before TLS
-WAITING_IN_ALL = 1024  # held unread, all addresses together
-SETTLE_TIMEOUT = 10.0  # seconds an over-limit address's connection has to name a valid FURL
+#: connections of an over-limit address on their way to a lookup, and more of
+#: them held unread, in order (past that: closed before TLS)
+PENDING_PER_ADDRESS = OVER_LIMIT_PER_ADDRESS
+WAITING_PER_ADDRESS = OVER_LIMIT_WAITING
 KNOWN_TUBS = 4096  # client TubIDs that attached here, remembered
-
-#: what the gate makes of a new connection
-GO, WAIT, CLOSE = "go", "wait", "close"
-
-
-class Conn(Protocol):
-    """What the gate may do to a connection it admits or holds."""
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-@dataclasses.dataclass
-class _Held:
-    conn: Conn
-    timer: IDelayedCall | None = None
 
 
 @dataclasses.dataclass
@@ -73,18 +68,14 @@ class _Peer:
     last: float = 0.0
     revoked: str = ""  # a worker whose old FURL this address used
     cut: int = 0  # unknown names not answered (over the limit) in this interval
-    #: connections (keyed by client port) on their way to a lookup, admitted
-    #: while the address was over the limit
-    pending: dict[Any, _Held] = dataclasses.field(default_factory=dict)
-    waiting: collections.OrderedDict[Any, _Held] = dataclasses.field(
-        default_factory=collections.OrderedDict)
 
 
 class Refusals:
     """Counts refused attach attempts per peer address and rations the log."""
 
     def __init__(self, limit: int = DEFAULT_LIMIT, interval: float = INTERVAL,
-                 clock: IReactorTime = reactor) -> None:  # type: ignore[assignment]
+                 clock: IReactorTime = reactor,  # type: ignore[assignment]
+                 gate: GateSettings = GateSettings(), nofile: int | None = None) -> None:
         self.limit = limit
         self.interval = interval
         self.clock = clock
@@ -93,10 +84,12 @@ class Refusals:
         self.cut_total = 0
         self._peers: dict[str, _Peer] = {}
         self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._waiting = 0  # held unread, all addresses
         self._lines = 0  # lines logged in this interval
         self._unlogged = 0  # first refusals from new addresses not logged (over MAX_LINES)
         self._loop: LoopingCall | None = None
+        #: every connection to the workers' port until it attaches
+        self.admission = Admission(clock, lambda host: self._over(self._peers.get(host)),
+                                   gate, nofile)
 
     def start(self) -> None:
         self._loop = LoopingCall(self.summarize)
@@ -141,7 +134,7 @@ class Refusals:
             peer.cut += 1
             self.cut_total += 1
             if key is not None:
-                self._settle(peer, key)
+                self.admission.closed(key)  # it is being cut: its place is free
             return False
         if peer.interval == 1:
             if not self._line():
@@ -155,54 +148,24 @@ class Refusals:
                          "from it are summed up every {n:.0f} s", peer=host, n=self.interval)
         return True
 
-    # -- admission of connections (before TLS) ----------------------------------
+    # -- admission of connections (master/admission.py) -------------------------
     def admit(self, host: str, key: Any, conn: Conn) -> str:
         """A new connection from ``host`` (``key``: unique per connection):
         GO on to TLS, WAIT (held unread: the gate resumes it later), or
-        CLOSE it now.  Only an address over the limit is ever held or closed."""
+        CLOSE it now (see master/admission.py)."""
+        verdict = self.admission.admit(host, key, conn)
         peer = self._peers.get(host)
-        if not self._over(peer):
-            return GO
-        assert peer is not None
-        if len(peer.pending) < PENDING_PER_ADDRESS and not peer.waiting:
-            self._start(peer, key, conn)
-            return GO
-        if len(peer.waiting) >= WAITING_PER_ADDRESS or self._waiting >= WAITING_IN_ALL:
+        if verdict == CLOSE and self._over(peer):
+            assert peer is not None
             peer.dropped += 1
             self.dropped_total += 1
-            return CLOSE
-        peer.waiting[key] = _Held(conn)
-        self._waiting += 1
-        return WAIT
+        return verdict
 
-    def _start(self, peer: _Peer, key: Any, conn: Conn) -> None:
-        held = _Held(conn)
-        held.timer = self.clock.callLater(SETTLE_TIMEOUT, self._timed_out, peer, key)
-        peer.pending[key] = held
-
-    def _timed_out(self, peer: _Peer, key: Any) -> None:
-        held = peer.pending.pop(key, None)
-        if held is not None:
-            held.timer = None
-            held.conn.abort()
-            self._next(peer)
-
-    def _settle(self, peer: _Peer, key: Any) -> None:
-        held = peer.pending.pop(key, None)
-        if held is not None:
-            if held.timer is not None and held.timer.active():
-                held.timer.cancel()
-            self._next(peer)
-        elif peer.waiting.pop(key, None) is not None:
-            self._waiting -= 1
-
-    def _next(self, peer: _Peer) -> None:
-        """Let held connections of ``peer`` go on, in order, as places free."""
-        while peer.waiting and len(peer.pending) < PENDING_PER_ADDRESS:
-            key, held = peer.waiting.popitem(last=False)
-            self._waiting -= 1
-            self._start(peer, key, held.conn)
-            held.conn.resume()
+    def negotiated(self, host: str, key: Any, tubid: str) -> None:
+        """TLS is done on ``key``: a client Tub that attached here before is a
+        worker reconnecting, and frees its address's place at once."""
+        if tubid and tubid in self._known:
+            self.admission.named(key)
 
     def resolved(self, host: str, key: Any, tubid: str) -> None:
         """The connection ``key`` named a valid FURL: its Tub is a worker's."""
@@ -211,13 +174,11 @@ class Refusals:
             self._known.move_to_end(tubid)
             if len(self._known) > KNOWN_TUBS:
                 self._known.popitem(last=False)
-        self.closed(host, key)
+        self.admission.named(key)
 
     def closed(self, host: str, key: Any) -> None:
-        """The connection ``key`` ended (or no longer waits for the gate)."""
-        peer = self._peers.get(host)
-        if peer is not None:
-            self._settle(peer, key)
+        """The connection ``key`` ended (or is being cut)."""
+        self.admission.closed(key)
 
     def summarize(self) -> None:
         """Log this interval's refusals (bounded), then start a new interval."""
@@ -247,25 +208,14 @@ class Refusals:
             p.dropped = 0
             p.revoked = ""
             p.cut = 0
-            self._next_all(p)
-
-    def _next_all(self, peer: _Peer) -> None:
-        """A new interval: an address no longer over the limit waits for nothing."""
-        while peer.waiting:
-            _, held = peer.waiting.popitem(last=False)
-            self._waiting -= 1
-            held.conn.resume()
+        # a new interval: an address no longer over the limit gets its places
+        self.admission.next_all()
+        self.admission.summarize(self.interval)
 
     def _forget_oldest(self) -> None:
-        idle = [h for h, p in self._peers.items() if not p.pending and not p.waiting]
-        oldest = min(idle or self._peers, key=lambda h: self._peers[h].last)
-        peer = self._peers.pop(oldest)
-        for held in peer.pending.values():
-            if held.timer is not None and held.timer.active():
-                held.timer.cancel()
-        self._waiting -= len(peer.waiting)
-        for held in peer.waiting.values():
-            held.conn.resume()
+        # (its connections, if any, are the admission's: they are unaffected)
+        oldest = min(self._peers, key=lambda h: self._peers[h].last)
+        del self._peers[oldest]
 
     def describe(self) -> dict[str, Any]:
         """The counters, for status and list-workers --json."""
@@ -274,7 +224,8 @@ class Refusals:
             "total": self.total,
             "closed_before_tls": self.dropped_total,
             "cut_unanswered": self.cut_total,
-            "waiting": self._waiting,
+            "waiting": self.admission.describe()["held"],
+            "connections": self.admission.describe(),
             "this_interval": sum(p.interval for p in self._peers.values()),
             "interval_seconds": self.interval,
             "addresses": len(self._peers),

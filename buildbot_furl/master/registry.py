@@ -33,11 +33,12 @@ from buildbot_furl.errors import (
     WireError,
 )
 from buildbot_furl.furl import secret_digest
+from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.refusals import DEFAULT_LIMIT, Refusals
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT, WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
 from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, decode_session
-from buildbot_furl.tubs import sever
+from buildbot_furl.tubs import gate_key, sever
 
 log = Logger()
 
@@ -99,6 +100,7 @@ class WorkerRegistry:
         grace: Callable[[str], float] | float = 0.0,
         refusal_limit: int = DEFAULT_LIMIT,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        gate: GateSettings = GateSettings(),
         clock: IReactorTime | None = None,
     ) -> None:
         #: the clock of every timer here and in the sessions
@@ -109,7 +111,7 @@ class WorkerRegistry:
         self.on_attach = on_attach
         self.on_detach = on_detach
         self.reload_interval = reload_interval
-        self.refusals = Refusals(refusal_limit, clock=self.clock)
+        self.refusals = Refusals(refusal_limit, gate=gate, clock=self.clock)
         self.call_timeout = call_timeout
         #: how long a worker's session outlives its connection (per name)
         self.grace = grace if callable(grace) else (lambda name, g=float(grace): g)
@@ -268,10 +270,18 @@ class WorkerRegistry:
 
     async def attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         login.attaching.add(bot)
+        # the connection is no longer the gate's to time out: the attach's own
+        # steps bound it; attached, it is not pending any more (master/admission.py)
+        key = gate_key(bot)
+        self.refusals.admission.attaching(key)
+        ok = False
         try:
-            return await self._attach(login, bot, info)
+            answer = await self._attach(login, bot, info)
+            ok = True
+            return answer
         finally:
             login.attaching.discard(bot)
+            self.refusals.admission.attach_done(key, ok)
 
     async def _attach(self, login: WorkerLogin, bot: Any, info: AttachInfo) -> dict[str, Any]:
         name = login.name
