@@ -75,10 +75,15 @@ def test_while_a_session_waits_no_wait_outlasts_a_quarter_of_its_grace(tmp_path)
     from buildbot_furl.layout import WorkerPaths
     from buildbot_furl.worker.service import WorkerService
 
+    from buildbot_furl.testing.fakelink import FakeDialer, attach_answer
+
     furl = parse_furl(f"pb://{'a' * 32}@tcp:127.0.0.1:1/{new_swissnum()}")
-    svc = WorkerService(WorkerPaths(str(tmp_path)), furl, clock=Clock())
+    dialer = FakeDialer()
+    svc = WorkerService(WorkerPaths(str(tmp_path)), furl, clock=Clock(), dial=dialer)
+    svc.link.start()
     assert svc._within_grace(72.0) == 72.0  # no session: the plain backoff
-    svc.session, svc.grace = ("s" * 32, "x" * 64), 60.0
+    dialer.connect().answer("attach", attach_answer(grace=60.0))  # a session, grace 60 s
     assert svc._within_grace(72.0) == 15.0 and svc._within_grace(4.0) == 4.0
-    svc.grace = 2.0
+    svc.switch_furl(parse_furl(f"pb://{'a' * 32}@tcp:127.0.0.1:2/{new_swissnum()}"))
+    dialer.connect().answer("attach", attach_answer(grace=2.0))
     assert svc._within_grace(72.0) == 1.0

@@ -150,14 +150,17 @@ async def test_a_master_that_cannot_drain_is_reported(tmp_path: Path) -> None:
 
     furl = parse_furl("pb://abcdefghijklmnopqrstuvwxyz234567@tcp:127.0.0.1:1/"
                       "k3bqq4ujkwl7vdoluq3ekz3pzd2d3yrm")
-    svc = WorkerService(WorkerPaths(str(tmp_path)), furl)
+    from twisted.internet.task import Clock
 
-    class OldLogin:
-        def callRemote(self, method: str, *args: object) -> defer.Deferred[object]:  # noqa: N802
-            return defer.fail(Violation(f"method '{method}' not defined in RIWorkerLogin"))
+    from buildbot_furl.testing.fakelink import FakeDialer, attach_answer
 
-    svc.login, svc.session = OldLogin(), ("0" * 32, "ab" * 32)
+    dialer = FakeDialer()
+    svc = WorkerService(WorkerPaths(str(tmp_path)), furl, clock=Clock(), dial=dialer)
+    svc.link.start()
+    old_login = dialer.connect()  # an older master: attach works, drain is unknown
+    old_login.answer("attach", attach_answer())
     svc.request_drain()
+    old_login.fail("drain", Violation("method 'drain' not defined in RIWorkerLogin"))
     await defer.succeed(None)
     assert svc.drain == "unsupported"
     state = json.loads((tmp_path / "furl-worker.state").read_text())

@@ -155,17 +155,29 @@ def test_settings_shows_and_changes_the_file(tmp_path: Path) -> None:
 
 
 def test_failures_in_a_row_and_a_success_resets_them(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from buildbot_furl.errors import ConnectionLost
+    from buildbot_furl.testing.fakelink import FakeDialer, attach_answer
+
+    clock, dialer = Clock(), FakeDialer()
     svc = service.WorkerService(WorkerPaths(str(tmp_path)), parse_furl(FURL), numcpus=5,
-                                maxretries=3)
+                                maxretries=3, clock=clock, dial=dialer)
     assert svc.bot.attach_info()["numcpus"] == 5
-    svc.reconnector = object()  # type: ignore[assignment] # "connecting"
-    svc._stop_connecting = lambda: setattr(svc, "reconnector", None)  # type: ignore
+    svc.link.start()
     gave_up: list[str] = []
     svc.on_give_up = gave_up.append
     for ok in (False, False, True, False, False):
-        svc._outcome(ok, "nope")
+        if ok:
+            login = dialer.connect()
+            login.answer("attach", attach_answer())
+            clock.advance(service.STABLE_AFTER)
+            login.cut()  # a link that held: its loss is no failed attempt
+        else:
+            dialer.refuse(ConnectionLost("nope"))
+        clock.advance(svc.core.retry_timer.getTime() - clock.seconds())  # dial again
     assert not gave_up and svc.failures == 2
-    svc._outcome(False, "connection refused")
+    dialer.refuse(ConnectionLost("connection refused"))
     assert gave_up == ["connection refused; 3 failed attempts in a row (maxretries 3)"]
     assert service.EXIT_GAVE_UP == Exit.UNAVAILABLE
 

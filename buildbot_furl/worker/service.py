@@ -1,9 +1,10 @@
 """The furl-worker daemon: a Tub that keeps itself attached to one FURL.
 
-Reconnection is foolscap's Reconnector, paced by :class:`Backoff` (one
-jittered doubling backoff capped at ``MAX_DELAY`` for every failed attempt:
-no connection, a refused attach, or a link dropped right after the attach);
-after each connection the worker calls ``attach`` on its login object.  Failures are classified into one clear sentence each
+The link is the state machine of :mod:`buildbot_furl.worker.link`: it dials
+with this Tub's ``getReference``, attaches, and after a failed attempt (no
+connection, a refused attach, or a link dropped right after the attach)
+waits as one jittered doubling backoff (``retry_delay``, capped at
+``MAX_DELAY``) asks.  Failures are classified into one clear sentence each
 (unreachable, wrong master, unknown FURL, revoked, duplicate, ...).
 With ``maxretries`` (furl-worker.conf) the worker gives up after that many
 failed attempts in a row and the process exits with ``EXIT_GAVE_UP``.
@@ -14,13 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
-from foolscap.reconnector import Reconnector
 from foolscap.tokens import (
     BananaError,
     NegotiationError,
@@ -30,59 +29,45 @@ from foolscap.tokens import (
 from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.internet import error as terror
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from buildbot_furl import __version__
 from buildbot_furl.daemon import claim, report_ready, run_reactor
-from buildbot_furl.errors import (
-    BadRequest,
-    ConfigError,
-    ConnectionLost,
-    DuplicateWorker,
-    FurlError,
-    IncompatibleProtocol,
-    RemoteError,
-    Revoked,
-)
+from buildbot_furl.errors import ConfigError, FurlError
 from buildbot_furl.furl import Furl
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
-from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
-from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, encode_session
-from buildbot_furl.tubs import (
-    DEFAULT_DISCONNECT_TIMEOUT,
-    DEFAULT_KEEPALIVE,
-    make_tub,
-    sever,
-)
+from buildbot_furl.protocol import call
+from buildbot_furl.protocol.messages import encode_session
+from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
-from buildbot_furl.worker.streams import SessionEnded
+from buildbot_furl.worker.link import (  # noqa: F401 - re-exported: tests and docs name them here
+    FACTOR,
+    FATAL,
+    INITIAL_DELAY,
+    JITTER,
+    MAX_DELAY,
+    ORPHAN_MARGIN,
+    STABLE_AFTER,
+    Backoff,
+    Drain,
+    LinkCore,
+    make_link,
+    retry_delay,
+    within_grace,
+)
 
 log = Logger()
 
-MAX_DELAY = 60.0
-INITIAL_DELAY = 1.0
-FACTOR = 2.0
-JITTER = 0.2
-#: seconds a link must stay up after an attach to count as a success: a link
-#: the master drops sooner (Buildbot refusing the worker after login) is a
-#: failed attempt, under the same backoff as a refused one
-STABLE_AFTER = 10.0
-#: how long past the master's grace period the worker keeps an unowned
-#: session's commands running (the master may notice the loss later than we do)
-ORPHAN_MARGIN = 15.0
 LEAVE_TIMEOUT = 2.0
 #: how long a new FURL (set-furl) has to reach its master before it is refused
 PROBE_TIMEOUT = 10.0
 #: ... and, once reached, to attach before the worker goes back to the old one
 SWITCH_TIMEOUT = 30.0
 
-#: attach errors after which retrying cannot help until an admin acts
-FATAL = (Revoked, IncompatibleProtocol)
 #: the exit code of a worker that gave up after maxretries failed attempts in a
 #: row (the CLI's Exit.UNAVAILABLE, "no master answers")
 EXIT_GAVE_UP = 2
@@ -115,198 +100,91 @@ def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
     return f"connection failed: {f.getErrorMessage()}", False
 
 
-def retry_delay(attempt: int,
-                rng: Callable[[float, float], float] = random.normalvariate) -> float:
-    """Seconds to wait before dialing again after ``attempt`` failed attempts
-    in a row (0: none, dial at once): doubling from INITIAL_DELAY up to
-    MAX_DELAY, jittered by JITTER (``rng(mean, sigma)``), never under 0.5 s."""
-    if attempt <= 0:
-        return 0.0
-    base = min(INITIAL_DELAY * FACTOR ** min(attempt - 1, 32), MAX_DELAY)
-    return min(max(0.5, rng(base, base * JITTER)), MAX_DELAY * (1 + JITTER))
-
-
-class Backoff:
-    """Failed attempts in a row and the wait before the next dial.  A failed
-    attempt is a connection that failed, an attach the master refused, or a
-    link dropped within STABLE_AFTER s of the attach (that one waits as long
-    as the failures before it ask: the first such drop, which may be a
-    network reset, is redialed at once); a link that stayed up longer resets
-    the count (its loss is redialed at once: a session is waiting)."""
-
-    def __init__(self, clock: IReactorTime,
-                 rng: Callable[[float, float], float] = random.normalvariate) -> None:
-        self.clock = clock
-        self.rng = rng
-        self.attempts = 0
-        self.delay = 0.0  # the wait after the last failure
-        self._refused = False  # the last attach was refused; its link not yet gone
-        self._stable: IDelayedCall | None = None  # pending while a new link proves itself
-
-    def failed(self) -> float:
-        """One more failed attempt: the wait before the next."""
-        self._cancel()
-        self._refused = False
-        self.attempts += 1
-        self.delay = retry_delay(self.attempts, self.rng)
-        return self.delay
-
-    def refused(self) -> float:
-        """The master refused the attach: a failed attempt (its link's loss
-        then waits this long, and is not counted again)."""
-        delay = self.failed()
-        self._refused = True
-        return delay
-
-    def attached(self, resumed: bool = False) -> None:
-        """An attach succeeded.  A resumed session is the master taking the
-        worker back: the count starts again at once.  A fresh one must hold
-        STABLE_AFTER s first (a master that drops a worker it refuses after
-        login hands out fresh sessions only)."""
-        self._cancel()
-        self._refused = False
-        if resumed:
-            self.attempts = 0
-        else:
-            self._stable = self.clock.callLater(STABLE_AFTER, self._proved)
-
-    def lost(self) -> float:
-        """The link ended: the wait before dialing again."""
-        if self._refused:
-            self._refused = False
-            return self.delay
-        if self._stable is not None:
-            # dropped right after the attach: a failed attempt, paced by the
-            # failures before it (a lone drop may be a network reset: at once)
-            self._cancel()
-            self.attempts += 1
-            self.delay = retry_delay(self.attempts - 1, self.rng)
-            return self.delay
-        return 0.0
-
-    @property
-    def proving(self) -> bool:
-        """Attached, but not yet for STABLE_AFTER s."""
-        return self._stable is not None
-
-    def reset(self) -> None:
-        self._cancel()
-        self._refused = False
-        self.attempts = 0
-
-    def _proved(self) -> None:
-        self._stable = None
-        self.attempts = 0
-
-    def _cancel(self) -> None:
-        if self._stable is not None and self._stable.active():
-            self._stable.cancel()
-        self._stable = None
-
-
-class _Reconnector(Reconnector):
-    """foolscap's Reconnector, with the service's backoff (``on_failure(f)``
-    and ``on_lost()`` answer the wait before the next dial) and no FURL in
-    any log line (the stock one logs the whole FURL)."""
-
-    def __init__(self, url: str, cb: Callable[..., Any], on_failure: Callable[[Any], float],
-                 on_lost: Callable[[], float]) -> None:
-        super().__init__(url, cb, (), {})
-        self._on_failure = on_failure
-        self._on_lost = on_lost
-
-    def _failed(self, f: Any) -> None:  # noqa: D401 - foolscap hook
-        self._last_failure = f
-        delay = self._on_failure(f)
-        if not self._active:
-            return
-        self._delay = delay
-        self._retry()
-
-    def _disconnected(self) -> None:  # noqa: D401 - foolscap hook
-        if not self._active:
-            return  # the worker hung up itself (stop, or a new FURL): no failure
-        self._delay = self._on_lost()
-        self._retry()
-
-
 class WorkerService(service.MultiService):
-    """Keeps the bot attached to the master named by ``furl``."""
+    """Keeps the bot attached to the master named by ``furl``: the link is
+    the state machine of :mod:`buildbot_furl.worker.link`; this service owns
+    the Tub it dials with, the state file and the FURL switch."""
 
     def __init__(self, paths: WorkerPaths, furl: Furl, keepalive: int = DEFAULT_KEEPALIVE,
                  disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT,
                  numcpus: int | None = None, maxretries: int = 0,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None,
+                 dial: Callable[[str], defer.Deferred[Any]] | None = None) -> None:
         super().__init__()
-        #: the timers of a FURL switch run on it (tests give a task.Clock)
+        #: every timer of the worker runs on it (tests give a task.Clock)
         self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.paths = paths
-        self.furl = furl
         self.bot = FurlBot(paths.basedir)
         if numcpus is not None:
             self.bot.numcpus = numcpus  # getWorkerInfo detects it only when unset
-        #: failed attempts in a row after which the worker gives up (0: never)
         self.maxretries = maxretries
-        self.failures = 0
         self.bot.setServiceParent(self)
         self.tub = make_tub(None, keepalive, disconnect_timeout)
         self.tub.setServiceParent(self)
-        self.reconnector: _Reconnector | None = None
-        self.login: Any = None  # the master's login object while attached
-        #: the session the master gave us (id, secret), to present on a reattach
-        self.session: tuple[str, str] | None = None
-        self.grace = 0.0  # how long the master keeps it without a connection
-        self.name = ""  # as the master knows this worker (its attach answer says)
-        self._orphan_timer: Any = None
-        self.attach_count = 0
-        self.backoff = Backoff(self.clock)
-        #: a graceful stop: None, "asked" (not yet told to a master),
-        #: "accepted" or "unsupported" (the master cannot drain)
-        self.drain: str | None = None
+        #: the link's data, and the machine that drives it
+        self.core = LinkCore(self.clock, furl, dial if dial is not None else self._dial,
+                             self.bot, self, describe_failure, maxretries)
+        self.link = make_link(self.core)
         self._state: tuple[str, str | None] = ("connecting", None)
         self._since = time.time()
         #: called with (ok, message, fatal) after every connection attempt
         self.on_event: Callable[[bool, str, bool], None] = lambda ok, msg, fatal: None
         #: called with the reason once maxretries attempts in a row failed
         self.on_give_up: Callable[[str], None] = lambda msg: None
+        #: ends the process (a graceful stop with nothing to wait for)
+        self.stop_process: Callable[[], None] = lambda: reactor.stop()
         #: the last FURL set-furl asked for: {"furl_id", "result", "error"} (state file)
         self.switch: dict[str, Any] | None = None
         #: while a new FURL attaches: (the FURL to go back to, its deadline timer)
         self._previous: tuple[Furl, Any] | None = None
 
+    # the link's data, read-only here (the machine's transitions change it)
+    @property
+    def furl(self) -> Furl:
+        return self.core.furl
+
+    @furl.setter
+    def furl(self, furl: Furl) -> None:
+        self.core.furl = furl
+
+    @property
+    def login(self) -> Any:
+        """The master's login object while attached."""
+        return self.core.login if self.core.state in ("attached", "draining") else None
+
+    @property
+    def session(self) -> tuple[str, str] | None:
+        return self.core.session
+
+    @property
+    def grace(self) -> float:
+        return self.core.grace
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.core.name
+
+    @property
+    def failures(self) -> int:
+        return self.core.failures
+
+    @property
+    def drain(self) -> str | None:
+        """The graceful stop: None, "asked", "accepted" or "unsupported"."""
+        return self.core.drain.value
+
+    @property
+    def state(self) -> str:
+        """The link's state (connecting, attaching, attached, draining,
+        waiting, gave up, stopped)."""
+        return self.core.state
+
+    def _dial(self, furl: str) -> defer.Deferred[Any]:
+        return self.tub.getReference(furl)
+
     def startService(self) -> None:
         super().startService()
-        self._start_connecting()
-
-    def _start_connecting(self) -> None:
-        self.reconnector = _Reconnector(str(self.furl), self._connected, self._conn_failed,
-                                        self._link_lost)
-        self.tub.reconnectors.append(self.reconnector)
-        self.reconnector.startConnecting(self.tub)
-
-    def _forget_session(self, why: str) -> None:
-        """The session is over: end its commands (and their processes)."""
-        self._cancel_orphan_timer()
-        self.session = None
-        n = self.bot.end_commands(SessionEnded(why))
-        if n:
-            log.warn("ended {n} command(s) of a session no master has any more: {why}",
-                     n=n, why=why)
-
-    def _cancel_orphan_timer(self) -> None:
-        if self._orphan_timer is not None and self._orphan_timer.active():
-            self._orphan_timer.cancel()
-        self._orphan_timer = None
-
-    def _stop_connecting(self) -> None:
-        if self.reconnector is not None:
-            self.reconnector.stopConnecting()
-            if self.reconnector in self.tub.reconnectors:
-                self.tub.reconnectors.remove(self.reconnector)
-            self.reconnector = None
-        if self.login is not None:
-            sever(self.login, "the worker hung up")
-            self.login = None
+        self.link.start()
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._stop())
@@ -317,13 +195,12 @@ class WorkerService(service.MultiService):
         if self.login is not None and self.session is not None:
             d = defer.Deferred.fromCoroutine(
                 call(self.login, "leave", encode_session(self.session)))
-            d.addTimeout(LEAVE_TIMEOUT, reactor)
+            d.addTimeout(LEAVE_TIMEOUT, self.clock)
             try:
                 await d
             except Exception as e:
                 log.info("could not tell the master we leave: {err}", err=str(e))
-        self._cancel_orphan_timer()
-        self._stop_connecting()
+        self.link.stop()
         await defer.maybeDeferred(super().stopService)
 
     # -- a new FURL (set-furl) ---------------------------------------------------
@@ -406,35 +283,40 @@ class WorkerService(service.MultiService):
                      path=self.paths.furl)
             return False
         log.info("switching to a new FURL (master at {where})", where=",".join(furl.hints))
-        self._stop_connecting()
-        self._forget_session("the worker switched to a new FURL")
-        self.furl = furl
-        self.name = ""  # another FURL may stand for another name
-        self.backoff.reset()
-        self._write_state("connecting", None)
-        self._start_connecting()
+        self.link.switch(furl)
         return True
 
-    def _outcome(self, ok: bool, message: str, fatal: bool = False) -> None:
+    # -- what the link asks of the service (LinkHost) ---------------------------
+    def report(self, ok: bool, message: str, fatal: bool) -> bool:
+        return self._outcome(ok, message, fatal)
+
+    def _outcome(self, ok: bool, message: str, fatal: bool = False) -> bool:
+        """An attempt's outcome: the state file, a FURL switch, start-up.
+        True when a fatal failure of a new FURL sent the worker back to the
+        previous one (that failure is the switch's, not the link's)."""
         if ok:
-            self.failures = 0
             self._write_state("attached", None)
             if self._previous is not None:
                 self._keep_new_furl()
         else:
-            self.failures += 1
             self._write_state("connecting", message)
             if self._previous is not None and fatal:
                 self._switch_back(message)
-                return
+                return True
         self.on_event(ok, message, fatal)
-        if not ok and self.maxretries and self.failures >= self.maxretries \
-                and self.reconnector is not None:
-            n = self.failures
-            why = (f"{message}; {n} failed attempt{'s' if n > 1 else ''} in a row "
-                   f"(maxretries {self.maxretries})")
-            self._stop_connecting()
-            self.on_give_up(why)
+        return False
+
+    def write_state(self, state: str, error: str | None) -> None:
+        self._write_state(state, error)
+
+    def refresh_state(self) -> None:
+        self._write_state(*self._state)
+
+    def gave_up(self, why: str) -> None:
+        self.on_give_up(why)
+
+    def stop_now(self) -> None:
+        self.stop_process()
 
     def _write_state(self, state: str, error: str | None) -> None:
         """Record the connection state for ``furl-worker status`` (no secret
@@ -458,135 +340,29 @@ class WorkerService(service.MultiService):
         if self.drain is not None:
             log.info("a graceful stop was asked already ({state})", state=self.drain)
             return
-        self.drain = "asked"
+        self.core.drain = Drain.ASKED
         self._write_state(*self._state)
-        if self.login is not None and self.session is not None:
-            defer.Deferred.fromCoroutine(self._send_drain(self.login, self.session))
-        elif not self.bot.commands:
-            log.info("graceful stop: not attached and nothing runs; stopping now")
-            reactor.stop()
-        else:
-            log.info("graceful stop: {n} command(s) run; asking the master once attached "
-                     "again", n=len(self.bot.commands))
-
-    async def _send_drain(self, login: Any, session: tuple[str, str]) -> None:
-        try:
-            answer = await call(login, "drain", encode_session(session))
-        except ConnectionLost:
-            return  # asked again at the next attach
-        except (RemoteError, BadRequest) as e:
-            self.drain = "unsupported"
-            log.warn("graceful stop: the master cannot do it ({err}; an older furl-master?); "
-                     "the worker keeps running: stop it with 'furl-worker stop' when its "
-                     "work is done", err=str(e))
-        else:
-            self.drain = "accepted"
-            running = answer.get("running") if isinstance(answer, dict) else None
-            log.info("graceful stop: the master gives this worker no new work; it stops "
-                     "once the {n} running command(s) or build(s) end", n=running)
-        self._write_state(*self._state)
+        self.link.drain()
 
     def _within_grace(self, delay: float) -> float:
-        """``delay``, but while the master keeps a session for this worker, at
-        most a quarter of its grace period: a link that keeps being cut must
-        still get several tries before the session (and its commands) ends."""
-        if self.session is not None and self.grace > 0:
-            return min(delay, max(1.0, self.grace / 4))
-        return delay
-
-    def _conn_failed(self, f: Any) -> float:
-        reason, fatal = describe_failure(f, self.furl)
-        delay = self._within_grace(self.backoff.failed())
-        if not (self.maxretries and self.failures + 1 >= self.maxretries):
-            log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
-        self._outcome(False, reason, fatal)
-        return delay
-
-    def _link_lost(self) -> float:
-        """The Reconnector's question when a link ends: how long to wait."""
-        quick = self.backoff.proving
-        delay = self._within_grace(self.backoff.lost())
-        if quick:
-            reason = "the master dropped the link right after the attach"
-            log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
-            self._outcome(False, reason)
-        return delay
-
-    def _connected(self, login: Any) -> None:
-        defer.Deferred.fromCoroutine(self._attach(login))
-
-    async def _attach(self, login: Any) -> None:
-        info = AttachInfo(PROTOCOL_VERSIONS, __version__, self.bot.attach_info(), self.session)
-        try:
-            answer = AttachAnswer.from_wire(await call(login, "attach", self.bot, info.to_wire()))
-        except Exception as e:
-            reason = str(e) if isinstance(e, FurlError) else f"attach failed: {e}"
-            fatal = isinstance(e, FATAL)
-            delay = self.backoff.refused()
-            log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
-            if isinstance(e, DuplicateWorker):
-                fatal = self.attach_count == 0
-            self._outcome(False, reason, fatal)
-            # hang up now: the Reconnector waits ``delay`` before it dials again
-            sever(login, "attach refused")
-            return
-        self.backoff.attached(answer.resumed)
-        self.attach_count += 1
-        self.login = login
-        self._cancel_orphan_timer()
-        if answer.resumed:
-            gone = self.bot.keep_only(set(answer.commands), SessionEnded(
-                "the master did not know the command any more"))
-            log.info("attached to the master at {where} again: session resumed, "
-                     "{n} command(s) carried on{gone}", where=",".join(self.furl.hints),
-                     n=len(answer.commands), gone=f", {gone} ended" if gone else "")
-        else:
-            if self.session is not None or self.bot.commands:
-                self._forget_session("the master does not know this worker's session (it "
-                                     "restarted, or the link was down longer than its grace "
-                                     "period)")
-            log.info("attached to the master at {where} (protocol {proto}, master version "
-                     "{mv})", where=",".join(self.furl.hints), proto=answer.protocol,
-                     mv=answer.master_version)
-        self.session = (answer.session, answer.secret)
-        self.grace = answer.grace
-        self.name = answer.name or self.name
-        login.notifyOnDisconnect(self._disconnected, login)
-        self._outcome(True, "attached")
-        if self.drain == "asked" or (self.drain == "accepted" and not answer.resumed):
-            defer.Deferred.fromCoroutine(self._send_drain(login, self.session))
-
-    def _disconnected(self, login: Any = None) -> None:
-        if login is not None and login is not self.login:
-            return  # a connection we hung up ourselves (a new FURL): not the one in use
-        self.login = None
-        if self.reconnector is None:
-            return  # we hung up ourselves (stop, or a new FURL)
-        if self.bot.commands and self.session is not None:
-            wait = self.grace + ORPHAN_MARGIN
-            log.info("lost the connection to the master; reconnecting (its session, with "
-                     "{n} running command(s), is kept for up to {wait:.0f} s)",
-                     n=len(self.bot.commands), wait=wait)
-            self._orphan_timer = reactor.callLater(
-                wait, self._forget_session,
-                f"no master took the session back within {wait:.0f} s")
-        else:
-            log.info("lost the connection to the master; reconnecting")
-        self._write_state("connecting", "lost the connection to the master")
+        """``delay``, capped while the master keeps a session (see
+        :func:`buildbot_furl.worker.link.within_grace`)."""
+        return within_grace(delay, self.core.session, self.core.grace)
 
 
 class _Startup:
     """The first attach of a starting worker: it decides what ``start``
     reports (attached, or the reason it gave up) within ``wait`` seconds."""
 
-    def __init__(self, ready_fd: int | None, wait: float) -> None:
+    def __init__(self, ready_fd: int | None, wait: float,
+                 clock: IReactorTime = reactor) -> None:  # type: ignore[assignment]
         self.ready_fd = ready_fd
         self.wait = wait
         self.decided = wait <= 0
         self.last = "no answer from the master"
         self.exit_code = 0
         self.reported = False
-        self.timer: Any = reactor.callLater(wait, self._waited) if wait > 0 else None
+        self.timer: Any = clock.callLater(wait, self._waited) if wait > 0 else None
 
     def _cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():
