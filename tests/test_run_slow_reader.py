@@ -20,6 +20,7 @@ from conftest import Farm, Procs, farm_in, pid_alive
 #: silent this long, a link to the master's admin Tub is dropped (keepalive: 1 s)
 DISCONNECT = 3
 LINES = 3_000_000  # `seq 1 LINES`: some 21 MB of a known pattern
+MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,18 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         procs.cleanup()
 
 
+def _rss(pid: int) -> int:
+    """Resident bytes of a process (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _expected() -> bytes:
     return "".join(f"{i}\n" for i in range(1, LINES + 1)).encode()
 
@@ -49,7 +62,13 @@ def test_a_reader_that_pauses_gets_every_byte(quick: Farm) -> None:
                         stderr=subprocess.PIPE)
     assert p.stdout is not None and p.stderr is not None
     first = p.stdout.read(10)  # it runs, and its output comes
-    time.sleep(4 * DISCONNECT)  # meanwhile the pipe fills and stays full
+    master = int((quick.mdir / "furl-master.pid").read_text())
+    # meanwhile the pipe fills and stays full; what waits is held back along the
+    # chain (CLI, master, worker, the command), not piled up in the CLI or master
+    time.sleep(DISCONNECT)
+    before = _rss(p.pid), _rss(master)
+    time.sleep(3 * DISCONNECT)
+    after = _rss(p.pid), _rss(master)
     rest = p.stdout.read()
     err = p.stderr.read()
     assert p.wait(timeout=60) == 0, err.decode(errors="replace")
@@ -58,6 +77,9 @@ def test_a_reader_that_pauses_gets_every_byte(quick: Farm) -> None:
     assert len(out) == len(expected)
     assert out == expected
     assert err == b""
+    # without the back-pressure the CLI took some 5 MB more each second
+    assert after[0] - before[0] < 6 * MiB, (before, after)
+    assert after[1] - before[1] < 6 * MiB, (before, after)
 
 
 def test_a_closed_pipe_stops_the_remote_command(quick: Farm) -> None:
