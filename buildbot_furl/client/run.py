@@ -7,14 +7,14 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from foolscap.api import Referenceable
 from twisted.internet import defer, reactor
 from zope.interface import implementer
 
 from buildbot_furl.client.connect import require_standalone, run_with_admin
+from buildbot_furl.client.output import OrderedWriter
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.protocol import RIOutput, call, remote_method
 from buildbot_furl.protocol.messages import NOTICE, RunAnswer, RunRequest, decode_output
@@ -27,19 +27,28 @@ BROKEN_PIPE = 141
 
 @implementer(RIOutput)
 class OutputSink(Referenceable):
-    """Receives a run's output and writes it to our stdout/stderr as it comes."""
+    """Receives a run's output and writes it to our stdout/stderr as it comes.
 
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, verbose: bool = False,
-                 notices: bool = False, on_broken: Callable[[], None] = lambda: None) -> None:
-        self.streams = {"stdout": stdout, "stderr": stderr}
+    Writing never blocks the reactor (a paused reader would have silenced
+    the link until the master dropped it): the answer to an output call is
+    held back while the writer holds more than its bound, and the master
+    sends nothing more for the run until it gets that answer.
+    """
+
+    def __init__(self, writer: OrderedWriter, fds: dict[str, int], verbose: bool = False,
+                 notices: bool = False) -> None:
+        self.writer = writer
+        self.fds = fds  # "stdout"/"stderr" -> our descriptor
         self.verbose = verbose
         self.notices = notices or verbose
-        #: a stream of ours was closed (``| head``): output is dropped from then on
-        self.broken = False
-        self.on_broken = on_broken
+
+    @property
+    def broken(self) -> bool:
+        """A stream of ours was closed (``| head``): output is dropped from then on."""
+        return self.writer.broken
 
     @remote_method
-    def remote_output(self, batch: bytes) -> None:
+    def remote_output(self, batch: bytes) -> defer.Deferred[None]:
         for key, text in decode_output(batch):
             if key == NOTICE:
                 if self.notices:
@@ -49,28 +58,12 @@ class OutputSink(Referenceable):
                 if self.verbose:
                     self._put("stderr", text.encode("utf-8", "replace"))
                 continue
-            if key in self.streams:
+            if key in self.fds:
                 self._put(key, text.encode("utf-8", "surrogateescape"))
+        return self.writer.room()
 
     def _put(self, key: str, data: bytes) -> None:
-        if self.broken:
-            return
-        stream = self.streams[key]
-        try:
-            stream.write(data)
-            stream.flush()
-        except BrokenPipeError:
-            self._broke(stream)
-
-    def _broke(self, stream: BinaryIO) -> None:
-        """Quietly, as a Unix tool does: no more output, and none at exit
-        (Python would flush what the stream holds again, and complain)."""
-        self.broken = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-        self.on_broken()
+        self.writer.write(self.fds[key], data)
 
 
 class RunOperation:
@@ -87,18 +80,24 @@ class RunOperation:
         self.request = RunRequest(argv, f"cli-{secrets.token_hex(8)}", workdir or ".", env,
                                   timeout)
         self.timeout = timeout
-        self.sink = OutputSink(sys.stdout.buffer, sys.stderr.buffer, verbose,
-                               notices=sys.stderr.isatty(), on_broken=self._interrupt)
+        out, err = sys.stdout.fileno(), sys.stderr.fileno()
+        self.writer = OrderedWriter(reactor, (out, err), on_broken=self._interrupt)
+        self.sink = OutputSink(self.writer, {"stdout": out, "stderr": err}, verbose,
+                               notices=sys.stderr.isatty())
         self.interrupts = 0
         self.admin: Any = None
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.interrupts += 1
         if self.interrupts == 1:
-            sys.stderr.write("\ninterrupting the remote command (Ctrl-C again to stop "
-                             "waiting)\n")
+            # straight to the descriptor, best effort: stderr may be a full
+            # pipe in non-blocking mode, and this is a signal handler
+            with contextlib.suppress(OSError):
+                os.write(sys.stderr.fileno(), b"\ninterrupting the remote command "
+                         b"(Ctrl-C again to stop waiting)\n")
             reactor.callFromThread(self._interrupt)
         else:
+            self.writer.restore()  # the shell gets its descriptors back as they were
             os._exit(INTERRUPTED)
 
     def _interrupt(self) -> None:
@@ -109,12 +108,21 @@ class RunOperation:
         require_standalone(admin)
         self.admin = admin
         signal.signal(signal.SIGINT, self._on_sigint)
-        answer = await call(admin, "run", self.worker, self.request.to_wire(), self.sink)
+        try:
+            answer = await call(admin, "run", self.worker, self.request.to_wire(), self.sink)
+        finally:
+            await self.writer.drained()  # every byte out before we stop
         return RunAnswer.from_wire(answer)
 
     def run(self) -> tuple[int, str | None]:
         """Run it; (exit code, a message for stderr or None)."""
-        result = run_with_admin(self.paths, self._go)
+        self.writer.start()
+        try:
+            result = run_with_admin(self.paths, self._go)
+        finally:
+            self.writer.stop()
+        if self.writer.error is not None:  # a full disk, a terminal gone: not '| head'
+            return 1, f"cannot write the output: {self.writer.error.strerror}"
         if self.sink.broken:  # the remote command was stopped: nobody reads its output
             return BROKEN_PIPE, None
         if self.interrupts:
