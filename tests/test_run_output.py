@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,3 +183,67 @@ def test_the_output_call_is_answered_only_when_there_is_room(pipe: tuple[int, in
     assert answer.called
     assert unwrap(answer.result) is None
     writer.stop()
+
+
+class ThreadedReactor(FakeReactor):
+    """A FakeReactor that also takes calls from threads, run by ``pending()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import queue
+        self.calls: Any = queue.SimpleQueue()
+
+    def callFromThread(self, f: Any, *args: Any) -> None:  # noqa: N802 - Twisted's name
+        self.calls.put((f, args))
+
+    def pending(self, wait: float = 5.0) -> None:
+        """Run one call a thread sent (waiting up to ``wait`` s for it)."""
+        f, args = self.calls.get(timeout=wait)
+        f(*args)
+
+
+def test_a_stopped_terminal_holds_back_the_caller_not_the_reactor() -> None:
+    """A terminal held with Ctrl-S (here: a pty nobody reads) takes nothing;
+    the writer returns at once, keeps order, asks the caller to wait, and
+    goes on once the terminal takes output again."""
+    import termios
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(slave)  # bytes as they are
+    reactor = ThreadedReactor()
+    writer = OrderedWriter(reactor, [slave], high_water=HIGH)
+    try:
+        writer.start()
+        assert os.get_blocking(slave), "a terminal's mode is not ours to change"
+        data = bytes(range(256)) * (4 * HIGH // 256)  # far more than a pty buffers
+
+        def blocked(*_: Any) -> None:
+            raise AssertionError("the writer blocked the reactor on a stopped terminal")
+
+        old = signal.signal(signal.SIGALRM, blocked)
+        signal.setitimer(signal.ITIMER_REAL, 10)
+        try:
+            for i in range(0, len(data), 4096):
+                writer.write(slave, data[i:i + 4096])  # returns: the thread blocks, not us
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        room = writer.room()
+        done = writer.drained()
+        assert not room.called and not done.called
+        got = bytearray()
+        os.set_blocking(master, False)
+        while len(got) < len(data):
+            try:
+                got += os.read(master, 1 << 16)
+            except BlockingIOError:
+                reactor.pending()  # a write finished in the thread: the next one starts
+        while not done.called:
+            reactor.pending()
+        assert bytes(got) == data and room.called and writer.queued == 0
+    finally:
+        writer.stop()
+        termios.tcflush(slave, termios.TCIOFLUSH)
+        os.close(slave)
+        os.close(master)

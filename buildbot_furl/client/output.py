@@ -4,8 +4,9 @@ A reader that pauses (``run ... | less``, ``| pv -L 1k``, ``| (sleep 60; cat)``)
 used to block the CLI in ``write()``; meanwhile its reactor answered nothing,
 and the master's admin Tub dropped the silent link after its disconnect
 timeout, losing the run.  :class:`OrderedWriter` writes to pipes, FIFOs and
-sockets in non-blocking mode, keeps what they cannot take yet (waiting for
-the reactor to say they can), and tells the caller when it holds less than
+sockets in non-blocking mode, and to a terminal in a thread of its own (a
+terminal held with Ctrl-S stops taking output), keeps what they cannot take
+yet (waiting for the reactor to say they can), and tells the caller when it holds less than
 its bound again: the CLI answers the master's output call only then, which
 stops the master, which stops the worker, which pauses the command.
 """
@@ -16,13 +17,16 @@ import contextlib
 import errno
 import fcntl
 import os
+import queue
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFDSet, IWriteDescriptor
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 #: bytes held unwritten before the caller is asked to wait (output calls are
@@ -42,12 +46,61 @@ def _wants_nonblocking(fd: int) -> bool:
     A terminal is written in blocking mode, on purpose: its O_NONBLOCK flag
     belongs to the open terminal, shared with the shell and with the other
     programs of a pipeline (``run ... | less`` writes to it too), which do
-    not expect EAGAIN.  Regular files never block for long."""
+    not expect EAGAIN; it is written in a thread instead
+    (:class:`_TerminalThread`).  Regular files never block for long."""
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class _TerminalThread:
+    """Blocking writes to a terminal, one at a time, in a thread of their own.
+
+    A terminal stays in blocking mode (see :func:`_wants_nonblocking`), and it
+    can stop taking output for as long as its user likes (Ctrl-S, a paused
+    serial console): written from the reactor, that would silence the CLI
+    until the master drops it.  The thread is a daemon: a terminal held
+    stopped at exit does not keep the process alive past a second Ctrl-C."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.jobs: queue.SimpleQueue[tuple[int, bytes, defer.Deferred[int]] | None] = \
+            queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="furl-output", daemon=True)
+        self.thread.start()
+
+    def write(self, fd: int, data: bytes) -> defer.Deferred[int]:
+        """``os.write(fd, data)`` in the thread; fires (in the reactor) with
+        its count, or fails with its error."""
+        d: defer.Deferred[int] = defer.Deferred()
+        self.jobs.put((fd, data, d))
+        return d
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            fd, data, d = job
+            try:
+                n = os.write(fd, data)
+            except OSError as e:
+                self.reactor.callFromThread(d.errback, Failure(e))
+            else:
+                self.reactor.callFromThread(d.callback, n)
+
+
+#: what ``_blocked`` holds while a terminal write runs in its thread
+_IN_THREAD = object()
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 @implementer(IWriteDescriptor)
@@ -96,6 +149,9 @@ class OrderedWriter:
         self._room: list[defer.Deferred[None]] = []
         self._drained: list[defer.Deferred[None]] = []
         self._saved: dict[int, int] = {}
+        #: terminals among our descriptors: written in a thread (see _TerminalThread)
+        self._terminals: set[int] = set()
+        self._thread: _TerminalThread | None = None
 
     # -- the descriptors' mode ----------------------------------------------
     def start(self) -> None:
@@ -111,11 +167,15 @@ class OrderedWriter:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
                 self._saved[fd] = fl
+        self._terminals = {fd for fd in self.fds if fd not in flags and _isatty(fd)}
 
     def stop(self) -> None:
         """Give the descriptors their mode back (others share them: the shell,
         the next command of a script); stop waiting on any."""
         self._unblock()
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
         self.restore()
 
     def restore(self) -> None:
@@ -155,6 +215,9 @@ class OrderedWriter:
     def _pump(self) -> None:
         while self.queue:
             fd, view = self.queue[0]
+            if fd in self._terminals:
+                self._write_in_thread(fd, bytes(view[:MAX_WRITE]))
+                return
             try:
                 n = os.write(fd, view[:MAX_WRITE])
             except BlockingIOError:
@@ -165,12 +228,43 @@ class OrderedWriter:
             except OSError as e:
                 self._broke(fd, e)
                 return
-            self.queued -= n
-            if n == len(view):
-                self.queue.popleft()
-            else:
-                self.queue[0] = (fd, view[n:])
+            self._wrote(fd, view, n)
         self._notify()
+
+    def _wrote(self, fd: int, view: memoryview, n: int) -> None:
+        self.queued -= n
+        if n == len(view):
+            self.queue.popleft()
+        else:
+            self.queue[0] = (fd, view[n:])
+
+    def _write_in_thread(self, fd: int, chunk: bytes) -> None:
+        """One write to a terminal, in its thread; the queue waits for it."""
+        if self._thread is None:
+            self._thread = _TerminalThread(self.reactor)
+        self._blocked = _IN_THREAD  # type: ignore[assignment]
+        d = self._thread.write(fd, chunk)
+        d.addCallbacks(self._thread_wrote, self._thread_failed, callbackArgs=(fd,),
+                       errbackArgs=(fd,))
+        self._notify()
+
+    def _thread_wrote(self, n: int, fd: int) -> None:
+        if self._blocked is not _IN_THREAD or not self.queue:
+            return  # stopped meanwhile
+        self._blocked = None
+        self._wrote(fd, self.queue[0][1], n)
+        self._pump()
+
+    def _thread_failed(self, f: Failure, fd: int) -> None:
+        if self._blocked is not _IN_THREAD:
+            return
+        self._blocked = None
+        if isinstance(f.value, InterruptedError):
+            self._pump()
+        elif isinstance(f.value, OSError):
+            self._broke(fd, f.value)
+        else:
+            f.raiseException()
 
     def _block(self, fd: int) -> None:
         """Wait for the reactor to say ``fd`` takes more; tell the waiters
@@ -180,9 +274,9 @@ class OrderedWriter:
         self._notify()
 
     def _unblock(self) -> None:
-        if self._blocked is not None:
+        if self._blocked is not None and self._blocked is not _IN_THREAD:
             self.reactor.removeWriter(self._blocked)
-            self._blocked = None
+        self._blocked = None
 
     def _ready(self) -> None:
         self._unblock()
