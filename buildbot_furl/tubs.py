@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 from foolscap.api import Tub
@@ -26,12 +28,35 @@ DEFAULT_DISCONNECT_TIMEOUT = 25  # drop one silent this long (noticed within 2x 
 REFUSALS_PER_CONNECTION = 3
 
 
+@dataclasses.dataclass(frozen=True)
+class TubHooks:
+    """What a Tub made by :func:`make_tub` tells its owner (the master host),
+    fixed when it is made.
+
+    ``on_refused_name(name, host, tubid, key)``: a lookup of a name the Tub
+    does not serve; True to answer "no such name", False to cut the
+    connection unanswered.  ``on_violation(broker, what)``: a call over
+    ``broker`` broke the interface's bounds.  ``connection_gate``: admits
+    each connection to the listening port and hears how it goes on (a
+    :class:`~buildbot_furl.master.refusals.Refusals`)."""
+
+    on_refused_name: Callable[[str, str, str, Any], bool] | None = None
+    on_violation: Callable[[Any, str], None] | None = None
+    connection_gate: Any = None
+
+
+NO_HOOKS = TubHooks()
+
+
+def _hooks(tub: Any) -> TubHooks:
+    return getattr(tub, "hooks", NO_HOOKS)
+
+
 class _PeerAwareBroker(Broker):
     """A Broker that tells its Tub who asked for a name it does not know
-    (``tub.on_refused_name(name, host, tubid, key)``: True to answer "no such
-    name", False to cut the connection unanswered), hangs up on a connection
-    that keeps asking for names it does not know, and tells the Tub's gate
-    (``tub.connection_gate``) when a connection finished TLS, named a valid
+    (``on_refused_name`` of the Tub's :class:`TubHooks`), hangs up on a
+    connection that keeps asking for names it does not know, and tells the
+    Tub's gate (``connection_gate``) when a connection finished TLS, named a valid
     FURL or ended."""
 
     refused = 0
@@ -44,13 +69,13 @@ class _PeerAwareBroker(Broker):
             self._gate_key = (str(peer.host), int(peer.port))
         except Exception:  # noqa: BLE001 - no address (a test transport): no gate
             self._gate_key = None
-        gate = getattr(self.tub, "connection_gate", None)
+        gate = _hooks(self.tub).connection_gate
         if gate is not None and self._gate_key is not None:
             # TLS is done: the gate may know this client Tub (a worker reconnecting)
             gate.negotiated(self._gate_key[0], self._gate_key, self._tubid())
 
     def connectionLost(self, why: Any) -> None:  # noqa: N802
-        gate = getattr(self.tub, "connection_gate", None)
+        gate = _hooks(self.tub).connection_gate
         if gate is not None and self._gate_key is not None:
             gate.closed(self._gate_key[0], self._gate_key)
         super().connectionLost(why)
@@ -68,7 +93,7 @@ class _PeerAwareBroker(Broker):
             found = super().remote_getReferenceByName(name)
         except KeyError:
             self.refused += 1
-            observer = getattr(self.tub, "on_refused_name", None)
+            observer = _hooks(self.tub).on_refused_name
             answer = True
             if observer is not None:
                 answer = observer(name.decode() if isinstance(name, bytes) else str(name),
@@ -82,7 +107,7 @@ class _PeerAwareBroker(Broker):
                 reactor.callLater(0.1, self.transport.loseConnection)
                 reactor.callLater(10, self.transport.abortConnection)  # if it is not read
             raise
-        gate = getattr(self.tub, "connection_gate", None)
+        gate = _hooks(self.tub).connection_gate
         if gate is not None and self._gate_key is not None:
             gate.resolved(host, self._gate_key, self._tubid())
         return found
@@ -91,7 +116,7 @@ class _PeerAwareBroker(Broker):
         # a call the peer made that broke the interface's bounds (too big,
         # wrong types, unknown method): tell the Tub, which knows who it is
         if f.check(Violation):
-            observer = getattr(self.tub, "on_violation", None)
+            observer = _hooks(self.tub).on_violation
             if observer is not None:
                 try:
                     observer(self, str(f.value)[:200])
@@ -121,7 +146,7 @@ class _Handle:
 
 
 class GatedListener:
-    """The Tub's listening factory behind a gate (``tub.connection_gate``,
+    """The Tub's listening factory behind a gate (its hooks' ``connection_gate``,
     a :class:`~buildbot_furl.master.refusals.Refusals`): each new connection
     goes on to TLS, is held unread until the gate resumes it, or is closed
     before TLS, as the gate says."""
@@ -131,7 +156,7 @@ class GatedListener:
         self.tub = tub
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
-        gate = getattr(self.tub, "connection_gate", None)
+        gate = _hooks(self.tub).connection_gate
         if gate is None:
             return self.factory.buildProtocol(addr)
         host = str(getattr(addr, "host", ""))
@@ -171,8 +196,10 @@ def make_tub(
     cert_file: str | None = None,
     keepalive: int = DEFAULT_KEEPALIVE,
     disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT,
+    hooks: TubHooks = NO_HOOKS,
 ) -> Tub:
-    """A Tub that leaks no tracebacks and accepts no third-party references.
+    """A Tub that leaks no tracebacks and accepts no third-party references,
+    and tells ``hooks`` what its connections do.
 
     With ``cert_file`` the Tub's key is persistent (created 0600 on first
     use and refused when group or others can read it); that key is what
@@ -194,6 +221,7 @@ def make_tub(
     if cert_file is not None and cert is None:
         write_private(cert_file, tub.getCertData())
     tub.brokerClass = _PeerAwareBroker
+    tub.hooks = hooks
     tub.unsafeTracebacks = False
     tub.setOption("expose-remote-exception-types", False)
     tub.setOption("accept-gifts", False)

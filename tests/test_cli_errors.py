@@ -292,13 +292,15 @@ def test_the_master_refuses_a_name_that_is_none_before_logging_it() -> None:
     from buildbot_furl.master.standalone import Standalone
     from buildbot_furl.protocol.messages import RunRequest
 
-    class Registry:
-        entries: dict[str, Any] = {}
-        sessions: dict[str, Any] = {}
-        on_drain = None
+    class Registry:  # the host's queries (master/consumer.py's Workers)
+        def knows(self, name: str) -> bool:
+            raise AssertionError("a name that is none reached the registry")
 
-        def poll(self) -> None:
-            pass
+        def session_of(self, name: str) -> Any:
+            raise AssertionError("a name that is none reached the registry")
+
+        def connection_of(self, session: Any) -> Any:
+            raise AssertionError("a name that is none reached the registry")
 
         def drain(self, *args: Any) -> int:
             raise AssertionError("a name that is none reached the registry")

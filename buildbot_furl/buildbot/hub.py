@@ -7,7 +7,9 @@ Tub keyed by ``BASEDIR/private/tub.pem``, the registry of
 ``workers.furls``) and adds what only Buildbot has: ``reconfig``, and
 handing each attached worker to Buildbot exactly as Buildbot's own
 transports do (``newConnection`` on the worker manager, then
-``attached``).  Nothing of Buildbot is patched.
+``attached``): it is the host's consumer (master/consumer.py), handed
+each session with the connection the host made for it.  Nothing of
+Buildbot is patched.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
     def __init__(self) -> None:
         super().__init__()
         self.host: MasterHost | None = None
-        self.connections: dict[WorkerSession, FurlConnection] = {}
         self.pidfile: PidFile | None = None
         self._listen_retry: Any = None  # a delayed call while the port cannot be had
         self._listen_failed = False
@@ -59,6 +60,11 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
     @property
     def settings(self) -> Any:
         return self.host.settings if self.host is not None else None
+
+    @property
+    def connections(self) -> dict[WorkerSession, FurlConnection]:
+        """The live connections (the host's table)."""
+        return self.host.connections if self.host is not None else {}
 
     # -- lifecycle --------------------------------------------------------------
     def startService(self) -> defer.Deferred[None]:
@@ -74,15 +80,13 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             raise ConfigErrors([str(e)]) from None
         self._default_grace = float(settings.grace)  # type: ignore[arg-type]
         settings = dataclasses.replace(settings, grace=self._grace_for)
-        host = MasterHost(settings, on_attach=self._on_attach, on_detach=self._on_detach)
+        host = MasterHost(settings, lambda workers: self, buildbot_master=self.master)
         try:
             host.setServiceParent(self)  # starts it: checks the files, loads workers.furls
         except ConfigError as e:
             await defer.maybeDeferred(self.removeService, host)  # it did not start
             raise ConfigErrors([str(e)]) from None
         self.host = host
-        assert host.registry is not None
-        host.registry.on_drain = self._on_drain
         await self._try_listen()
 
     async def _try_listen(self, announce: bool = False) -> None:
@@ -109,11 +113,10 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             log.info("FURL workers: the port {port} is free now", port=host.settings.port)
         self._listen_failed = False
         await self._publish_admin()
-        assert host.registry is not None
         log.info("FURL workers: listening on {port} (workers dial {loc}), tubid {tubid}, "
                  "{n} worker(s) in {path}", port=host.settings.port,
                  loc=",".join(host.settings.location), tubid=host.tub.getTubID(),
-                 n=len(host.registry.entries), path=host.settings.workers_file)
+                 n=host.listed(), path=host.settings.workers_file)
 
     def _cancel_listen_retry(self) -> None:
         if self._listen_retry is not None and self._listen_retry.active():
@@ -149,8 +152,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             self.pidfile.release()
             self.pidfile = None
         for conn in list(self.connections.values()):
-            conn.loseConnection()
-        self.connections.clear()
+            conn.loseConnection()  # (it leaves the host's table)
         await super().stopService()
 
     def reconfigServiceWithBuildbotConfig(self, new_config: Any) -> defer.Deferred[None]:
@@ -163,7 +165,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         if PROTOCOL_KEY not in new_config.protocols:
             log.warn("c['protocols']['furl'] was removed: FURL workers keep being served on "
                      "{port} until the master restarts", port=host.settings.port)
-            host.registry.reload()
+            host.reload()
             return
         try:
             new = hub_settings(self.master.basedir, new_config.protocols)
@@ -186,7 +188,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
                 raise ConfigErrors([f"FURL workers: {e}; still listening on {old.port}"]) \
                     from None
             log.info("FURL workers: now listening on {port}", port=new.port)
-        host.registry.reload()
+        host.reload()
 
     def _grace_for(self, name: str) -> float:
         """The worker's own session_grace (FurlWorker(...)), or the master's."""
@@ -202,28 +204,28 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         """Tell the admin about a FurlWorker that cannot attach as configured."""
         assert self.host is not None and self.host.registry is not None
         registry, tubid = self.host.registry, self.host.tub.getTubID()
+        path = self.host.settings.workers_file
         fp = worker.furl_fingerprint
         if fp is not None and fp[0] != tubid:
             raise ConfigErrors([
                 f"FurlWorker {worker.name!r}: its FURL belongs to another master (tubid "
                 f"{fp[0][:8]}..., this master is {tubid[:8]}...)"
             ])
-        entry = registry.entries.get(worker.name)
-        if entry is None:
+        furl = registry.furl_of(worker.name)
+        if furl is None:
             log.warn("FurlWorker {name} has no line in {path}: it cannot attach until one is "
                      "added (furl-master create-worker -d {basedir} {name})",
-                     name=worker.name, path=registry.furls_path,
-                     basedir=self.master.basedir)
-        elif fp is not None and entry.furl.fingerprint() != fp:
+                     name=worker.name, path=path, basedir=self.master.basedir)
+        elif fp is not None and furl.fingerprint() != fp:
             log.warn("FurlWorker {name}: the FURL given in master.cfg is not the one in "
-                     "{path}; the file wins", name=worker.name, path=registry.furls_path)
+                     "{path}; the file wins", name=worker.name, path=path)
 
-    # -- attach / detach --------------------------------------------------------
-    async def _on_attach(self, session: WorkerSession) -> None:
-        """The registry's hook: hand the session to Buildbot, or refuse it
-        with a WireError (the registry then drops it and calls _on_detach)."""
+    # -- the host's consumer (WorkerConsumer) ---------------------------------------
+    async def attached(self, session: WorkerSession, connection: FurlConnection) -> None:
+        """Hand the session to Buildbot, or refuse it with a WireError (the
+        host then forgets it and tells the connection's subscribers)."""
         try:
-            await self._attach(session)
+            await self._attach(session, connection)
         except WireError:
             raise
         except Exception as e:
@@ -237,7 +239,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
                 f"the Buildbot master refused worker {session.name!r} ({why})"
             ) from None
 
-    async def _attach(self, session: WorkerSession) -> None:
+    async def _attach(self, session: WorkerSession, conn: FurlConnection) -> None:
         master = self.master
         name = session.name
         try:
@@ -251,9 +253,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
                 f"this Buildbot master configures no FurlWorker named {name!r} "
                 "(add it to master.cfg and run 'buildbot reconfig')"
             )
-        conn = FurlConnection(session, master=master, worker=worker)
-        self.connections[session] = conn
-        conn.notifyOnDisconnect(lambda: self.connections.pop(session, None))
+        conn.worker = worker  # whom the connection serves (Buildbot's Connection.worker)
         try:
             await master.workers.newConnection(conn, name)
         except WireError:
@@ -279,23 +279,17 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         log.info("FurlWorker {name} attached to Buildbot from {peer}", name=name,
                  peer=session.peer)
 
-    def _on_drain(self, session: WorkerSession) -> int:
-        """The worker's admin asked for a graceful stop (furl-worker stop
+    def drain_started(self, session: WorkerSession, connection: FurlConnection) -> int:
+        """A graceful stop asked by the worker's admin (furl-worker stop
         --graceful): what a PB worker's ``shutdown`` request does, Buildbot's
         ``shutdownRequested`` (no new builds; once idle, Buildbot calls the
         connection's remoteShutdown).  How many builds still run."""
-        conn = self.connections.get(session)
-        worker = getattr(conn, "worker", None)
+        worker = connection.worker
         if worker is None:
             return 0
         worker.shutdownRequested()  # idempotent
         return sum(1 for wfb in worker.workerforbuilders.values() if wfb.isBusy())
 
-    def _on_detach(self, session: WorkerSession) -> None:
-        conn = self.connections.pop(session, None)
-        if conn is not None:
-            # The registry has dropped (or is dropping) the session itself.
-            # Tell Buildbot now rather than when TCP closes, so that a
-            # replacing connection finds the worker free (notifying is
-            # idempotent).
-            conn.notifyDisconnected()
+    def detached(self, session: WorkerSession, connection: FurlConnection) -> None:
+        """Nothing more to do: the host has told the connection's subscribers
+        (Buildbot) already."""

@@ -29,6 +29,12 @@ from buildbot_furl.layout import MasterPaths
 from buildbot_furl.master import config as mconfig
 from buildbot_furl.privatefiles import reserve_private
 from buildbot_furl.protocol import call
+from buildbot_furl.protocol.messages import (
+    DrainAnswer,
+    StatusAnswer,
+    WorkerRow,
+    worker_rows_from_wire,
+)
 from buildbot_furl.tubs import make_tub, tubid_of
 
 
@@ -212,16 +218,16 @@ def _warn(problems: list[str], running: bool, but: str | None = None) -> None:
 
 def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
     paths = cfg.paths(warn=False)  # warned about below, with the rest
-    live: dict[str, dict[str, Any]] = {}
+    live: dict[str, WorkerRow] = {}
     running_problems: list[str] = []
     refusals: dict[str, Any] | None = None
     running = master_pid(paths) is not None
     if running:
         try:
             rows, st = run_with_admin(paths, _list_and_status)
-            live = {r["name"]: r for r in rows}
-            running_problems = list(st.get("problems") or [])
-            refusals = st.get("refusals")
+            live = {r.name: r for r in rows}
+            running_problems = list(st.problems)
+            refusals = st.refusals.to_wire()
         except MasterNotRunning:
             running = False
     problems = _problems(cfg, running_problems)
@@ -232,19 +238,16 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
             _warn(problems, running, but=str(e))
             raise
         # the running master keeps serving its last good list: show that one
-        entries = [furlsfile.Entry(r["name"], Furl("", (), ""), r.get("comment", ""))
-                   for r in live.values()]
+        entries = [furlsfile.Entry(r.name, Furl("", (), ""), r.comment) for r in live.values()]
         show_furls = False
     out = []
     for entry in entries:
         row: dict[str, Any] = {"name": entry.name, "comment": entry.comment}
         if running:
-            r = live.get(entry.name, {})
-            row.update(connected=bool(r.get("connected")), peer=r.get("peer"),
-                       last_seen=r.get("last_seen"), connected_since=r.get("connected_since"),
-                       host=r.get("host"), admin=r.get("admin"),
-                       state=r.get("state") or "not connected",
-                       draining=bool(r.get("draining")), grace_until=r.get("grace_until"))
+            r = live.get(entry.name) or WorkerRow(entry.name)
+            row.update(connected=r.connected, peer=r.peer, last_seen=r.last_seen,
+                       connected_since=r.connected_since, host=r.host, admin=r.admin,
+                       state=r.state, draining=r.draining, grace_until=r.grace_until)
         if show_furls:
             row["furl"] = str(entry.furl)
         out.append(row)
@@ -279,8 +282,13 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
         note("(the master is not running: connection state unknown)")
 
 
-async def _list_and_status(admin: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    return await call(admin, "listWorkers"), await call(admin, "status")
+async def _list_and_status(admin: Any) -> tuple[list[WorkerRow], StatusAnswer]:
+    return (worker_rows_from_wire(await call(admin, "listWorkers")),
+            await _status(admin))
+
+
+async def _status(admin: Any) -> StatusAnswer:
+    return StatusAnswer.from_wire(await call(admin, "status"))
 
 
 def status(cfg: MasterCli, as_json: bool) -> None:
@@ -293,30 +301,31 @@ def status(cfg: MasterCli, as_json: bool) -> None:
             click.echo("not running")
             _warn(problems, False)
         sys.exit(Exit.NOT_RUNNING)
-    st = run_with_admin(paths, lambda ref: call(ref, "status"))
-    problems = _problems(cfg, list(st.get("problems") or []))
+    st = run_with_admin(paths, _status)
+    problems = _problems(cfg, list(st.problems))
     if as_json:
-        click.echo(json.dumps({"running": True, **st, "problems": problems}, indent=2))
+        click.echo(json.dumps({"running": True, **st.to_wire(), "problems": problems},
+                              indent=2))
         return
-    up = time.time() - st["started"]
-    kind = " as part of a Buildbot master" if st.get("kind") == "buildbot" else ""
-    click.echo(f"running{kind} (pid {st['pid']}, up {up:.0f} s, version {st['version']}): "
-               f"{st['connected']} of {st['workers']} worker(s) connected; "
-               f"location {st['location']}")
-    ref = st.get("refusals") or {}
-    if ref.get("total"):
-        cut = (f"; {ref['cut_unanswered']} cut unanswered past refusal_limit"
-               if ref.get("cut_unanswered") else "")
-        click.echo(f"refused {ref['total']} attach attempt(s) with an unknown or revoked FURL "
-                   f"since it started ({ref.get('this_interval', 0)} in the current minute, "
-                   f"from {ref.get('addresses', 0)} address(es){cut})")
-    conns = ref.get("connections") or {}
-    if conns.get("timed_out") or conns.get("evicted"):
-        click.echo(f"closed {conns.get('timed_out', 0)} connection(s) that did not start an "
-                   f"attach within {conns.get('attach_timeout', 0):.0f} s and "
-                   f"{conns.get('evicted', 0)} before TLS past max_pending "
-                   f"({conns.get('max_pending', 0)}) since it started; "
-                   f"{conns.get('pending', 0)} pending now")
+    up = time.time() - st.started
+    kind = " as part of a Buildbot master" if st.kind == "buildbot" else ""
+    click.echo(f"running{kind} (pid {st.pid}, up {up:.0f} s, version {st.version}): "
+               f"{st.connected} of {st.workers} worker(s) connected; "
+               f"location {st.location}")
+    ref = st.refusals
+    if ref.total:
+        cut = (f"; {ref.cut_unanswered} cut unanswered past refusal_limit"
+               if ref.cut_unanswered else "")
+        click.echo(f"refused {ref.total} attach attempt(s) with an unknown or revoked FURL "
+                   f"since it started ({ref.this_interval} in the current minute, "
+                   f"from {ref.addresses} address(es){cut})")
+    conns = ref.connections
+    if conns.timed_out or conns.evicted:
+        click.echo(f"closed {conns.timed_out} connection(s) that did not start an "
+                   f"attach within {conns.attach_timeout:.0f} s and "
+                   f"{conns.evicted} before TLS past max_pending "
+                   f"({conns.max_pending}) since it started; "
+                   f"{conns.pending} pending now")
     _warn(problems, True)
 
 
@@ -408,16 +417,14 @@ def drain(cfg: MasterCli, name: str, wait: float | None) -> None:
         require_standalone(admin, "drain is not available on a Buildbot master: use "
                                   "Buildbot's own graceful shutdown of the worker (its web "
                                   "page's button, or the data API's 'stop' action)")
-        answer = await call(admin, "drain", name)
-        running = int(answer.get("running") or 0)
+        running = DrainAnswer.from_wire(await call(admin, "drain", name)).running
         note(f"worker {name!r} is draining: it takes no new commands"
              + (f"; {running} still run, and it stops once they end" if running
                 else "; nothing runs on it, so it stops now"))
         deadline = time.monotonic() + (wait or 0)
         while wait is not None and time.monotonic() < deadline:
-            rows = await call(admin, "listWorkers")
-            if not any(r.get("name") == name and r.get("state") != "not connected"
-                       for r in rows):
+            rows = worker_rows_from_wire(await call(admin, "listWorkers"))
+            if not any(r.name == name and r.state != "not connected" for r in rows):
                 return True
             await task.deferLater(reactor, 0.5, lambda: None)
         return wait is None

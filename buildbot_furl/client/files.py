@@ -37,7 +37,7 @@ from buildbot_furl.protocol import (
     call,
     remote_method,
 )
-from buildbot_furl.protocol.messages import FileInfo, GetRequest, PutRequest
+from buildbot_furl.protocol.messages import FileInfo, GetRequest, PutAnswer, PutRequest
 
 
 class TransferFailed(FurlError):
@@ -218,9 +218,10 @@ class PutOperation:
         source = LocalSource(fp, bar)
         request = PutRequest(self.remote, kind, digest, manifest, mode)
 
-        async def go(admin: Any) -> dict[str, Any]:
+        async def go(admin: Any) -> PutAnswer:
             require_standalone(admin)
-            return await call(admin, "put", self.worker, request.to_wire(), source)
+            return PutAnswer.from_wire(
+                await call(admin, "put", self.worker, request.to_wire(), source))
 
         try:
             result = run_with_admin(self.paths, go)
@@ -232,7 +233,7 @@ class PutOperation:
             bar.finish()
         if source.sha.hexdigest() != digest:
             raise TransferFailed(f"{self.local} changed while it was being copied")
-        return {"size": size, **result}
+        return {"size": size, **result.to_wire()}
 
 
 class GetOperation:

@@ -23,7 +23,13 @@ from buildbot_furl import __version__
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.standalone import Standalone
 from buildbot_furl.protocol import RIAdmin, RIAdminStatus, remote_method
-from buildbot_furl.protocol.messages import GetRequest, PutRequest, RunRequest
+from buildbot_furl.protocol.messages import (
+    DrainAnswer,
+    GetRequest,
+    PutRequest,
+    RunRequest,
+    StatusAnswer,
+)
 
 
 class _Status(Referenceable):
@@ -36,24 +42,21 @@ class _Status(Referenceable):
         self.location = location
         self.started = time.time()
 
+    def status(self) -> StatusAnswer:
+        workers = self.registry.describe()
+        return StatusAnswer(
+            version=__version__, pid=os.getpid(), started=self.started,
+            location=",".join(self.location), workers=len(workers),
+            connected=sum(1 for w in workers if w.connected), kind=self.kind,
+            problems=self.registry.problems(), refusals=self.registry.refusal_counts())
+
     @remote_method
     def remote_status(self) -> dict[str, Any]:
-        workers = self.registry.describe()
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "started": self.started,
-            "location": ",".join(self.location),
-            "workers": len(workers),
-            "connected": sum(1 for w in workers if w["connected"]),
-            "kind": self.kind,
-            "problems": [self.registry.problem] if self.registry.problem else [],
-            "refusals": self.registry.refusals.describe(),
-        }
+        return self.status().to_wire()
 
     @remote_method
     def remote_listWorkers(self) -> list[dict[str, Any]]:
-        return self.registry.describe()
+        return [row.to_wire() for row in self.registry.describe()]
 
 
 @implementer(RIAdminStatus)
@@ -81,11 +84,12 @@ class StandaloneAdmin(_Status):
 
     @remote_method
     async def remote_put(self, worker: str, request: bytes, source: Any) -> dict[str, Any]:
-        return await self.standalone.put(worker, PutRequest.from_wire(request), source)
+        answer = await self.standalone.put(worker, PutRequest.from_wire(request), source)
+        return answer.to_wire()
 
     @remote_method
     def remote_drain(self, worker: str) -> dict[str, Any]:
-        return {"running": self.standalone.drain(worker)}
+        return DrainAnswer(self.standalone.drain(worker)).to_wire()
 
     @remote_method
     async def remote_get(self, worker: str, request: bytes, sink: Any) -> dict[str, Any]:

@@ -11,6 +11,12 @@ refusal gate never stands between the admin and the master, and a leaked
 ``admin.furl`` is of no use from another host (see docs/admin.md).  The
 standalone daemon (:mod:`buildbot_furl.master.service`) and the Buildbot
 plugin (:mod:`buildbot_furl.buildbot.hub`) each add only what is theirs.
+
+The host serves one consumer (:mod:`buildbot_furl.master.consumer`), given
+at construction: it makes one :class:`FurlConnection` per worker session,
+keeps the one table of them, and tells the consumer of each attach, detach
+and drain.  Every hook of the Tub and the registry is given when they are
+made, and the consumer asks about workers through the host's queries.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from twisted.application import service
 from twisted.internet import defer
@@ -35,11 +43,16 @@ from buildbot_furl.master.config import (
     check_private,
 )
 from buildbot_furl.master.admission import GateSettings
-from buildbot_furl.master.registry import AttachHook, DetachHook, WorkerRegistry
+from buildbot_furl.master.connection import FurlConnection
+from buildbot_furl.master.consumer import ConsumerFactory, WorkerConsumer
+from buildbot_furl.master.refusals import Refusals
+from buildbot_furl.master.registry import WorkerRegistry
+from buildbot_furl.master.session import WorkerSession
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import (
     DEFAULT_DISCONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE,
+    TubHooks,
     listen,
     make_tub,
 )
@@ -84,16 +97,23 @@ class HostSettings:
 
 
 class MasterHost(service.MultiService):
-    """The Tub, the listener, the worker registry and the admin capability."""
+    """The Tub, the listener, the worker registry, the live connections
+    and the admin capability; implements :class:`~.consumer.Workers`."""
 
-    def __init__(self, settings: HostSettings, on_attach: AttachHook | None = None,
-                 on_detach: DetachHook | None = None) -> None:
+    def __init__(self, settings: HostSettings, consumer: ConsumerFactory,
+                 buildbot_master: Any = None, clock: IReactorTime | None = None) -> None:
+        """``consumer`` makes the host's consumer from the host (its queries);
+        ``buildbot_master``: the Buildbot master the connections serve (None:
+        standalone)."""
         super().__init__()
         self.settings = settings
-        self.on_attach = on_attach
-        self.on_detach = on_detach
+        self.buildbot_master = buildbot_master
+        self.clock = clock
         self.tub: Any = None
         self.registry: WorkerRegistry | None = None
+        #: the one connection per live session (gone once the session ends)
+        self.connections: dict[WorkerSession, FurlConnection] = {}
+        self.consumer: WorkerConsumer = consumer(self)
         self.listener: Any = None
         #: the admin capability's own Tub, on loopback (made by publish_admin)
         self.admin_tub: Any = None
@@ -105,12 +125,16 @@ class MasterHost(service.MultiService):
         s = self.settings
         check_private(s.paths)
         check_private_mode(s.workers_file)
-        tub = make_tub(s.paths.tub_pem, s.keepalive, s.disconnect_timeout)
+        kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
+        refusals = Refusals(s.refusal_limit, gate=s.gate, **kwargs)
+        tub = make_tub(s.paths.tub_pem, s.keepalive, s.disconnect_timeout,
+                       TubHooks(self._refused_name, self._violation, refusals))
         tub.setLocation(*s.location)
-        registry = WorkerRegistry(tub, s.workers_file, on_attach=self.on_attach,
-                                  on_detach=self.on_detach, reload_interval=s.reload_interval,
-                                  grace=s.grace, refusal_limit=s.refusal_limit,
-                                  call_timeout=s.call_timeout, gate=s.gate)
+        registry = WorkerRegistry(tub, s.workers_file, on_attach=self._attached,
+                                  on_detach=self._detached, on_drain=self._drain,
+                                  reload_interval=s.reload_interval, grace=s.grace,
+                                  call_timeout=s.call_timeout, refusals=refusals,
+                                  clock=self.clock)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)
@@ -166,4 +190,66 @@ class MasterHost(service.MultiService):
         self.unpublish_admin()
         if self.registry is not None:
             self.registry.stop()
+        self._serving = False
         return defer.maybeDeferred(super().stopService)
+
+    def reload(self) -> None:
+        """Re-read workers.furls now (SIGHUP, a Buildbot reconfig)."""
+        if self.registry is not None:
+            self.registry.reload()
+
+    # -- what the Tub tells (its TubHooks) ------------------------------------------
+    _serving = True  # until stopService: then the Tub's reports go unheard
+
+    def _refused_name(self, name: str, host: str, tubid: str = "", key: Any = None) -> bool:
+        if self.registry is None or not self._serving:
+            return True
+        return self.registry.refused(name, host, tubid, key)
+
+    def _violation(self, broker: Any, what: str) -> None:
+        if self.registry is not None and self._serving:
+            self.registry.violation(broker, what)
+
+    # -- the consumer's connections (the registry's hooks) --------------------------
+    async def _attached(self, session: WorkerSession) -> None:
+        conn = FurlConnection(session, master=self.buildbot_master)
+        self.connections[session] = conn
+
+        def gone() -> None:
+            if self.connections.get(session) is conn:
+                del self.connections[session]
+
+        conn.notifyOnDisconnect(gone)
+        await defer.maybeDeferred(self.consumer.attached, session, conn)
+
+    def _detached(self, session: WorkerSession) -> None:
+        conn = self.connections.pop(session, None)
+        if conn is None:
+            return
+        # the registry has dropped (or is dropping) the session itself; the
+        # connection's subscribers (Buildbot) hear of it now rather than when
+        # TCP closes, so that a replacing connection finds the worker free
+        conn.notifyDisconnected()  # (idempotent)
+        self.consumer.detached(session, conn)
+
+    def _drain(self, session: WorkerSession) -> int:
+        conn = self.connections.get(session)
+        return self.consumer.drain_started(session, conn) if conn is not None else 0
+
+    # -- queries (consumer.Workers) -------------------------------------------------
+    def knows(self, name: str) -> bool:
+        return self.registry is not None and self.registry.knows(name)
+
+    def session_of(self, name: str) -> WorkerSession | None:
+        return self.registry.session_of(name) if self.registry is not None else None
+
+    def connection_of(self, session: WorkerSession) -> FurlConnection | None:
+        return self.connections.get(session)
+
+    def drain(self, session: WorkerSession, who: str) -> int:
+        assert self.registry is not None
+        return self.registry.drain(session, who)
+
+    def listed(self) -> int:
+        """How many workers workers.furls lists."""
+        return self.registry.listed() if self.registry is not None else 0

@@ -44,6 +44,7 @@ from buildbot_furl.master.admission import (  # noqa: F401 - GO, WAIT, Conn: the
     Conn,
     GateSettings,
 )
+from buildbot_furl.protocol.messages import GateCounts, RefusalCounts, RefusedAddress
 
 log = Logger()
 
@@ -217,17 +218,18 @@ class Refusals:
         oldest = min(self._peers, key=lambda h: self._peers[h].last)
         del self._peers[oldest]
 
-    def describe(self) -> dict[str, Any]:
+    def counts(self) -> RefusalCounts:
         """The counters, for status and list-workers --json."""
         top = sorted(self._peers.items(), key=lambda kv: -kv[1].total)[:10]
-        return {
-            "total": self.total,
-            "closed_before_tls": self.dropped_total,
-            "cut_unanswered": self.cut_total,
-            "waiting": self.admission.describe()["held"],
-            "connections": self.admission.describe(),
-            "this_interval": sum(p.interval for p in self._peers.values()),
-            "interval_seconds": self.interval,
-            "addresses": len(self._peers),
-            "top": [{"address": h, "refused": p.total, "last": p.last} for h, p in top],
-        }
+        gate = self.admission.describe()
+        return RefusalCounts(
+            total=self.total, closed_before_tls=self.dropped_total,
+            cut_unanswered=self.cut_total, waiting=gate["held"],
+            connections=GateCounts(**gate),
+            this_interval=sum(p.interval for p in self._peers.values()),
+            interval_seconds=self.interval, addresses=len(self._peers),
+            top=tuple(RefusedAddress(h, p.total, p.last) for h, p in top))
+
+    def describe(self) -> dict[str, Any]:
+        """:meth:`counts` as it goes on the wire."""
+        return self.counts().to_wire()

@@ -5,8 +5,10 @@ foolscap through a name-lookup handler keyed by the line's swissnum.  A
 removed or rotated line's login stops resolving at once, and its live
 session (if any) is dropped.  A worker that reaches its login calls
 ``attach``; the registry makes a :class:`WorkerSession` of it and tells
-the consumer (the standalone admin, or the Buildbot plugin) through
-``on_attach``/``on_detach``.
+the master host (:mod:`buildbot_furl.master.host`, which hands it on to
+its consumer) through ``on_attach``/``on_detach``/``on_drain``, all given
+at construction.  Outside code asks it through its queries (``knows``,
+``session_of``, ``listed``, ``furl_of``, ``describe``, ...), never its tables.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.refusals import DEFAULT_LIMIT, Refusals
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT, WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
-from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, decode_session
+from buildbot_furl.protocol.messages import (
+    AttachAnswer,
+    AttachInfo,
+    RefusalCounts,
+    WorkerRow,
+    decode_session,
+)
 from buildbot_furl.tubs import gate_key, sever
 
 log = Logger()
@@ -102,6 +110,8 @@ class WorkerRegistry:
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         gate: GateSettings = GateSettings(),
         clock: IReactorTime | None = None,
+        on_drain: DrainHook | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         #: the clock of every timer here and in the sessions
         self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
@@ -111,7 +121,9 @@ class WorkerRegistry:
         self.on_attach = on_attach
         self.on_detach = on_detach
         self.reload_interval = reload_interval
-        self.refusals = Refusals(refusal_limit, gate=gate, clock=self.clock)
+        #: the port's gate and refusal log (the host's, which its Tub tells too)
+        self.refusals = refusals if refusals is not None else \
+            Refusals(refusal_limit, gate=gate, clock=self.clock)
         self.call_timeout = call_timeout
         #: how long a worker's session outlives its connection (per name)
         self.grace = grace if callable(grace) else (lambda name, g=float(grace): g)
@@ -127,16 +139,13 @@ class WorkerRegistry:
         self._loop: LoopingCall | None = None
         self._attaching: set[str] = set()
         #: what carries out a graceful stop (the standalone runner, or Buildbot)
-        self.on_drain: DrainHook | None = None
+        self.on_drain = on_drain
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         """Load the file (raising ConfigError if it is bad) and start watching."""
         self.reload(strict=True)
         self.tub.registerNameLookupHandler(self._lookup)
-        self.tub.on_refused_name = self.refused
-        self.tub.on_violation = self._violation
-        self.tub.connection_gate = self.refusals
         self.refusals.start()
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self.clock
@@ -146,9 +155,6 @@ class WorkerRegistry:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.tub.unregisterNameLookupHandler(self._lookup)
-        self.tub.on_refused_name = None
-        self.tub.on_violation = None
-        self.tub.connection_gate = None
         self.refusals.stop()
         for session in list(self.sessions.values()):
             session.drop("master shutting down")
@@ -156,7 +162,7 @@ class WorkerRegistry:
     def _lookup(self, name: str) -> WorkerLogin | None:
         return self.logins.get(name)
 
-    def _violation(self, broker: Any, what: str) -> None:
+    def violation(self, broker: Any, what: str) -> None:
         """A call over ``broker`` broke the interface's bounds."""
         for session in self.sessions.values():
             if session.uses(broker):
@@ -414,27 +420,51 @@ class WorkerRegistry:
             log.info("worker {name} detached ({peer})", name=session.name, peer=session.peer)
             self._forget(session, drop=False)
 
-    # -- queries --------------------------------------------------------------
-    def describe(self) -> list[dict[str, Any]]:
-        """One dict per listed worker, for list-workers."""
+    # -- queries ------------------------------------------------------------------
+    def knows(self, name: str) -> bool:
+        """Whether workers.furls lists ``name``; a file changed a moment ago
+        is re-read first (a worker added just now counts already)."""
+        if name not in self.entries:
+            self.poll()
+        return name in self.entries
+
+    def session_of(self, name: str) -> WorkerSession | None:
+        return self.sessions.get(name)
+
+    def listed(self) -> int:
+        """How many workers workers.furls lists."""
+        return len(self.entries)
+
+    def furl_of(self, name: str) -> Any:
+        """The FURL of a listed worker (a :class:`~buildbot_furl.furl.Furl`), or None."""
+        entry = self.entries.get(name)
+        return entry.furl if entry is not None else None
+
+    def problems(self) -> tuple[str, ...]:
+        """Why workers.furls as it is now is not applied (nothing: it is)."""
+        return (self.problem,) if self.problem else ()
+
+    def refusal_counts(self) -> RefusalCounts:
+        return self.refusals.counts()
+
+    def describe(self) -> list[WorkerRow]:
+        """One row per listed worker, for list-workers."""
         out = []
         for name, entry in self.entries.items():
             s = self.sessions.get(name)
-            out.append(
-                {
-                    "name": name,
-                    "comment": entry.comment,
-                    "connected": s is not None and s.attached,
-                    "state": _state(s),
-                    "draining": s is not None and s.draining is not None,
-                    "grace_until": (s.detached_at + s.grace) if s and s.detached_at else None,
-                    "peer": s.peer if s else None,
-                    "connected_since": s.connected_at if s else None,
-                    "last_seen": self.clock.seconds() if s else self.last_seen.get(name),
-                    "host": _info_line(s.worker_info.get("host")) if s else None,
-                    "admin": _info_line(s.worker_info.get("admin")) if s else None,
-                }
-            )
+            out.append(WorkerRow(
+                name=name,
+                comment=entry.comment,
+                connected=s is not None and s.attached,
+                state=_state(s),
+                draining=s is not None and s.draining is not None,
+                grace_until=(s.detached_at + s.grace) if s and s.detached_at else None,
+                peer=s.peer if s else None,
+                connected_since=s.connected_at if s else None,
+                last_seen=self.clock.seconds() if s else self.last_seen.get(name),
+                host=_info_line(s.worker_info.get("host")) if s else None,
+                admin=_info_line(s.worker_info.get("admin")) if s else None,
+            ))
         return out
 
 

@@ -34,7 +34,7 @@ class MasterService(service.MultiService):
     def __init__(self, config: MasterConfig) -> None:
         super().__init__()
         self.config = config
-        self.host = MasterHost(HostSettings.from_config(config))
+        self.host = MasterHost(HostSettings.from_config(config), Standalone)
         self.host.setServiceParent(self)
 
     async def start(self) -> None:
@@ -43,16 +43,15 @@ class MasterService(service.MultiService):
         self.startService()
         await self.host.listen()
         registry = self.host.registry
-        assert registry is not None
+        assert registry is not None and isinstance(self.host.consumer, Standalone)
         await self.host.publish_admin(StandaloneAdmin(registry, self.config.location,
-                                                Standalone(registry)))
+                                                      self.host.consumer))
         log.info("furl-master {version} serving {n} worker(s) on {port}, location {loc}",
-                 version=__version__, n=len(registry.entries), port=self.config.port,
+                 version=__version__, n=self.host.listed(), port=self.config.port,
                  loc=",".join(self.config.location))
 
     def reload(self) -> None:
-        if self.host.registry is not None:
-            self.host.registry.reload()
+        self.host.reload()
 
 
 class _Startup:

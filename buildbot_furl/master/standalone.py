@@ -42,7 +42,7 @@ from buildbot_furl.errors import (
 )
 from buildbot_furl.furlsfile import NAME_RE, shown_name
 from buildbot_furl.master.connection import FurlConnection
-from buildbot_furl.master.registry import WorkerRegistry
+from buildbot_furl.master.consumer import Workers
 from buildbot_furl.master.session import WorkerSession
 from buildbot_furl.protocol import GET_COMMAND, PUT_COMMAND, call, encode
 from buildbot_furl.protocol.messages import (
@@ -51,6 +51,7 @@ from buildbot_furl.protocol.messages import (
     TRANSFER_RESULT,
     FileInfo,
     GetRequest,
+    PutAnswer,
     PutRequest,
     RunAnswer,
     RunRequest,
@@ -201,26 +202,39 @@ def start_error(program: str, worker: str, text: str) -> WireError:
 
 
 class Standalone:
-    """Runs standalone requests against the workers of one registry."""
+    """Runs standalone requests against the workers of one master host: the
+    host's consumer (master/consumer.py), made from its :class:`Workers`."""
 
-    def __init__(self, registry: WorkerRegistry) -> None:
-        self.registry = registry
-        self._conns: dict[int, tuple[FurlConnection, _Slots]] = {}
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+        #: the builders of each attached session's connection
+        self._slots: dict[WorkerSession, _Slots] = {}
         self._runs: dict[str, tuple[FurlConnection, str, str]] = {}
         self._ids = itertools.count(1)
         #: commands running per session (a draining worker stops at 0)
         self._active: dict[WorkerSession, int] = {}
-        registry.on_drain = self._drain_started
+
+    # -- the host's consumer (WorkerConsumer) ---------------------------------------
+    def attached(self, session: WorkerSession, connection: FurlConnection) -> None:
+        self._slots[session] = _Slots(connection)
+
+    def detached(self, session: WorkerSession, connection: FurlConnection) -> None:
+        self._slots.pop(session, None)
+
+    def drain_started(self, session: WorkerSession, connection: FurlConnection) -> int:
+        """A drain asked by either side: how many commands still run; the
+        worker is told to stop once none does."""
+        running = self._active.get(session, 0)
+        self._maybe_stop(session)
+        return running
 
     def _session(self, name: str) -> WorkerSession:
         if not NAME_RE.match(name):
             # never a name: maybe a FURL pasted in its place, so not echoed whole
             raise UnknownWorker(f"no worker named {shown_name(name)} in workers.furls")
-        if name not in self.registry.entries:
-            self.registry.poll()  # a worker added a moment ago counts already
-        if name not in self.registry.entries:
+        if not self.workers.knows(name):  # (one added a moment ago counts already)
             raise UnknownWorker(f"no worker named {name!r} in workers.furls")
-        session = self.registry.sessions.get(name)
+        session = self.workers.session_of(name)
         if session is None or session.gone:
             raise WorkerNotConnected(f"worker {name!r} is not connected")
         return session
@@ -234,12 +248,9 @@ class Standalone:
                 "running ones end")
         # a session whose connection is down for now is waited for (by the
         # connection's calls), up to its grace period
-        key = id(session)
-        if key not in self._conns:
-            conn = FurlConnection(session)
-            self._conns[key] = (conn, _Slots(conn))
-            session.add_disconnect_callback(lambda: self._conns.pop(key, None))
-        conn, slots = self._conns[key]
+        conn, slots = self.workers.connection_of(session), self._slots.get(session)
+        if conn is None or slots is None:
+            raise WorkerNotConnected(f"worker {name!r} is not connected")
         return conn, slots, session
 
     async def _command(self, worker: str, command: str, args: dict[str, Any],
@@ -317,27 +328,23 @@ class Standalone:
     def drain(self, worker: str) -> int:
         """``furl-master drain NAME``: no new commands on ``worker``; it is told
         to stop once its running ones end.  How many still run."""
-        return self.registry.drain(self._session(worker), "the master's admin")
-
-    def _drain_started(self, session: WorkerSession) -> int:
-        """The registry's hook, for a drain asked by either side."""
-        running = self._active.get(session, 0)
-        self._maybe_stop(session)
-        return running
+        return self.workers.drain(self._session(worker), "the master's admin")
 
     def _maybe_stop(self, session: WorkerSession) -> None:
-        if session.draining is None or session.gone or self._active.get(session):
+        conn = self.workers.connection_of(session)
+        if session.draining is None or session.gone or self._active.get(session) \
+                or conn is None:
             return
-        defer.Deferred.fromCoroutine(self._stop_drained(session))
+        defer.Deferred.fromCoroutine(self._stop_drained(session, conn))
 
-    async def _stop_drained(self, session: WorkerSession) -> None:
-        """Tell a drained worker to stop (once its link is up, if it is down)."""
+    async def _stop_drained(self, session: WorkerSession, conn: FurlConnection) -> None:
+        """Tell a drained worker to stop (once its link is up, if it is down),
+        as Buildbot does an idle one: the connection's remoteShutdown."""
         try:
             await session.wait_attached()
             log.info("worker {name}: drained, nothing runs on it; telling it to stop",
                      name=session.name)
-            # a cut may lose the call: the session resumes, and is told again
-            await session.call_through_cuts("shutdown")
+            await conn.remoteShutdown()
         except WireError as e:
             log.info("worker {name}: drained, but it could not be told to stop: {err}",
                      name=session.name, err=str(e))
@@ -365,15 +372,16 @@ class Standalone:
             raise CommandFailed(f"{command} on worker {worker!r} failed (rc {collector.rc})")
         return result
 
-    async def put(self, worker: str, request: PutRequest, source: Any) -> dict[str, Any]:
+    async def put(self, worker: str, request: PutRequest, source: Any) -> PutAnswer:
         """Copy the CLI's file, or tarred directory, (read through ``source``)
         to the worker; it lands under its final name only once verified there."""
         final = confine(request.remote)
         args = {"path": final, "reader": _Relay(source), "kind": request.kind,
                 "sha256": request.sha256, "manifest": request.manifest, "mode": request.mode}
         result = await self._transfer(worker, PUT_COMMAND, args, source)
-        return {"sha256": request.sha256, "manifest": result.get("manifest"), "remote": final,
-                "kind": request.kind}
+        manifest = result.get("manifest")
+        return PutAnswer(final, request.kind, request.sha256,
+                         manifest if isinstance(manifest, str) else None)
 
     async def get(self, worker: str, request: GetRequest, sink: Any) -> FileInfo:
         """Copy a worker's file, or directory as a tar stream, to the CLI

@@ -451,3 +451,206 @@ class FileInfo:
         return cls(kind, sha, size if _is_int(size) and size >= 0 else None,
                    mode & 0o7777 if _is_int(mode) and mode >= 0 else None,
                    manifest if isinstance(manifest, str) else None)
+
+
+# -- admin answers: master -> admin CLI (status, list-workers, drain, put) ----------------
+
+_MISSING = object()
+_CHECKS = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "float": _is_number,
+    "bool": lambda v: isinstance(v, bool),
+}
+
+
+def _fields(cls: Any, value: Any, what: str) -> dict[str, Any]:
+    """The scalar fields of dataclass ``cls`` read from the map ``value``:
+    each of its declared type (``T`` or ``T | None``), a missing one its
+    default; BadRequest for anything else.  Fields of other types (nested
+    messages, lists) are left to the caller."""
+    if not isinstance(value, dict):
+        raise BadRequest(f"malformed {what}")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind = str(f.type)
+        base = kind.removesuffix(" | None")
+        check = _CHECKS.get(base)
+        if check is None:
+            continue
+        v = value.get(f.name, _MISSING)
+        if v is _MISSING:
+            if f.default is dataclasses.MISSING:
+                raise BadRequest(f"{what}: no {f.name}")
+            continue
+        if not (check(v) or (v is None and base != kind)):
+            raise BadRequest(f"{what}: {f.name} is not a {base}")
+        out[f.name] = v
+    return out
+
+
+#: a listed worker's states, as list-workers shows them
+WORKER_STATES = ("not connected", "reconnecting", "connected", "draining")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRow:
+    """One line of workers.furls as the running master sees it (list-workers)."""
+
+    name: str
+    comment: str = ""
+    connected: bool = False
+    state: str = "not connected"
+    draining: bool = False
+    grace_until: float | None = None  # a reconnecting session's end
+    peer: str | None = None
+    connected_since: float | None = None
+    last_seen: float | None = None
+    host: str | None = None  # first line of the worker's info/host
+    admin: str | None = None  # first line of the worker's info/admin
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> WorkerRow:
+        row = cls(**_fields(cls, value, "worker row"))
+        if row.state not in WORKER_STATES:
+            raise BadRequest(f"worker row: unknown state {row.state[:40]!r}")
+        return row
+
+
+def worker_rows_from_wire(value: Any) -> list[WorkerRow]:
+    """listWorkers' answer."""
+    if not isinstance(value, list):
+        raise BadRequest("malformed worker list")
+    return [WorkerRow.from_wire(v) for v in value]
+
+
+@dataclasses.dataclass(frozen=True)
+class GateCounts:
+    """The admission of connections to the workers' port (master/admission.py)."""
+
+    pending: int = 0
+    held: int = 0
+    attached: int = 0
+    max_pending: int = 0
+    per_address: int = 0
+    attach_timeout: float = 0.0
+    fd_limit: int | None = None
+    timed_out: int = 0
+    evicted: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> GateCounts:
+        return cls(**_fields(cls, value, "connection counts"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RefusedAddress:
+    address: str
+    refused: int
+    last: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> RefusedAddress:
+        return cls(**_fields(cls, value, "refused address"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RefusalCounts:
+    """Refused attach attempts since the start (master/refusals.py)."""
+
+    total: int = 0
+    closed_before_tls: int = 0
+    cut_unanswered: int = 0
+    waiting: int = 0
+    connections: GateCounts = GateCounts()
+    this_interval: int = 0
+    interval_seconds: float = 0.0
+    addresses: int = 0
+    top: tuple[RefusedAddress, ...] = ()  # the addresses refused most
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "connections": self.connections.to_wire(),
+                "top": [t.to_wire() for t in self.top]}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> RefusalCounts:
+        fields = _fields(cls, value, "refusal counts")
+        top = value.get("top", [])
+        if not isinstance(top, list):
+            raise BadRequest("refusal counts: top is not a list")
+        return cls(**fields, connections=GateCounts.from_wire(value.get("connections", {})),
+                   top=tuple(RefusedAddress.from_wire(t) for t in top))
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusAnswer:
+    """What ``furl-master status`` shows of a running master."""
+
+    version: str
+    pid: int
+    started: float  # time.time() at its start
+    location: str
+    workers: int  # lines in workers.furls
+    connected: int
+    kind: str  # "standalone" or "buildbot"
+    problems: tuple[str, ...] = ()
+    refusals: RefusalCounts = RefusalCounts()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "problems": list(self.problems),
+                "refusals": self.refusals.to_wire()}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> StatusAnswer:
+        fields = _fields(cls, value, "status answer")
+        problems = value.get("problems", [])
+        if not isinstance(problems, list) or not all(isinstance(p, str) for p in problems):
+            raise BadRequest("status answer: problems is not a list of texts")
+        return cls(**fields, problems=tuple(problems),
+                   refusals=RefusalCounts.from_wire(value.get("refusals", {})))
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainAnswer:
+    """A graceful stop was asked: how many commands (or builds) still run."""
+
+    running: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> DrainAnswer:
+        answer = cls(**_fields(cls, value, "drain answer"))
+        if answer.running < 0:
+            raise BadRequest("drain answer: a negative count")
+        return answer
+
+
+@dataclasses.dataclass(frozen=True)
+class PutAnswer:
+    """What a put wrote on the worker, verified there."""
+
+    remote: str  # the path beneath the worker's directory
+    kind: str  # "file" or "dir"
+    sha256: str
+    manifest: str | None = None  # of the tree, for "dir"
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> PutAnswer:
+        answer = cls(**_fields(cls, value, "put answer"))
+        if answer.kind not in ("file", "dir") or not DIGEST_RE.fullmatch(answer.sha256):
+            raise BadRequest("incomplete put answer")
+        return answer

@@ -2,9 +2,10 @@
 
 The master is the project's one master host (``MasterHost``: the Tub made
 from ``private/tub.pem``, the ``WorkerRegistry`` fed by ``workers.furls``,
-the listener) on a master directory made by ``master.config.create``.  Its
-attach hook wraps each session in a ``FurlConnection``, the object the
-Buildbot plugin hands to Buildbot.  The worker is buildbot_furl's
+the listener) on a master directory made by ``master.config.create``.  This
+side is the host's consumer (master/consumer.py): the host hands it each
+session with the ``FurlConnection`` it made for it, the object the Buildbot
+plugin hands to Buildbot.  The worker is buildbot_furl's
 ``WorkerService`` (see child.py).
 """
 
@@ -43,18 +44,27 @@ class FurlSide(RpcSide):
                 ff.add(f"w{i}", furl)
                 self.furls[f"w{i}"] = str(furl)
         settings = HostSettings(paths, listen_on, (location,), reload_interval=RELOAD_INTERVAL)
-        self.host = MasterHost(settings, on_attach=self._on_attach)
+        self.host = MasterHost(settings, lambda workers: self)
         self.host.startService()
         await self.host.listen()
 
-    def _on_attach(self, session: WorkerSession) -> None:
+    # -- the host's consumer ---------------------------------------------------------
+    def attached(self, session: WorkerSession, connection: FurlConnection) -> None:
         self._attached(session.name, session)
+
+    def detached(self, session: WorkerSession, connection: FurlConnection) -> None:
+        pass
+
+    def drain_started(self, session: WorkerSession, connection: FurlConnection) -> int:
+        return 0
 
     def child_config(self, name: str, basedir: str) -> tuple[dict[str, Any], dict[str, str]]:
         return {"kind": "furl", "basedir": basedir}, {"BENCH_FURL": self.furls[name]}
 
     async def prepare(self) -> None:
-        self.conn = FurlConnection(self.handle)
+        conn = self.host.connection_of(self.handle)
+        assert conn is not None, "the worker is not attached"
+        self.conn = conn
         await super().prepare()
 
     async def teardown(self) -> None:
