@@ -19,7 +19,7 @@ from buildbot_furl.protocol import (
     remote_method,
     unwrap,
 )
-from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo
+from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, SessionProof
 from buildbot_furl.testing.fakes import FakeBot
 from buildbot_furl.tubs import make_tub
 
@@ -116,12 +116,12 @@ async def test_sessions_resume_only_with_their_secret(tmp_path: Any) -> None:
     bot1.lose()  # the connection drops: the session is kept for its grace period
     assert not session.attached and not session.gone
     bot2 = FakeBot()
-    proof = AttachInfo((1,), "t", {}, (first.session, first.secret))
+    proof = AttachInfo((1,), "t", {}, first.proof)
     again = AttachAnswer.from_wire(await reg.attach(login, bot2, proof))
     assert again.resumed and again.session == first.session
     assert reg.sessions["w1"] is session and session.bot is bot2 and session.attached
     bot2.lose()
-    wrong = AttachInfo((1,), "t", {}, (first.session, "0" * 64))
+    wrong = AttachInfo((1,), "t", {}, SessionProof(first.session, "0" * 64))
     fresh = AttachAnswer.from_wire(await reg.attach(login, FakeBot(), wrong))
     assert not fresh.resumed and fresh.session != first.session
     assert session.gone and reg.sessions["w1"] is not session
@@ -189,7 +189,7 @@ async def test_oversized_and_malformed_attach_over_the_wire(tmp_path: Any) -> No
         with pytest.raises(errors.RemoteError):
             await call(login, "attach", "not a bot", encode({}), _useSchema=False)
         login = await client.getReference(f"pb://{reg.tubid}@tcp:127.0.0.1:{port}/{swiss}")
-        reply = await call(login, "attach", Bot(), encode({"protocols": [1]}))
+        reply = await call(login, "attach", Bot(), AttachInfo((1,), "t", {}).to_wire())
         assert reply["protocol"] == 1
     finally:
         await client.stopService()
@@ -380,7 +380,7 @@ async def test_a_shutdown_lost_with_a_cut_is_sent_again_after_the_resume(
     sent: list[str] = []
     orig = second.callRemote
     second.callRemote = lambda method, *a: (sent.append(method), orig(method, *a))[1]
-    proof = AttachInfo((1,), "test", {}, (answer.session, answer.secret))
+    proof = AttachInfo((1,), "test", {}, answer.proof)
     await reg.attach(login, second, proof)  # the worker resumes its session
     await done
     assert sent == ["shutdown"]

@@ -38,7 +38,12 @@ from buildbot_furl.errors import (
 )
 from buildbot_furl.furl import Furl
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
-from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, encode_session
+from buildbot_furl.protocol.messages import (
+    AttachAnswer,
+    AttachInfo,
+    DrainAnswer,
+    SessionProof,
+)
 from buildbot_furl.tubs import sever
 from buildbot_furl.worker.streams import SessionEnded
 
@@ -233,8 +238,8 @@ class LinkCore:
     pending: defer.Deferred[Any] | None = None
     login: Any = None  # the master's login object, from the dial to the cut
     retry_timer: IDelayedCall | None = None
-    #: the session the master gave us (id, secret), to present on a reattach
-    session: tuple[str, str] | None = None
+    #: the session the master gave us, to present on a reattach
+    session: SessionProof | None = None
     grace: float = 0.0  # how long the master keeps it without a connection
     name: str = ""  # as the master knows this worker (its attach answer says)
     orphan_timer: IDelayedCall | None = None
@@ -329,16 +334,15 @@ class LinkCore:
         assert self.login is not None and self.session is not None
         defer.Deferred.fromCoroutine(self._send_drain(link, self.login, self.session))
 
-    async def _send_drain(self, link: Link, login: Any, session: tuple[str, str]) -> None:
+    async def _send_drain(self, link: Link, login: Any, session: SessionProof) -> None:
         try:
-            answer = await call(login, "drain", encode_session(session))
+            answer = DrainAnswer.from_wire(await call(login, "drain", session.to_wire()))
         except ConnectionLost:
             return  # asked again at the next attach
-        except (RemoteError, BadRequest) as e:
+        except (RemoteError, BadRequest) as e:  # an older master, or a garbled answer
             link.drain_unsupported(str(e))
         else:
-            running = answer.get("running") if isinstance(answer, dict) else None
-            link.drain_accepted(running)
+            link.drain_accepted(answer.running)
 
     def note_drain_unsupported(self, err: str) -> None:
         self.drain = Drain.UNSUPPORTED
@@ -347,7 +351,7 @@ class LinkCore:
                  "work is done", err=err)
         self.host.refresh_state()
 
-    def note_drain_accepted(self, running: Any) -> None:
+    def note_drain_accepted(self, running: int) -> None:
         self.drain = Drain.ACCEPTED
         log.info("graceful stop: the master gives this worker no new work; it stops "
                  "once the {n} running command(s) or build(s) end", n=running)
@@ -400,7 +404,7 @@ class Link(Protocol):
     def drain_pending(self, send: bool) -> None:
         "Just attached with a graceful stop asked: (re)tell the master if ``send``."
 
-    def drain_accepted(self, running: Any) -> None:
+    def drain_accepted(self, running: int) -> None:
         "The master will stop this worker once its work ends."
 
     def drain_unsupported(self, err: str) -> None:
@@ -508,7 +512,7 @@ def _build() -> Callable[[LinkCore], Link]:
             log.info("attached to the master at {where} (protocol {proto}, master version "
                      "{mv})", where=s.where(), proto=answer.protocol,
                      mv=answer.master_version)
-        s.session = (answer.session, answer.secret)
+        s.session = answer.proof
         s.grace = answer.grace
         s.name = answer.name or s.name
 
@@ -592,7 +596,7 @@ def _build() -> Callable[[LinkCore], Link]:
     def unsupported_late(c: Link, s: LinkCore, err: str) -> None:
         s.note_drain_unsupported(err)
 
-    def accepted(c: Link, s: LinkCore, running: Any) -> None:
+    def accepted(c: Link, s: LinkCore, running: int) -> None:
         s.note_drain_accepted(running)
 
     draining.upon(Link.drain_accepted).loop()(accepted)

@@ -7,7 +7,8 @@ waits as one jittered doubling backoff (``retry_delay``, capped at
 ``MAX_DELAY``) asks.  Failures are classified into one clear sentence each
 (unreachable, wrong master, unknown FURL, revoked, duplicate, ...).
 With ``maxretries`` (furl-worker.conf) the worker gives up after that many
-failed attempts in a row and the process exits with ``EXIT_GAVE_UP``.
+failed attempts in a row and the process exits with ``Exit.UNAVAILABLE``
+(:mod:`buildbot_furl.exits`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from twisted.python.failure import Failure
 
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import ConfigError, FurlError
+from buildbot_furl.exits import Exit
 from buildbot_furl.furl import Furl
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
 from buildbot_furl.protocol import call
-from buildbot_furl.protocol.messages import encode_session
+from buildbot_furl.protocol.messages import SessionProof
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
@@ -67,10 +69,6 @@ LEAVE_TIMEOUT = 2.0
 PROBE_TIMEOUT = 10.0
 #: ... and, once reached, to attach before the worker goes back to the old one
 SWITCH_TIMEOUT = 30.0
-
-#: the exit code of a worker that gave up after maxretries failed attempts in a
-#: row (the CLI's Exit.UNAVAILABLE, "no master answers")
-EXIT_GAVE_UP = 2
 
 
 def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
@@ -153,7 +151,7 @@ class WorkerService(service.MultiService):
         return self.core.login if self.core.state in ("attached", "draining") else None
 
     @property
-    def session(self) -> tuple[str, str] | None:
+    def session(self) -> SessionProof | None:
         return self.core.session
 
     @property
@@ -194,7 +192,7 @@ class WorkerService(service.MultiService):
         for us), then hang up."""
         if self.login is not None and self.session is not None:
             d = defer.Deferred.fromCoroutine(
-                call(self.login, "leave", encode_session(self.session)))
+                call(self.login, "leave", self.session.to_wire()))
             d.addTimeout(LEAVE_TIMEOUT, self.clock)
             try:
                 await d
@@ -373,7 +371,7 @@ class _Startup:
             self.reported = True
             report_ready(self.ready_fd, ok, message)
 
-    def give_up(self, message: str, code: int = 1) -> None:
+    def give_up(self, message: str, code: int = Exit.ERROR) -> None:
         """End the process: at start-up ``start`` reports ``message``."""
         if self.exit_code:
             return
@@ -442,7 +440,7 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     fatal failure (unknown FURL, wrong master) or no attach in that time
     ends the process with that reason; with a wait of 0 it reports ready at
     once and keeps trying (unless ``maxretries`` attempts in a row fail:
-    then it exits with EXIT_GAVE_UP, at start-up or later).  The umask of
+    then it exits with Exit.UNAVAILABLE, at start-up or later).  The umask of
     the settings applies to the whole process, hence to every file a build
     creates.  SIGHUP reopens the log file; SIGUSR1 switches to the FURL in
     DIR/master.furl; SIGUSR2 asks for a graceful stop (the master gives no
@@ -463,7 +461,8 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
                         st.numcpus, st.maxretries or 0)
     startup = _Startup(ready_fd, options.wait)
     svc.on_event = startup.event
-    svc.on_give_up = lambda why: startup.give_up(why, EXIT_GAVE_UP)
+    # gave up after maxretries failed attempts in a row: "no master answers"
+    svc.on_give_up = lambda why: startup.give_up(why, Exit.UNAVAILABLE)
 
     def hup(signum: int, frame: Any) -> None:
         reactor.callFromThread(logfile.reopen)
