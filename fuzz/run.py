@@ -47,6 +47,7 @@ with contextlib.redirect_stderr(io.StringIO()), \
     from buildbot_furl.errors import BadRequest, PathRefused
     from buildbot_furl.protocol import PUT_COMMAND, encode
     from buildbot_furl.protocol import messages as m
+    from buildbot_furl.worker import statefile
     from fuzz import targets
 
 
@@ -122,6 +123,9 @@ def seeds() -> dict[str, list[bytes]]:
         "output": [m.encode_output([["stdout", "x"], [m.NOTICE, "y"]])],
         "failure": [m.encode_failure(None), m.encode_failure("boom")],
         "session": [SESSION.to_wire()],
+        "state_file": [statefile.WorkerStatus(
+            statefile.Attachment.ATTACHED, 1.5, 42, "h:1", None, "f", statefile.Drain.ASKED,
+            statefile.Switch("g", statefile.SwitchResult.FAILED, "no"), "w1").to_json().encode()],
         "drain_answer": [encode(m.DrainAnswer(3).to_wire())],
         "seq": [encode(0), encode(2**40)],
         "transfer_error": [encode(m.transfer_error(BadRequest("bad"))),

@@ -45,6 +45,7 @@ from buildbot_furl.layout import WORKER_FILES
 from buildbot_furl.protocol import GET_COMMAND, MAX_NAME, MAX_TEXT, PUT_COMMAND, decode, encode
 from buildbot_furl.protocol import messages as m
 from buildbot_furl.protocol.envelope import unwrap
+from buildbot_furl.worker import statefile
 from buildbot_furl.worker.policy import Limits, Policy, parse_policy
 
 SLACK = 64  # defaults a parser may add ("?", ".", ...)
@@ -139,6 +140,18 @@ def target_furl(data: bytes) -> None:
         _no_secret(str(e), text)
         return
     _valid_furl(f)
+
+
+def target_state_file(data: bytes) -> None:
+    """The worker's state file, as furl-worker status reads it: a WorkerStatus
+    that writes back as itself, or StateFileError in a short line."""
+    try:
+        st = statefile.WorkerStatus.from_json(_text(data))
+    except statefile.StateFileError as e:
+        assert len(str(e)) <= 200, "a state file's error outgrows a line"
+        return
+    assert isinstance(st.pid, int) and st.pid > 0 and math.isfinite(st.since)
+    assert statefile.WorkerStatus.from_json(st.to_json()) == st
 
 
 def target_furlsfile(data: bytes) -> None:

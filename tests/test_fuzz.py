@@ -5,6 +5,7 @@ one regression test, with its exact input, for every finding."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -151,6 +152,29 @@ for _name in MESSAGES:
 for _name in ("decode", "unwrap", "seq", "name_text_arg", "transfer_error", "failure", "output",
               "updates", "run_answer", "file_info", "attach_answer", "drain_answer"):
     globals()[f"test_any_value_{_name}"] = _any_value(_name)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+                           | st.floats() | st.text(max_size=12),
+                           lambda kids: st.lists(kids, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+                           max_leaves=8)
+STATE_FILE = {"state": "attached", "since": 1.5, "pid": 42, "master": "h:1",
+              "last_error": None, "furl_id": "f", "drain": "asked", "name": "w1",
+              "switch": {"furl_id": "g", "result": "failed", "error": "no"}}
+
+
+@FAST
+@given(st.fixed_dictionaries({}, optional={
+    **{k: st.just(v) | json_values for k, v in STATE_FILE.items()},
+    "switch": st.just(STATE_FILE["switch"]) | json_values
+    | st.fixed_dictionaries({}, optional={k: st.just(v) | json_values
+                                          for k, v in STATE_FILE["switch"].items()}),
+    "extra": json_values}))
+def test_state_files_with_mutated_fields(value: dict[str, Any]) -> None:
+    """furl-worker status reads a WorkerStatus or says the file is damaged
+    (StateFileError), whatever a foreign writer left there."""
+    targets.target_state_file(json.dumps(value).encode())
 
 
 @FAST

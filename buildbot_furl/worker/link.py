@@ -14,7 +14,6 @@ has the state table.
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from buildbot_furl.protocol.messages import (
     SessionProof,
 )
 from buildbot_furl.tubs import sever
+from buildbot_furl.worker.statefile import Attachment, Drain
 from buildbot_furl.worker.streams import SessionEnded
 
 log = Logger()
@@ -163,15 +163,6 @@ class Backoff:
         self._stable = None
 
 
-class Drain(enum.Enum):
-    """A graceful stop; the value is what the state file says."""
-
-    NONE = None
-    ASKED = "asked"  # not yet told to a master
-    ACCEPTED = "accepted"
-    UNSUPPORTED = "unsupported"  # the master cannot drain
-
-
 class LinkHost(Protocol):
     """What the link asks of the service that owns it."""
 
@@ -180,7 +171,7 @@ class LinkHost(Protocol):
         when it took the matter over (went back to the previous FURL): the
         failure then does not count toward giving up."""
 
-    def write_state(self, state: str, error: str | None) -> None:
+    def write_state(self, state: Attachment, error: str | None) -> None:
         """Record ``connecting``/``attached`` and the last error (state file)."""
 
     def refresh_state(self) -> None:
@@ -450,7 +441,7 @@ def _build() -> Callable[[LinkCore], Link]:
         s.furl = furl
         s.name = ""  # another FURL may stand for another name
         s.backoff.reset()
-        s.host.write_state("connecting", None)
+        s.host.write_state(Attachment.CONNECTING, None)
         s.start_dial(c)
 
     for st in live:
@@ -547,7 +538,7 @@ def _build() -> Callable[[LinkCore], Link]:
                 wait, s.forget_session, f"no master took the session back within {wait:.0f} s")
         else:
             log.info("lost the connection to the master; reconnecting")
-        s.host.write_state("connecting", "lost the connection to the master")
+        s.host.write_state(Attachment.CONNECTING, "lost the connection to the master")
 
     attached.upon(Link.cut).to(waiting)(cut)
     draining.upon(Link.cut).to(waiting)(cut)
