@@ -221,3 +221,38 @@ def test_exit_codes_are_defined_once_for_the_daemons_and_the_cli() -> None:
 
     assert cli_exits.Exit is exits.Exit and cli_exits.MEANING is exits.MEANING
     assert set(exits.MEANING) == set(exits.Exit)
+
+
+def _running(monkeypatch: pytest.MonkeyPatch, pid: int) -> None:
+    from buildbot_furl.cli import worker_cmds
+
+    class Pidfile:
+        def running_pid(self) -> int | None:
+            return pid
+
+    monkeypatch.setattr(worker_cmds, "_pidfile", lambda paths: Pidfile())
+
+
+def test_status_says_a_running_workers_state_file_is_damaged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to be read as empty: 'not attached', exit 4, whatever the worker did."""
+    from buildbot_furl.cli import worker_cmds
+    from buildbot_furl.exits import Exit
+
+    _running(monkeypatch, STATUS.pid)
+    state = tmp_path / "furl-worker.state"
+    state.write_text(STATUS.to_json())
+    worker_cmds.status(str(tmp_path), False)  # attached: exit 0
+    assert "attached to the master at 127.0.0.1:9 as 'w1'" in capsys.readouterr().out
+    state.write_text('{"state": "attached", "pid": 4242}')
+    with pytest.raises(SystemExit) as ei:
+        worker_cmds.status(str(tmp_path), False)
+    out = capsys.readouterr().out
+    assert ei.value.code == Exit.ERROR
+    assert out.splitlines()[0] == (f"running (pid 4242): attached or not, unknown: {state} is "
+                                   "damaged or not a worker's state file: 'since' is not a time")
+    with pytest.raises(SystemExit):
+        worker_cmds.status(str(tmp_path), True)
+    record = json.loads(capsys.readouterr().out)
+    assert record["state_error"].startswith(str(state)) and not record["attached"]
