@@ -115,12 +115,13 @@ class WorkerStatus:
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise StateFileError("'pid' is not a process id")
         switch = v.get("switch")
+        name = v.get("name", "")  # absent: a daemon older than the attach answer's name
+        if not isinstance(name, str):
+            raise StateFileError("'name' is not text")
         return cls(state, float(since), pid, _text(v, "master"),
                    _text(v, "last_error", optional=True), _text(v, "furl_id"),
                    _enum(Drain, v, "drain"),
-                   None if switch is None else Switch.from_value(switch),
-                   # absent from a daemon older than the name in the attach answer
-                   _text({"name": v.get("name", "")}, "name"))
+                   None if switch is None else Switch.from_value(switch), name)
 
 
 def read(path: str) -> WorkerStatus | None:
