@@ -47,6 +47,7 @@ with contextlib.redirect_stderr(io.StringIO()), \
     from buildbot_furl.errors import BadRequest, PathRefused
     from buildbot_furl.protocol import PUT_COMMAND, encode
     from buildbot_furl.protocol import messages as m
+    from buildbot_furl.worker import statefile
     from fuzz import targets
 
 
@@ -55,7 +56,7 @@ with contextlib.redirect_stderr(io.StringIO()), \
 TUBID = "abcdefghijklmnopqrstuvwxyz234567"
 SWISS = "k3bqq4ujkwl7vdoluq3ekz3pzd2d3yrm"
 FURL = f"pb://{TUBID}@tcp:127.0.0.1:9990,tcp:example.org:9990/{SWISS}"
-SESSION = ("0123456789abcdef0123456789abcdef", "ab" * 32)
+SESSION = m.SessionProof("0123456789abcdef0123456789abcdef", "ab" * 32)
 SHA = hashlib.sha256(b"x").hexdigest()
 
 
@@ -92,7 +93,7 @@ def _odd_tar() -> bytes:
 def seeds() -> dict[str, list[bytes]]:
     """Valid inputs for each target."""
     attach = m.AttachInfo((1, 2), "0.1.0", {"os": "linux", "admin": "me"}, SESSION)
-    answer = m.AttachAnswer(1, SESSION[0], SESSION[1], 30.0, "0.1.0", True, ("c1", "c2"))
+    answer = m.AttachAnswer(1, SESSION.session, SESSION.secret, 30.0, "0.1.0", True, ("c1", "c2"))
     envelopes = [encode(["ok", {"a": [1, 2.5, None, True, b"x"]}]),
                  encode(PathRefused("no", path="../x").to_wire()),
                  encode(["error", "SomethingElse", {"message": "m", "k": "v"}])]
@@ -121,7 +122,11 @@ def seeds() -> dict[str, list[bytes]]:
         "updates": [encode(updates)],
         "output": [m.encode_output([["stdout", "x"], [m.NOTICE, "y"]])],
         "failure": [m.encode_failure(None), m.encode_failure("boom")],
-        "session": [m.encode_session(SESSION)],
+        "session": [SESSION.to_wire()],
+        "state_file": [statefile.WorkerStatus(
+            statefile.Attachment.ATTACHED, 1.5, 42, "h:1", None, "f", statefile.Drain.ASKED,
+            statefile.Switch("g", statefile.SwitchResult.FAILED, "no"), "w1").to_json().encode()],
+        "drain_answer": [encode(m.DrainAnswer(3).to_wire())],
         "seq": [encode(0), encode(2**40)],
         "transfer_error": [encode(m.transfer_error(BadRequest("bad"))),
                            encode({"class": "Nope", "message": 1})],

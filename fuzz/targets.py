@@ -45,6 +45,7 @@ from buildbot_furl.layout import WORKER_FILES
 from buildbot_furl.protocol import GET_COMMAND, MAX_NAME, MAX_TEXT, PUT_COMMAND, decode, encode
 from buildbot_furl.protocol import messages as m
 from buildbot_furl.protocol.envelope import unwrap
+from buildbot_furl.worker import statefile
 from buildbot_furl.worker.policy import Limits, Policy, parse_policy
 
 SLACK = 64  # defaults a parser may add ("?", ".", ...)
@@ -141,6 +142,18 @@ def target_furl(data: bytes) -> None:
     _valid_furl(f)
 
 
+def target_state_file(data: bytes) -> None:
+    """The worker's state file, as furl-worker status reads it: a WorkerStatus
+    that writes back as itself, or StateFileError in a short line."""
+    try:
+        st = statefile.WorkerStatus.from_json(_text(data))
+    except statefile.StateFileError as e:
+        assert len(str(e)) <= 200, "a state file's error outgrows a line"
+        return
+    assert isinstance(st.pid, int) and st.pid > 0 and math.isfinite(st.since)
+    assert statefile.WorkerStatus.from_json(st.to_json()) == st
+
+
 def target_furlsfile(data: bytes) -> None:
     """workers.furls: entries that render back the text as read, or ConfigError naming
     ``file:line`` and never a secret; a tubid check refuses only other masters' FURLs."""
@@ -205,8 +218,9 @@ def _from_wire(parse: Callable[[Any], Any], check: Callable[[Any], None],
 
 
 def _session(s: Any) -> bool:
-    return (isinstance(s, tuple) and len(s) == 2 and m.SESSION_ID_RE.fullmatch(s[0]) is not None
-            and m.SESSION_SECRET_RE.fullmatch(s[1]) is not None)
+    return (isinstance(s, m.SessionProof) and m.SESSION_ID_RE.fullmatch(s.session) is not None
+            and m.SESSION_SECRET_RE.fullmatch(s.secret) is not None
+            and s.secret not in repr(s))
 
 
 def _digest(s: Any) -> bool:
@@ -227,11 +241,13 @@ def target_attach_info(data: bytes) -> None:
 
 
 def _check_attach_answer(a: m.AttachAnswer) -> None:
-    assert _int(a.protocol) and _session((a.session, a.secret))
+    assert _int(a.protocol) and _session(a.proof)
     assert isinstance(a.grace, float) and math.isfinite(a.grace) and a.grace >= 0
     assert isinstance(a.master_version, str) and len(a.master_version) <= 40
     assert isinstance(a.resumed, bool)
     assert isinstance(a.commands, tuple) and all(isinstance(c, str) for c in a.commands)
+    assert a.name == "" or m.WORKER_NAME_RE.fullmatch(a.name)
+    assert a.secret not in repr(a)
 
 
 def target_attach_answer(data: bytes) -> None:
@@ -341,9 +357,22 @@ def target_failure(data: bytes) -> None:
     _from_wire(m.decode_failure, lambda t: t is None or isinstance(t, str), data, data)
 
 
+def _check_session(s: Any) -> None:
+    assert _session(s)
+
+
 def target_session(data: bytes) -> None:
-    """decode_session (a worker leaving, on the master): a session or None."""
-    _from_wire(m.decode_session, lambda s: s is None or _session(s), data, data)
+    """SessionProof.from_wire (a worker leaving or draining, on the master)."""
+    _from_wire(m.SessionProof.from_wire, _check_session, data, data)
+
+
+def _check_drain_answer(a: m.DrainAnswer) -> None:
+    assert _int(a.running) and a.running >= 0
+
+
+def target_drain_answer(data: bytes) -> None:
+    """DrainAnswer.from_wire (the master's answer to drain, on the worker)."""
+    _from_wire(m.DrainAnswer.from_wire, _check_drain_answer, _value(data), data)
 
 
 def target_seq(data: bytes) -> None:

@@ -15,6 +15,8 @@ import pytest
 import pytest_twisted
 from conftest import PROGRAMS, Farm, Procs, Timing, cli, pid_alive
 
+from buildbot_furl.worker.statefile import Attachment, Drain, WorkerStatus
+
 
 def _worker_pid(farm: Farm, name: str) -> int:
     return int((farm.wdir(name) / "furl-worker.pid").read_text().split()[0])
@@ -183,7 +185,9 @@ def test_the_cli_when_the_master_cannot_drain(tmp_path: Path, procs: Procs,
 
     monkeypatch.setattr(worker_cmds, "_pidfile", lambda paths: Pidfile())
     monkeypatch.setattr(worker_cmds.os, "kill", lambda pid, sig: signals.append(sig))
-    (tmp_path / "furl-worker.state").write_text(json.dumps({"drain": "unsupported"}))
+    (tmp_path / "furl-worker.state").write_text(WorkerStatus(
+        Attachment.ATTACHED, 0.0, sleeper.pid, "127.0.0.1:1", None, "f",
+        Drain.UNSUPPORTED).to_json())
     with pytest.raises(Failed, match="not stopped: the worker keeps running"):
         worker_cmds.stop(str(tmp_path), graceful=True)
     assert signals == [signal.SIGUSR2] and sleeper.poll() is None

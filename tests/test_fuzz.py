@@ -5,6 +5,7 @@ one regression test, with its exact input, for every finding."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from fuzz import targets  # fuzz/ is beside the package, not in it
 
 TUBID = "abcdefghijklmnopqrstuvwxyz234567"
 SWISS = "k3bqq4ujkwl7vdoluq3ekz3pzd2d3yrm"
-SESSION = ("0123456789abcdef0123456789abcdef", "ab" * 32)
+SESSION = m.SessionProof("0123456789abcdef0123456789abcdef", "ab" * 32)
 SHA = "5" * 64
 FURL = f"pb://{TUBID}@tcp:127.0.0.1:9990/{SWISS}"
 FAST = settings(max_examples=60, deadline=None,
@@ -60,17 +61,18 @@ def _wire(obj: Any) -> dict[str, Any]:
 
 MESSAGES = {
     "attach_info": _wire(m.AttachInfo((1,), "0.1.0", {"os": "linux"}, SESSION)),
-    "attach_answer": _wire(m.AttachAnswer(1, *SESSION, 30.0, "0.1.0", True, ("c1",))),
+    "attach_answer": _wire(m.AttachAnswer(1, SESSION.session, SESSION.secret, 30.0, "0.1.0", True, ("c1",))),
     "resume_state": _wire(m.ResumeState(3, True, 10, 20)),
     "run_request": _wire(m.RunRequest(["echo", "hi"], "run-1", ".", {"A": "b"}, 5.0)),
     "run_answer": _wire(m.RunAnswer(1, 9, "killed")),
     "put_get_request": _wire(m.PutRequest("a/b", "dir", SHA, SHA, 0o644)),
     "file_info": _wire(m.FileInfo("file", SHA, 10, 0o644, SHA)),
-    "session": {"session": SESSION[0], "secret": SESSION[1]},
+    "session": SESSION.to_value(),
+    "drain_answer": _wire(m.DrainAnswer(2)),
     "transfer_error": {"class": "PathRefused", "message": "no"},
 }
 for msg in MESSAGES.values():  # each is the dataclass's fields, all of them
-    assert len(msg) >= 2
+    assert len(msg) >= 1
 
 envelopes = (st.tuples(st.just("ok"), values).map(list)
              | st.tuples(st.sampled_from(["error", "ok", "err"]),
@@ -148,8 +150,31 @@ for _name in targets.TARGETS:
 for _name in MESSAGES:
     globals()[f"test_mutated_fields_{_name}"] = _mutated_message(_name)
 for _name in ("decode", "unwrap", "seq", "name_text_arg", "transfer_error", "failure", "output",
-              "updates", "run_answer", "file_info", "attach_answer"):
+              "updates", "run_answer", "file_info", "attach_answer", "drain_answer"):
     globals()[f"test_any_value_{_name}"] = _any_value(_name)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+                           | st.floats() | st.text(max_size=12),
+                           lambda kids: st.lists(kids, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+                           max_leaves=8)
+STATE_FILE = {"state": "attached", "since": 1.5, "pid": 42, "master": "h:1",
+              "last_error": None, "furl_id": "f", "drain": "asked", "name": "w1",
+              "switch": {"furl_id": "g", "result": "failed", "error": "no"}}
+
+
+@FAST
+@given(st.fixed_dictionaries({}, optional={
+    **{k: st.just(v) | json_values for k, v in STATE_FILE.items()},
+    "switch": st.just(STATE_FILE["switch"]) | json_values
+    | st.fixed_dictionaries({}, optional={k: st.just(v) | json_values
+                                          for k, v in STATE_FILE["switch"].items()}),
+    "extra": json_values}))
+def test_state_files_with_mutated_fields(value: dict[str, Any]) -> None:
+    """furl-worker status reads a WorkerStatus or says the file is damaged
+    (StateFileError), whatever a foreign writer left there."""
+    targets.target_state_file(json.dumps(value).encode())
 
 
 @FAST
@@ -295,10 +320,14 @@ def _tar(*members: tuple[str, bytes, str, float], compression: str = "",
 
 
 def test_found_bool_rc_and_sizes_are_not_numbers() -> None:
-    """{'rc': False} was a run that exited 0; size True a one-byte file."""
-    assert m.RunAnswer.from_wire({"rc": False}).rc == -1
-    info = m.FileInfo.from_wire({"kind": "file", "sha256": SHA, "size": True, "mode": True})
-    assert info.size is None and info.mode is None
+    """{'rc': False} was a run that exited 0; size True a one-byte file (then
+    quietly read as -1 and None; now refused as the garbage they are)."""
+    with pytest.raises(BadRequest):
+        m.RunAnswer.from_wire({"rc": False})
+    with pytest.raises(BadRequest):
+        m.FileInfo.from_wire({"kind": "file", "sha256": SHA, "size": True})
+    with pytest.raises(BadRequest):
+        m.FileInfo.from_wire({"kind": "file", "sha256": SHA, "mode": True})
     targets.target_run_answer(encode({"rc": False}))
 
 

@@ -19,7 +19,7 @@ from buildbot_furl.protocol import (
     remote_method,
     unwrap,
 )
-from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo
+from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, SessionProof
 from buildbot_furl.testing.fakes import FakeBot
 from buildbot_furl.tubs import make_tub
 
@@ -105,6 +105,27 @@ async def test_attach_negotiates_and_refuses(tmp_path: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_leave_and_drain_take_a_session_proof(tmp_path: Any) -> None:
+    """A malformed proof is a BadRequest answer; a well-formed one of another
+    session is no session (leave: False; drain: BadRequest, as before)."""
+    reg, swiss = _registry(tmp_path)
+    login = reg._lookup(swiss)
+    answer = AttachAnswer.from_wire(await reg.attach(login, FakeBot(), _info([1])))
+    for garbage in (b"\xc1", encode(5), encode({"session": answer.session})):
+        for method in (login.remote_leave, login.remote_drain):
+            with pytest.raises(errors.BadRequest):
+                unwrap(await defer.maybeDeferred(method, garbage))
+    other = SessionProof(answer.session, "0" * 64).to_wire()
+    assert unwrap(await defer.maybeDeferred(login.remote_leave, other)) is False
+    with pytest.raises(errors.BadRequest, match="current session"):
+        unwrap(await defer.maybeDeferred(login.remote_drain, other))
+    assert unwrap(await defer.maybeDeferred(login.remote_drain,
+                                            answer.proof.to_wire())) == {"running": 0}
+    assert unwrap(await defer.maybeDeferred(login.remote_leave, answer.proof.to_wire()))
+    assert "w1" not in reg.sessions or reg.sessions["w1"].gone
+
+
+@pytest_twisted.ensureDeferred
 async def test_sessions_resume_only_with_their_secret(tmp_path: Any) -> None:
     reg, swiss = _registry(tmp_path)
     reg.grace = lambda name: 60.0
@@ -116,12 +137,12 @@ async def test_sessions_resume_only_with_their_secret(tmp_path: Any) -> None:
     bot1.lose()  # the connection drops: the session is kept for its grace period
     assert not session.attached and not session.gone
     bot2 = FakeBot()
-    proof = AttachInfo((1,), "t", {}, (first.session, first.secret))
+    proof = AttachInfo((1,), "t", {}, first.proof)
     again = AttachAnswer.from_wire(await reg.attach(login, bot2, proof))
     assert again.resumed and again.session == first.session
     assert reg.sessions["w1"] is session and session.bot is bot2 and session.attached
     bot2.lose()
-    wrong = AttachInfo((1,), "t", {}, (first.session, "0" * 64))
+    wrong = AttachInfo((1,), "t", {}, SessionProof(first.session, "0" * 64))
     fresh = AttachAnswer.from_wire(await reg.attach(login, FakeBot(), wrong))
     assert not fresh.resumed and fresh.session != first.session
     assert session.gone and reg.sessions["w1"] is not session
@@ -186,10 +207,14 @@ async def test_oversized_and_malformed_attach_over_the_wire(tmp_path: Any) -> No
         assert reg.sessions == {}
         with pytest.raises(errors.BadRequest):
             await call(login, "attach", Bot(), b"\xc1garbage")
+        # decodable, but out of shape: refused, not read as defaults
+        with pytest.raises(errors.BadRequest, match="protocol versions"):
+            await call(login, "attach", Bot(), encode({"protocols": "1", "version": "t",
+                                                       "worker_info": {}}))
         with pytest.raises(errors.RemoteError):
             await call(login, "attach", "not a bot", encode({}), _useSchema=False)
         login = await client.getReference(f"pb://{reg.tubid}@tcp:127.0.0.1:{port}/{swiss}")
-        reply = await call(login, "attach", Bot(), encode({"protocols": [1]}))
+        reply = await call(login, "attach", Bot(), AttachInfo((1,), "t", {}).to_wire())
         assert reply["protocol"] == 1
     finally:
         await client.stopService()
@@ -336,8 +361,15 @@ async def test_an_oversized_or_malformed_attach_is_refused_before_decoding(
             unwrap(await login.remote_attach(FakeBot(), payload))
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown < 50_000, f"RSS grew by {grown} KiB"
+    # decodable garbage is refused, counted and cut the same way (it was read as
+    # defaults: no protocols, so an IncompatibleProtocol answer, uncounted)
+    good = {"protocols": [1], "version": "t", "worker_info": {}}
+    for value in (5, {**good, "protocols": None}, {**good, "version": 1},
+                  {**good, "worker_info": []}, {**good, "resume": {"session": "x"}}):
+        with pytest.raises(errors.BadRequest):
+            unwrap(await login.remote_attach(FakeBot(), encode(value)))
     await defer.Deferred.fromCoroutine(_turn())
-    assert reg.refusals.total == 2 and len(cut) == 2
+    assert reg.refusals.total == 7 and len(cut) == 7
     assert "w1" not in reg.sessions
 
 
@@ -380,7 +412,7 @@ async def test_a_shutdown_lost_with_a_cut_is_sent_again_after_the_resume(
     sent: list[str] = []
     orig = second.callRemote
     second.callRemote = lambda method, *a: (sent.append(method), orig(method, *a))[1]
-    proof = AttachInfo((1,), "test", {}, (answer.session, answer.secret))
+    proof = AttachInfo((1,), "test", {}, answer.proof)
     await reg.attach(login, second, proof)  # the worker resumes its session
     await done
     assert sent == ["shutdown"]

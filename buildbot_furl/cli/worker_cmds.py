@@ -26,6 +26,8 @@ from buildbot_furl.worker import config as wconfig
 from buildbot_furl.worker import launch
 from buildbot_furl.worker import policy as wpolicy
 from buildbot_furl.worker import settings as wsettings
+from buildbot_furl.worker import statefile
+from buildbot_furl.worker.statefile import Drain, StateFileError, Switch, SwitchResult, WorkerStatus
 
 
 def q(path: str) -> str:
@@ -45,13 +47,15 @@ def _pidfile(paths: WorkerPaths) -> daemon.PidFile:
     return daemon.PidFile(paths.pidfile, "worker")
 
 
-def _state(paths: WorkerPaths) -> dict[str, Any]:
+def _state(paths: WorkerPaths, pid: int) -> WorkerStatus | None:
+    """What the running worker ``pid`` last wrote in its state file; None
+    without one, or a file that is another process's or damaged (the polls
+    that use it wait for the worker's next write)."""
     try:
-        with open(paths.state, encoding="utf-8") as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return st if isinstance(st, dict) else {}
+        st = statefile.read(paths.state)
+    except StateFileError:
+        return None
+    return st if st is not None and st.pid == pid else None
 
 
 def _policy_text(path: str) -> str:
@@ -190,36 +194,36 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float)
              f"{paths.basedir}: it will use it when started (furl-worker start {q(basedir)})")
         return
     want = wconfig.furl_id(new)
-    st = _state(paths)
-    if st.get("pid") == pid and st.get("furl_id") == want and st.get("state") == "attached":
+    st = _state(paths, pid)
+    if st is not None and st.furl_id == want and st.attached:
         note(f"the worker (pid {pid}) already uses this FURL and is attached to the master "
              f"at {where}")
         return
     write_private(paths.furl_new, f"{new}\n")
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + wait
-    switch: dict[str, Any] = {}
+    switch: Switch | None = None
     while time.monotonic() < deadline:
-        st = _state(paths)
-        switch = (st.get("switch") or {}) if st.get("pid") == pid else {}
-        if switch.get("furl_id") == want and switch.get("result") in ("attached", "failed",
-                                                                       "same"):
+        st = _state(paths, pid)
+        switch = st.switch if st is not None else None
+        if switch is not None and switch.furl_id == want and switch.result.final:
             break
         time.sleep(0.1)
-    result = switch.get("result") if switch.get("furl_id") == want else None
-    if result == "attached":
+    result = switch.result if switch is not None and switch.furl_id == want else None
+    last_error = (st.last_error if st is not None else None) or "connecting"
+    if result is SwitchResult.ATTACHED:
         note(f"the worker (pid {pid}) switched to the new FURL and is attached to the "
              f"master at {where}; stored in {paths.furl}")
         return
-    if result == "same":  # the FURL in use, not attached now: nothing was changed
+    if result is SwitchResult.SAME:  # the FURL in use, not attached now: nothing changed
         raise Failed(f"the worker (pid {pid}) already uses this FURL, but is not attached: "
-                     f"{st.get('last_error') or 'connecting'} (see {paths.log})",
-                     Exit.NOT_ATTACHED)
-    now = (f"attached to the master at {st.get('master')}" if st.get("state") == "attached"
-           else f"not attached: {st.get('last_error') or 'connecting'}")
-    if result == "failed":
+                     f"{last_error} (see {paths.log})", Exit.NOT_ATTACHED)
+    now = (f"attached to the master at {st.master}" if st is not None and st.attached
+           else f"not attached: {last_error}")
+    if result is SwitchResult.FAILED:
+        assert switch is not None
         raise Failed(f"the worker (pid {pid}) could not use the new FURL: "
-                     f"{switch.get('error')}; it keeps the previous one ({now}), and "
+                     f"{switch.error}; it keeps the previous one ({now}), and "
                      f"{paths.furl} is unchanged", Exit.NOT_ATTACHED)
     raise Failed(f"the worker (pid {pid}) is not attached with the new FURL after {wait:g} s "
                  f"(still trying; unless it attaches within {_switch_limit()} it goes back to the "
@@ -299,19 +303,20 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
     if pid is None:
         raise Failed(f"no worker is running in {basedir}", Exit.NOT_RUNNING)
     os.kill(pid, signal.SIGUSR2)
-    name = _state(paths).get("name")
-    who = f"worker {name!r} (in {basedir})" if isinstance(name, str) and name else \
-        f"the worker in {basedir}"
+    st = _state(paths, pid)
+    name = st.name if st is not None else ""
+    who = f"worker {name!r} (in {basedir})" if name else f"the worker in {basedir}"
     note(f"asked the master to give {who} no new work; it stops once its running "
          "commands or builds end" + (f" (at most {timeout:g} s)" if timeout is not None
                                      else " (Ctrl-C stops waiting; the worker stays draining)"))
     deadline = None if timeout is None else time.monotonic() + timeout
-    told = None
+    told = Drain.NONE
     while pidfile.running_pid() is not None:
-        drain = _state(paths).get("drain")
-        if drain != told and drain in ("accepted", "unsupported"):
+        st = _state(paths, pid)
+        drain = st.drain if st is not None else Drain.NONE
+        if drain != told and drain in (Drain.ACCEPTED, Drain.UNSUPPORTED):
             told = drain
-            if drain == "accepted":
+            if drain is Drain.ACCEPTED:
                 note("the master has stopped giving it work; waiting for what runs to end")
             else:
                 note("the master cannot stop it gracefully (an older furl-master, or one that "
@@ -319,8 +324,9 @@ def _stop_gracefully(basedir: str, paths: WorkerPaths, timeout: float | None) ->
                 if deadline is None:
                     raise Failed("not stopped: the worker keeps running ('furl-worker stop "
                                  f"{q(basedir)}' stops it now, or give --timeout)")
-        if deadline is not None and (told == "unsupported" or time.monotonic() >= deadline):
-            note("stopping it now (--timeout)" if told == "unsupported" else
+        unsupported = told is Drain.UNSUPPORTED
+        if deadline is not None and (unsupported or time.monotonic() >= deadline):
+            note("stopping it now (--timeout)" if unsupported else
                  f"not drained within {timeout:g} s: stopping it now")
             daemon.stop(pidfile)
             note(f"furl-worker stopped (pid {pid})")
@@ -352,21 +358,30 @@ def _policy_state(paths: WorkerPaths) -> dict[str, Any] | None:
 def status(basedir: str, as_json: bool) -> None:
     paths = _paths(basedir, must_exist=False)
     pid = _pidfile(paths).running_pid()
-    st = _state(paths)
-    mine = pid is not None and st.get("pid") == pid
-    attached = mine and st.get("state") == "attached"
-    since = st.get("since") if mine and isinstance(st.get("since"), (int, float)) else None
+    problem = None
+    try:
+        st = statefile.read(paths.state)
+    except StateFileError as e:
+        st, problem = None, str(e)
+    mine = st if st is not None and pid is not None and st.pid == pid else None
+    attached = mine is not None and mine.attached
     record = {"running": pid is not None, "pid": pid, "attached": attached,
-              "master": st.get("master") if mine else None, "since": since,
-              "name": st.get("name") or None if mine else None,
-              "last_error": st.get("last_error") if mine and not attached else None,
+              "master": mine.master if mine else None, "since": mine.since if mine else None,
+              "name": (mine.name or None) if mine else None,
+              "last_error": mine.last_error if mine and not attached else None,
               "policy": _policy_state(paths),
-              "graceful_stop": st.get("drain") if mine else None}
+              "graceful_stop": mine.drain.value if mine else None,
+              # a running worker whose state file cannot be read (a not running one's
+              # file does not matter)
+              "state_error": problem if pid is not None else None}
     if as_json:
         click.echo(json.dumps(record, indent=2))
     elif pid is None:
         click.echo("not running")
+    elif problem is not None:
+        click.echo(f"running (pid {pid}): attached or not, unknown: {problem}")
     else:
+        since = record["since"]
         when = datetime.datetime.fromtimestamp(since).strftime("%Y-%m-%d %H:%M:%S") \
             if since else "?"
         if attached:
@@ -380,9 +395,11 @@ def status(basedir: str, as_json: bool) -> None:
         drain = record["graceful_stop"]
         if drain:
             click.echo("graceful stop: " + {
-                "asked": "asked; the master has not answered yet",
-                "accepted": "the master gives it no new work; it stops once what runs ends",
-                "unsupported": "its master cannot do it (stop it with furl-worker stop)",
+                Drain.ASKED.value: "asked; the master has not answered yet",
+                Drain.ACCEPTED.value: "the master gives it no new work; it stops once what "
+                                      "runs ends",
+                Drain.UNSUPPORTED.value: "its master cannot do it (stop it with furl-worker "
+                                         "stop)",
             }.get(str(drain), str(drain)))
     policy = record["policy"]
     if as_json:
@@ -393,5 +410,7 @@ def status(basedir: str, as_json: bool) -> None:
         click.echo(f"policy: {paths.policy} (see: furl-worker policy {q(basedir)})")
     if pid is None:
         sys.exit(Exit.NOT_RUNNING)
+    if record["state_error"] is not None:
+        sys.exit(Exit.ERROR)
     if not attached:
         sys.exit(Exit.NOT_ATTACHED)

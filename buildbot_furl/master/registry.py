@@ -42,9 +42,10 @@ from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remot
 from buildbot_furl.protocol.messages import (
     AttachAnswer,
     AttachInfo,
+    DrainAnswer,
     RefusalCounts,
+    SessionProof,
     WorkerRow,
-    decode_session,
 )
 from buildbot_furl.tubs import gate_key, sever
 
@@ -88,11 +89,12 @@ class WorkerLogin(Referenceable):
 
     @remote_method
     def remote_leave(self, session: bytes) -> bool:
-        return self.registry.leave(self, decode_session(session))
+        # a malformed proof is a BadRequest answer; a proof of another session, False
+        return self.registry.leave(self, SessionProof.from_wire(session))
 
     @remote_method
     def remote_drain(self, session: bytes) -> dict[str, Any]:
-        return self.registry.drain_asked(self, decode_session(session))
+        return self.registry.drain_asked(self, SessionProof.from_wire(session)).to_wire()
 
 
 class WorkerRegistry:
@@ -339,7 +341,7 @@ class WorkerRegistry:
         finally:
             self._attaching.discard(name)
 
-    def leave(self, login: WorkerLogin, proof: tuple[str, str] | None) -> bool:
+    def leave(self, login: WorkerLogin, proof: SessionProof) -> bool:
         """A worker stops on purpose: its session ends now, not after the grace."""
         session = self.sessions.get(login.name)
         if session is None or not session.proves(proof):
@@ -348,12 +350,12 @@ class WorkerRegistry:
         session.end("the worker stopped")  # it hangs up itself once it has the answer
         return True
 
-    def drain_asked(self, login: WorkerLogin, proof: tuple[str, str] | None) -> dict[str, Any]:
+    def drain_asked(self, login: WorkerLogin, proof: SessionProof) -> DrainAnswer:
         """The worker's admin asks for a graceful stop (``furl-worker stop --graceful``)."""
         session = self.sessions.get(login.name)
         if session is None or not session.proves(proof):
             raise BadRequest("a graceful stop needs the worker's current session")
-        return {"running": self.drain(session, "its admin, from the worker")}
+        return DrainAnswer(self.drain(session, "its admin, from the worker"))
 
     def drain(self, session: WorkerSession, who: str) -> int:
         """Start a graceful stop of ``session``; how much still runs on it."""
@@ -371,7 +373,7 @@ class WorkerRegistry:
         carried = await session.rebind(bot, peer)
         self.last_seen[session.name] = self.clock.seconds()
         assert info.resume is not None
-        return AttachAnswer(session.protocol, session.session_id, info.resume[1],
+        return AttachAnswer(session.protocol, session.session_id, info.resume.secret,
                             session.grace, __version__, resumed=True, commands=tuple(carried),
                             name=session.name)
 

@@ -33,7 +33,7 @@ from buildbot_furl.master.session_states import (
     SessionCore,
     SessionStates,
 )
-from buildbot_furl.protocol.messages import AttachInfo
+from buildbot_furl.protocol.messages import AttachInfo, SessionProof
 from buildbot_furl.tubs import sever
 
 log = Logger()
@@ -167,13 +167,13 @@ class WorkerSession:
         less its environment)."""
         return self.info.worker_info
 
-    def proves(self, resume: tuple[str, str] | None) -> bool:
-        """Whether ``resume`` (from a reattaching worker) is this session."""
-        if resume is None or self.gone:
+    def proves(self, proof: SessionProof | None) -> bool:
+        """Whether ``proof`` (from a reattaching, leaving or draining worker)
+        is this session's."""
+        if proof is None or self.gone:
             return False
-        session_id, secret = resume
-        return (hmac.compare_digest(session_id, self.session_id)
-                and hmac.compare_digest(_digest(secret), self._secret_digest))
+        return (hmac.compare_digest(proof.session, self.session_id)
+                and hmac.compare_digest(_digest(proof.secret), self._secret_digest))
 
     # -- listeners --------------------------------------------------------------
     def add_disconnect_callback(self, cb: Callable[[], None]) -> Callable[[], None]:

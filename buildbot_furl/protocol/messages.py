@@ -172,17 +172,55 @@ def raise_transfer_error(value: Any, worker: str) -> None:
 
 SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 SESSION_SECRET_RE = re.compile(r"[0-9a-f]{64}")
+WORKER_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionProof:
+    """A session's id and the secret that proves it: what a worker presents
+    to resume its session (in its attach), to leave, and to ask for a
+    graceful stop.  Checked when it is made, so a proof in hand is well
+    formed; its repr never shows the secret."""
+
+    session: str
+    secret: str
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.session, str) and SESSION_ID_RE.fullmatch(self.session)
+                and isinstance(self.secret, str) and SESSION_SECRET_RE.fullmatch(self.secret)):
+            raise BadRequest("malformed session proof")
+
+    def __repr__(self) -> str:
+        return f"SessionProof(session={self.session!r})"
+
+    def to_value(self) -> dict[str, str]:
+        """The proof as a map inside another message (an attach's ``resume``)."""
+        return {"session": self.session, "secret": self.secret}
+
+    @classmethod
+    def from_value(cls, value: Any) -> SessionProof:
+        if not isinstance(value, dict):
+            raise BadRequest("a session proof must be a map")
+        return cls(value.get("session"), value.get("secret"))  # type: ignore[arg-type]
+
+    def to_wire(self) -> bytes:
+        """The proof on its own, as ``leave`` and ``drain`` send it."""
+        return encode(self.to_value())
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> SessionProof:
+        return cls.from_value(decode(raw, SMALL_PAYLOAD))
 
 
 @dataclasses.dataclass(frozen=True)
 class AttachInfo:
     """What a worker says about itself when it attaches; ``resume`` is the
-    session it still has (id, secret), if any, so the master can rebind it."""
+    session it still has, if any, so the master can rebind it."""
 
     protocols: tuple[int, ...]
     version: str
     worker_info: dict[str, Any]
-    resume: tuple[str, str] | None = None
+    resume: SessionProof | None = None
 
     def __repr__(self) -> str:  # the session secret is never shown
         return f"AttachInfo(version={self.version!r}, resume={self.resume is not None})"
@@ -191,42 +229,26 @@ class AttachInfo:
         value: dict[str, Any] = {"protocols": list(self.protocols), "version": self.version,
                                  "worker_info": self.worker_info}
         if self.resume is not None:
-            value["resume"] = {"session": self.resume[0], "secret": self.resume[1]}
+            value["resume"] = self.resume.to_value()
         return encode(value)
 
     @classmethod
     def from_wire(cls, raw: bytes) -> AttachInfo:
         info = decode(raw, SMALL_PAYLOAD)
         if not isinstance(info, dict):
-            info = {}
+            raise BadRequest("an attach's info must be a map")
         protocols = info.get("protocols")
-        if not isinstance(protocols, list):
-            protocols = []
+        if not isinstance(protocols, list) or not all(_is_int(p) for p in protocols):
+            raise BadRequest("an attach names its protocol versions as a list of integers")
+        version = info.get("version")
+        if not isinstance(version, str):
+            raise BadRequest("an attach names the worker's version as text")
         wi = info.get("worker_info")
-        resume = None
+        if not isinstance(wi, dict) or not all(isinstance(k, str) for k in wi):
+            raise BadRequest("an attach's worker_info must be a map with text keys")
         r = info.get("resume")
-        if isinstance(r, dict) and isinstance(r.get("session"), str) \
-                and isinstance(r.get("secret"), str) \
-                and SESSION_ID_RE.fullmatch(r["session"]) \
-                and SESSION_SECRET_RE.fullmatch(r["secret"]):
-            resume = (r["session"], r["secret"])
-        return cls(tuple(p for p in protocols if _is_int(p)),
-                   str(info.get("version", "?"))[:40], wi if isinstance(wi, dict) else {},
-                   resume)
-
-
-def encode_session(session: tuple[str, str]) -> bytes:
-    """A session's proof, as ``leave`` sends it."""
-    return encode({"session": session[0], "secret": session[1]})
-
-
-def decode_session(raw: bytes) -> tuple[str, str] | None:
-    v = decode(raw, SMALL_PAYLOAD)
-    if isinstance(v, dict) and isinstance(v.get("session"), str) \
-            and isinstance(v.get("secret"), str) and SESSION_ID_RE.fullmatch(v["session"]) \
-            and SESSION_SECRET_RE.fullmatch(v["secret"]):
-        return (v["session"], v["secret"])
-    return None
+        return cls(tuple(protocols), version[:40], wi,
+                   None if r is None else SessionProof.from_value(r))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +272,11 @@ class AttachAnswer:
         return (f"AttachAnswer(protocol={self.protocol}, resumed={self.resumed}, "
                 f"grace={self.grace})")
 
+    @property
+    def proof(self) -> SessionProof:
+        """What proves the session this answer hands out."""
+        return SessionProof(self.session, self.secret)
+
     def to_wire(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "session": self.session, "secret": self.secret,
                 "grace": self.grace, "master_version": self.master_version,
@@ -259,24 +286,48 @@ class AttachAnswer:
     def from_wire(cls, value: Any) -> AttachAnswer:
         if not isinstance(value, dict):
             raise BadRequest("malformed attach answer")
-        session, secret = value.get("session"), value.get("secret")
-        if not (isinstance(session, str) and SESSION_ID_RE.fullmatch(session)
-                and isinstance(secret, str) and SESSION_SECRET_RE.fullmatch(secret)):
-            raise BadRequest("the attach answer has no valid session")
-        grace, commands, protocol = value.get("grace"), value.get("commands"), value.get("protocol")
+        try:
+            proof = SessionProof.from_value(value)
+        except BadRequest:
+            raise BadRequest("the attach answer has no valid session") from None
+        protocol, grace = value.get("protocol"), value.get("grace")
         if not _is_int(protocol):
             raise BadRequest("the attach answer names no protocol version")
-        return cls(protocol, session, secret,
-                   float(grace) if _is_number(grace) and grace >= 0 else 0.0,
-                   str(value.get("master_version", "?"))[:40], value.get("resumed") is True,
-                   tuple(c for c in commands if isinstance(c, str))
-                   if isinstance(commands, list) else (), _worker_name(value.get("name")))
+        if not _is_number(grace) or grace < 0:
+            raise BadRequest("the attach answer's grace must be a non-negative number")
+        version = value.get("master_version")
+        if not isinstance(version, str):
+            raise BadRequest("the attach answer names the master's version as text")
+        # the fields a master added later: absent means the default, garbage is refused
+        resumed, commands, name = (value.get("resumed", False), value.get("commands", []),
+                                   value.get("name", ""))
+        if not isinstance(resumed, bool):
+            raise BadRequest("the attach answer's 'resumed' must be true or false")
+        if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+            raise BadRequest("the attach answer's commands must be a list of ids")
+        if not isinstance(name, str) or not (name == "" or WORKER_NAME_RE.fullmatch(name)):
+            raise BadRequest("the attach answer names the worker with a name workers.furls "
+                             "cannot hold")
+        return cls(protocol, proof.session, proof.secret, float(grace), version[:40],
+                   resumed, tuple(commands), name)
 
 
-def _worker_name(value: Any) -> str:
-    """A worker name as workers.furls allows it, else "" (shown to the admin)."""
-    ok = isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value)
-    return value if ok else ""
+@dataclasses.dataclass(frozen=True)
+class DrainAnswer:
+    """The master's answer to a worker's ``drain``: how many commands (or
+    builds) still run on it."""
+
+    running: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"running": self.running}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> DrainAnswer:
+        running = value.get("running") if isinstance(value, dict) else None
+        if not _is_int(running) or running < 0:
+            raise BadRequest("a drain answer says how many commands run, as an integer")
+        return cls(running)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +350,10 @@ class ResumeState:
         ints = {k: v.get(k, 0) for k in ("applied", "written", "read")}
         if not all(_is_int(x) and x >= 0 for x in ints.values()):
             raise BadRequest("a resume state wants non-negative integers")
-        return cls(ints["applied"], v.get("completed") is True, ints["written"], ints["read"])
+        completed = v.get("completed", False)
+        if not isinstance(completed, bool):
+            raise BadRequest("a resume state's 'completed' must be true or false")
+        return cls(ints["applied"], completed, ints["written"], ints["read"])
 
 
 #: what a worker answers to resumeCommand
@@ -327,15 +381,15 @@ class RunRequest:
         argv = req.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise BadRequest("run wants a non-empty argument list")
-        env = req.get("env") or {}
+        env = req.get("env", {})
         if not isinstance(env, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise BadRequest("env must map names to strings")
         timeout = req.get("timeout")
         if timeout is not None and (not _is_number(timeout) or timeout <= 0):
             raise BadRequest("timeout must be a positive number of seconds")
-        workdir = req.get("workdir") or "."
-        if not isinstance(workdir, str):
+        workdir = req.get("workdir", ".")
+        if not isinstance(workdir, str) or not workdir:
             raise BadRequest("workdir must be a string")
         run_id = req.get("run_id")
         if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
@@ -357,8 +411,13 @@ class RunAnswer:
         if not isinstance(value, dict):
             raise BadRequest("malformed run answer")
         rc, sig, why = value.get("rc"), value.get("signal"), value.get("failure_reason")
-        return cls(rc if _is_int(rc) else -1, sig if _is_int(sig) else None,
-                   why if isinstance(why, str) else None)
+        if not _is_int(rc):
+            raise BadRequest("a run answer's exit code must be an integer")
+        if sig is not None and not _is_int(sig):
+            raise BadRequest("a run answer's signal must be an integer or nil")
+        if why is not None and not isinstance(why, str):
+            raise BadRequest("a run answer's failure reason must be text or nil")
+        return cls(rc, sig, why)
 
 
 #: an output item that is not the command's but the master's, for the admin
@@ -374,11 +433,11 @@ def encode_output(items: list[list[str]]) -> bytes:
 
 def decode_output(raw: bytes) -> list[tuple[str, str]]:
     items = decode(raw)
-    if not isinstance(items, list):
-        raise BadRequest("output wants a list")
-    return [(item[0], item[1]) for item in items
-            if isinstance(item, list) and len(item) == 2
-            and isinstance(item[0], str) and isinstance(item[1], str)]
+    if not isinstance(items, list) or not all(
+            isinstance(item, list) and len(item) == 2
+            and isinstance(item[0], str) and isinstance(item[1], str) for item in items):
+        raise BadRequest("output wants a list of [stream, text] pairs")
+    return [(item[0], item[1]) for item in items]
 
 
 # -- admin: put and get -------------------------------------------------------------------
@@ -448,9 +507,15 @@ class FileInfo:
         if kind not in ("file", "dir") or not isinstance(sha, str) or not DIGEST_RE.fullmatch(sha):
             raise BadRequest("incomplete transfer answer")
         size, mode, manifest = value.get("size"), value.get("mode"), value.get("manifest")
-        return cls(kind, sha, size if _is_int(size) and size >= 0 else None,
-                   mode & 0o7777 if _is_int(mode) and mode >= 0 else None,
-                   manifest if isinstance(manifest, str) else None)
+        if size is not None and not (_is_int(size) and size >= 0):
+            raise BadRequest("a transfer answer's size must be a non-negative integer")
+        if mode is not None and not (_is_int(mode) and 0 <= mode <= 0o7777):
+            raise BadRequest("a transfer answer's mode must be a permission number")
+        if manifest is not None and not (isinstance(manifest, str)
+                                         and DIGEST_RE.fullmatch(manifest)):
+            raise BadRequest("a transfer answer's manifest must be a digest")
+        return cls(kind, sha, size, mode, manifest)
+
 
 
 # -- admin answers: master -> admin CLI (status, list-workers, drain, put) ----------------
@@ -617,23 +682,6 @@ class StatusAnswer:
             raise BadRequest("status answer: problems is not a list of texts")
         return cls(**fields, problems=tuple(problems),
                    refusals=RefusalCounts.from_wire(value.get("refusals", {})))
-
-
-@dataclasses.dataclass(frozen=True)
-class DrainAnswer:
-    """A graceful stop was asked: how many commands (or builds) still run."""
-
-    running: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_wire(cls, value: Any) -> DrainAnswer:
-        answer = cls(**_fields(cls, value, "drain answer"))
-        if answer.running < 0:
-            raise BadRequest("drain answer: a negative count")
-        return answer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,14 @@ from twisted.internet import error as terror
 
 from buildbot_furl.errors import WireError
 from buildbot_furl.protocol.envelope import encode
+from buildbot_furl.protocol.messages import SessionProof
 
 
 def attach_answer(resumed: bool = False, grace: float = 60.0, commands: tuple[str, ...] = (),
-                  name: str = "w1", session: tuple[str, str] | None = None) -> dict[str, Any]:
+                  name: str = "w1", session: SessionProof | None = None) -> dict[str, Any]:
     """An attach answer, as the master's wire carries it."""
-    sid, secret = session or (secrets.token_hex(16), secrets.token_hex(32))
-    return {"protocol": 1, "session": sid, "secret": secret, "grace": grace,
+    proof = session or SessionProof(secrets.token_hex(16), secrets.token_hex(32))
+    return {"protocol": 1, "session": proof.session, "secret": proof.secret, "grace": grace,
             "master_version": "test", "resumed": resumed, "commands": list(commands),
             "name": name}
 

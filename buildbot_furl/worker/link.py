@@ -14,7 +14,6 @@ has the state table.
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +37,14 @@ from buildbot_furl.errors import (
 )
 from buildbot_furl.furl import Furl
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, call
-from buildbot_furl.protocol.messages import AttachAnswer, AttachInfo, encode_session
+from buildbot_furl.protocol.messages import (
+    AttachAnswer,
+    AttachInfo,
+    DrainAnswer,
+    SessionProof,
+)
 from buildbot_furl.tubs import sever
+from buildbot_furl.worker.statefile import Attachment, Drain
 from buildbot_furl.worker.streams import SessionEnded
 
 log = Logger()
@@ -158,15 +163,6 @@ class Backoff:
         self._stable = None
 
 
-class Drain(enum.Enum):
-    """A graceful stop; the value is what the state file says."""
-
-    NONE = None
-    ASKED = "asked"  # not yet told to a master
-    ACCEPTED = "accepted"
-    UNSUPPORTED = "unsupported"  # the master cannot drain
-
-
 class LinkHost(Protocol):
     """What the link asks of the service that owns it."""
 
@@ -175,7 +171,7 @@ class LinkHost(Protocol):
         when it took the matter over (went back to the previous FURL): the
         failure then does not count toward giving up."""
 
-    def write_state(self, state: str, error: str | None) -> None:
+    def write_state(self, state: Attachment, error: str | None) -> None:
         """Record ``connecting``/``attached`` and the last error (state file)."""
 
     def refresh_state(self) -> None:
@@ -233,8 +229,8 @@ class LinkCore:
     pending: defer.Deferred[Any] | None = None
     login: Any = None  # the master's login object, from the dial to the cut
     retry_timer: IDelayedCall | None = None
-    #: the session the master gave us (id, secret), to present on a reattach
-    session: tuple[str, str] | None = None
+    #: the session the master gave us, to present on a reattach
+    session: SessionProof | None = None
     grace: float = 0.0  # how long the master keeps it without a connection
     name: str = ""  # as the master knows this worker (its attach answer says)
     orphan_timer: IDelayedCall | None = None
@@ -329,16 +325,15 @@ class LinkCore:
         assert self.login is not None and self.session is not None
         defer.Deferred.fromCoroutine(self._send_drain(link, self.login, self.session))
 
-    async def _send_drain(self, link: Link, login: Any, session: tuple[str, str]) -> None:
+    async def _send_drain(self, link: Link, login: Any, session: SessionProof) -> None:
         try:
-            answer = await call(login, "drain", encode_session(session))
+            answer = DrainAnswer.from_wire(await call(login, "drain", session.to_wire()))
         except ConnectionLost:
             return  # asked again at the next attach
-        except (RemoteError, BadRequest) as e:
+        except (RemoteError, BadRequest) as e:  # an older master, or a garbled answer
             link.drain_unsupported(str(e))
         else:
-            running = answer.get("running") if isinstance(answer, dict) else None
-            link.drain_accepted(running)
+            link.drain_accepted(answer.running)
 
     def note_drain_unsupported(self, err: str) -> None:
         self.drain = Drain.UNSUPPORTED
@@ -347,7 +342,7 @@ class LinkCore:
                  "work is done", err=err)
         self.host.refresh_state()
 
-    def note_drain_accepted(self, running: Any) -> None:
+    def note_drain_accepted(self, running: int) -> None:
         self.drain = Drain.ACCEPTED
         log.info("graceful stop: the master gives this worker no new work; it stops "
                  "once the {n} running command(s) or build(s) end", n=running)
@@ -400,7 +395,7 @@ class Link(Protocol):
     def drain_pending(self, send: bool) -> None:
         "Just attached with a graceful stop asked: (re)tell the master if ``send``."
 
-    def drain_accepted(self, running: Any) -> None:
+    def drain_accepted(self, running: int) -> None:
         "The master will stop this worker once its work ends."
 
     def drain_unsupported(self, err: str) -> None:
@@ -446,7 +441,7 @@ def _build() -> Callable[[LinkCore], Link]:
         s.furl = furl
         s.name = ""  # another FURL may stand for another name
         s.backoff.reset()
-        s.host.write_state("connecting", None)
+        s.host.write_state(Attachment.CONNECTING, None)
         s.start_dial(c)
 
     for st in live:
@@ -508,7 +503,7 @@ def _build() -> Callable[[LinkCore], Link]:
             log.info("attached to the master at {where} (protocol {proto}, master version "
                      "{mv})", where=s.where(), proto=answer.protocol,
                      mv=answer.master_version)
-        s.session = (answer.session, answer.secret)
+        s.session = answer.proof
         s.grace = answer.grace
         s.name = answer.name or s.name
 
@@ -543,7 +538,7 @@ def _build() -> Callable[[LinkCore], Link]:
                 wait, s.forget_session, f"no master took the session back within {wait:.0f} s")
         else:
             log.info("lost the connection to the master; reconnecting")
-        s.host.write_state("connecting", "lost the connection to the master")
+        s.host.write_state(Attachment.CONNECTING, "lost the connection to the master")
 
     attached.upon(Link.cut).to(waiting)(cut)
     draining.upon(Link.cut).to(waiting)(cut)
@@ -592,7 +587,7 @@ def _build() -> Callable[[LinkCore], Link]:
     def unsupported_late(c: Link, s: LinkCore, err: str) -> None:
         s.note_drain_unsupported(err)
 
-    def accepted(c: Link, s: LinkCore, running: Any) -> None:
+    def accepted(c: Link, s: LinkCore, running: int) -> None:
         s.note_drain_accepted(running)
 
     draining.upon(Link.drain_accepted).loop()(accepted)

@@ -7,13 +7,13 @@ waits as one jittered doubling backoff (``retry_delay``, capped at
 ``MAX_DELAY``) asks.  Failures are classified into one clear sentence each
 (unreachable, wrong master, unknown FURL, revoked, duplicate, ...).
 With ``maxretries`` (furl-worker.conf) the worker gives up after that many
-failed attempts in a row and the process exits with ``EXIT_GAVE_UP``.
+failed attempts in a row and the process exits with ``Exit.UNAVAILABLE``
+(:mod:`buildbot_furl.exits`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -35,15 +35,17 @@ from twisted.python.failure import Failure
 
 from buildbot_furl.daemon import claim, report_ready, run_reactor
 from buildbot_furl.errors import ConfigError, FurlError
+from buildbot_furl.exits import Exit
 from buildbot_furl.furl import Furl
 from buildbot_furl.layout import WorkerPaths
 from buildbot_furl.logs import start_logging
 from buildbot_furl.privatefiles import write_private
 from buildbot_furl.protocol import call
-from buildbot_furl.protocol.messages import encode_session
+from buildbot_furl.protocol.messages import SessionProof
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
+from buildbot_furl.worker.statefile import Attachment, Drain, Switch, SwitchResult, WorkerStatus
 from buildbot_furl.worker.link import (  # noqa: F401 - re-exported: tests and docs name them here
     FACTOR,
     FATAL,
@@ -53,7 +55,6 @@ from buildbot_furl.worker.link import (  # noqa: F401 - re-exported: tests and d
     ORPHAN_MARGIN,
     STABLE_AFTER,
     Backoff,
-    Drain,
     LinkCore,
     make_link,
     retry_delay,
@@ -67,10 +68,6 @@ LEAVE_TIMEOUT = 2.0
 PROBE_TIMEOUT = 10.0
 #: ... and, once reached, to attach before the worker goes back to the old one
 SWITCH_TIMEOUT = 30.0
-
-#: the exit code of a worker that gave up after maxretries failed attempts in a
-#: row (the CLI's Exit.UNAVAILABLE, "no master answers")
-EXIT_GAVE_UP = 2
 
 
 def describe_failure(f: Any, furl: Furl) -> tuple[str, bool]:
@@ -125,7 +122,7 @@ class WorkerService(service.MultiService):
         self.core = LinkCore(self.clock, furl, dial if dial is not None else self._dial,
                              self.bot, self, describe_failure, maxretries)
         self.link = make_link(self.core)
-        self._state: tuple[str, str | None] = ("connecting", None)
+        self._state: tuple[Attachment, str | None] = (Attachment.CONNECTING, None)
         self._since = time.time()
         #: called with (ok, message, fatal) after every connection attempt
         self.on_event: Callable[[bool, str, bool], None] = lambda ok, msg, fatal: None
@@ -133,8 +130,8 @@ class WorkerService(service.MultiService):
         self.on_give_up: Callable[[str], None] = lambda msg: None
         #: ends the process (a graceful stop with nothing to wait for)
         self.stop_process: Callable[[], None] = lambda: reactor.stop()
-        #: the last FURL set-furl asked for: {"furl_id", "result", "error"} (state file)
-        self.switch: dict[str, Any] | None = None
+        #: the last FURL set-furl asked for, and where it got to (state file)
+        self.switch: Switch | None = None
         #: while a new FURL attaches: (the FURL to go back to, its deadline timer)
         self._previous: tuple[Furl, Any] | None = None
 
@@ -153,7 +150,7 @@ class WorkerService(service.MultiService):
         return self.core.login if self.core.state in ("attached", "draining") else None
 
     @property
-    def session(self) -> tuple[str, str] | None:
+    def session(self) -> SessionProof | None:
         return self.core.session
 
     @property
@@ -194,7 +191,7 @@ class WorkerService(service.MultiService):
         for us), then hang up."""
         if self.login is not None and self.session is not None:
             d = defer.Deferred.fromCoroutine(
-                call(self.login, "leave", encode_session(self.session)))
+                call(self.login, "leave", self.session.to_wire()))
             d.addTimeout(LEAVE_TIMEOUT, self.clock)
             try:
                 await d
@@ -219,16 +216,17 @@ class WorkerService(service.MultiService):
         fid = furl_id(furl)
         if str(furl) == str(self.furl) and self._previous is None:
             log.info("the new FURL is the one in use; nothing to switch")
-            self._switched(fid, "attached" if self.login is not None else "same", None)
+            self._switched(fid, SwitchResult.ATTACHED if self.login is not None
+                           else SwitchResult.SAME, None)
             return
-        self._switched(fid, "trying", None)
+        self._switched(fid, SwitchResult.TRYING, None)
         try:
             await probe(furl, PROBE_TIMEOUT, self.clock)
         except Exception:
             reason = describe_failure(Failure(), furl)[0]
             log.warn("not switching to the new FURL: {reason}; keeping the previous one",
                      reason=reason)
-            self._switched(fid, "failed", reason)
+            self._switched(fid, SwitchResult.FAILED, reason)
             return
         if self._previous is None:
             timer = self.clock.callLater(SWITCH_TIMEOUT, self._switch_back,
@@ -236,9 +234,9 @@ class WorkerService(service.MultiService):
             self._previous = (self.furl, timer)
         self.switch_furl(furl)
 
-    def _switched(self, fid: str, result: str, error: str | None) -> None:
-        self.switch = {"furl_id": fid, "result": result, "error": error}
-        if result != "trying":
+    def _switched(self, fid: str, result: SwitchResult, error: str | None) -> None:
+        self.switch = Switch(fid, result, error)
+        if result.final:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.paths.furl_new)
         self._write_state(*self._state)
@@ -255,7 +253,7 @@ class WorkerService(service.MultiService):
         log.warn("the new FURL did not attach ({reason}); going back to the previous one",
                  reason=reason)
         self.switch_furl(old)
-        self._switched(fid, "failed", reason)
+        self._switched(fid, SwitchResult.FAILED, reason)
 
     def _keep_new_furl(self) -> None:
         """The new FURL attached: it replaces the previous one in master.furl."""
@@ -269,11 +267,12 @@ class WorkerService(service.MultiService):
         except OSError as e:
             log.error("attached with the new FURL, but cannot store it in {path}: {err}",
                       path=self.paths.furl, err=e.strerror)
-            self._switched(furl_id(self.furl), "failed", f"cannot write {self.paths.furl}: "
+            self._switched(furl_id(self.furl), SwitchResult.FAILED,
+                           f"cannot write {self.paths.furl}: "
                            f"{e.strerror}")
             return
         log.info("the new FURL is attached and stored in {path}", path=self.paths.furl)
-        self._switched(furl_id(self.furl), "attached", None)
+        self._switched(furl_id(self.furl), SwitchResult.ATTACHED, None)
 
     def switch_furl(self, furl: Furl) -> bool:
         """Leave the current FURL for ``furl``: hang up, then dial the new
@@ -295,18 +294,18 @@ class WorkerService(service.MultiService):
         True when a fatal failure of a new FURL sent the worker back to the
         previous one (that failure is the switch's, not the link's)."""
         if ok:
-            self._write_state("attached", None)
+            self._write_state(Attachment.ATTACHED, None)
             if self._previous is not None:
                 self._keep_new_furl()
         else:
-            self._write_state("connecting", message)
+            self._write_state(Attachment.CONNECTING, message)
             if self._previous is not None and fatal:
                 self._switch_back(message)
                 return True
         self.on_event(ok, message, fatal)
         return False
 
-    def write_state(self, state: str, error: str | None) -> None:
+    def write_state(self, state: Attachment, error: str | None) -> None:
         self._write_state(state, error)
 
     def refresh_state(self) -> None:
@@ -318,17 +317,15 @@ class WorkerService(service.MultiService):
     def stop_now(self) -> None:
         self.stop_process()
 
-    def _write_state(self, state: str, error: str | None) -> None:
+    def _write_state(self, state: Attachment, error: str | None) -> None:
         """Record the connection state for ``furl-worker status`` (no secret
         in it: the master's address, never the FURL)."""
         if (state, error) != self._state:
             self._state, self._since = (state, error), time.time()
-        record = {"state": state, "since": self._since, "pid": os.getpid(),
-                  "master": ",".join(self.furl.hints), "last_error": error,
-                  "furl_id": furl_id(self.furl), "drain": self.drain, "switch": self.switch,
-                  "name": self.name}
+        record = WorkerStatus(state, self._since, os.getpid(), ",".join(self.furl.hints), error,
+                              furl_id(self.furl), self.core.drain, self.switch, self.name)
         try:
-            write_private(self.paths.state, json.dumps(record) + "\n")
+            write_private(self.paths.state, record.to_json())
         except OSError as e:
             log.warn("cannot write {path}: {err}", path=self.paths.state, err=e.strerror)
 
@@ -373,7 +370,7 @@ class _Startup:
             self.reported = True
             report_ready(self.ready_fd, ok, message)
 
-    def give_up(self, message: str, code: int = 1) -> None:
+    def give_up(self, message: str, code: int = Exit.ERROR) -> None:
         """End the process: at start-up ``start`` reports ``message``."""
         if self.exit_code:
             return
@@ -442,7 +439,7 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     fatal failure (unknown FURL, wrong master) or no attach in that time
     ends the process with that reason; with a wait of 0 it reports ready at
     once and keeps trying (unless ``maxretries`` attempts in a row fail:
-    then it exits with EXIT_GAVE_UP, at start-up or later).  The umask of
+    then it exits with Exit.UNAVAILABLE, at start-up or later).  The umask of
     the settings applies to the whole process, hence to every file a build
     creates.  SIGHUP reopens the log file; SIGUSR1 switches to the FURL in
     DIR/master.furl; SIGUSR2 asks for a graceful stop (the master gives no
@@ -463,7 +460,8 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
                         st.numcpus, st.maxretries or 0)
     startup = _Startup(ready_fd, options.wait)
     svc.on_event = startup.event
-    svc.on_give_up = lambda why: startup.give_up(why, EXIT_GAVE_UP)
+    # gave up after maxretries failed attempts in a row: "no master answers"
+    svc.on_give_up = lambda why: startup.give_up(why, Exit.UNAVAILABLE)
 
     def hup(signum: int, frame: Any) -> None:
         reactor.callFromThread(logfile.reopen)
