@@ -15,14 +15,11 @@ from zope.interface import implementer
 
 from buildbot_furl.client.connect import require_standalone, run_with_admin
 from buildbot_furl.client.output import OrderedWriter
+from buildbot_furl.exits import Exit
 from buildbot_furl.layout import MasterPaths
 from buildbot_furl.protocol import RIOutput, call, remote_method
 from buildbot_furl.protocol.messages import NOTICE, RunAnswer, RunRequest, decode_output
 
-INTERRUPTED = 130
-#: our output was closed early ('| head'): 128 + SIGPIPE, what a shell reports
-#: for a Unix tool that SIGPIPE killed (cli/exits.py: Exit.BROKEN_PIPE)
-BROKEN_PIPE = 141
 
 
 @implementer(RIOutput)
@@ -98,7 +95,7 @@ class RunOperation:
             reactor.callFromThread(self._interrupt)
         else:
             self.writer.restore()  # the shell gets its descriptors back as they were
-            os._exit(INTERRUPTED)
+            os._exit(Exit.INTERRUPTED)
 
     def _interrupt(self) -> None:
         d = defer.Deferred.fromCoroutine(call(self.admin, "interrupt", self.request.run_id))
@@ -124,9 +121,9 @@ class RunOperation:
         if self.writer.error is not None:  # a full disk, a terminal gone: not '| head'
             return 1, f"cannot write the output: {self.writer.error.strerror}"
         if self.sink.broken:  # the remote command was stopped: nobody reads its output
-            return BROKEN_PIPE, None
+            return Exit.BROKEN_PIPE, None  # '| head' closed it: as SIGPIPE would
         if self.interrupts:
-            return INTERRUPTED, "interrupted"
+            return Exit.INTERRUPTED, "interrupted"
         message = None
         if result.failure_reason in ("timeout", "timeout_without_output"):
             message = f"the command timed out after {self.timeout:g} s and was killed"
