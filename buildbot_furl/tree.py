@@ -412,7 +412,7 @@ def sha256_path(path: str) -> str:
         os.close(fd)
 
 
-def describe(st: os.stat_result) -> dict[str, Any]:
+def stat_fields(st: os.stat_result) -> dict[str, Any]:
     """kind/size/mode of a stat result, as put/get report them."""
     kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else None
     return {"kind": kind, "size": st.st_size, "mode": stat.S_IMODE(st.st_mode)}

@@ -538,7 +538,7 @@ def target_policy(data: bytes) -> None:
     assert p.roots is None or (p.roots and all(os.path.isabs(r) for r in p.roots))
     assert all(n is None or (_int(n) and n >= 0) for n in (p.limits.upload, p.limits.download))
     assert p.max_commands is None or (_int(p.max_commands) and p.max_commands >= 1)
-    assert isinstance(p.describe(), str) and isinstance(p.summary(), dict)
+    assert isinstance(p.one_line(), str) and isinstance(p.summary(), dict)
 
 
 POLICIES = (

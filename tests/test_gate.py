@@ -65,7 +65,7 @@ def test_over_the_limit_connections_go_in_turn_and_are_never_all_shut_out() -> N
     assert verdicts[:PENDING_PER_ADDRESS] == [GO] * PENDING_PER_ADDRESS
     assert verdicts[PENDING_PER_ADDRESS:-3] == [WAIT] * WAITING_PER_ADDRESS
     assert verdicts[-3:] == [CLOSE] * 3
-    assert r.describe()["closed_before_tls"] == 3
+    assert r.to_wire()["closed_before_tls"] == 3
     # a guesser's connection asks an unknown name: cut unanswered, and the
     # first held connection goes on (in order)
     assert r.refused(HOST, tubid="guesser", key=(HOST, 0)) is False
@@ -79,7 +79,7 @@ def test_over_the_limit_connections_go_in_turn_and_are_never_all_shut_out() -> N
     # a new interval: nothing is held any more
     r.summarize()
     assert r.admit(HOST, (HOST, 999), FakeConn(events, "late")) == GO
-    assert r.describe()["waiting"] == 0
+    assert r.to_wire()["waiting"] == 0
 
 
 def test_over_the_limit_unknown_names_are_cut_and_not_logged_but_known_workers_are_answered(
@@ -94,7 +94,7 @@ def test_over_the_limit_unknown_names_are_cut_and_not_logged_but_known_workers_a
         assert r.refused(HOST, tubid="worker-tub") is True  # e.g. its FURL was rotated
         assert r.refused("198.51.100.1", tubid="guesser") is True  # another address
         assert len([e for e in lines[before:] if "refused" in str(e.get("log_format"))]) == 1
-        assert r.describe()["cut_unanswered"] == 1000
+        assert r.to_wire()["cut_unanswered"] == 1000
         r.summarize()
         summary = [e for e in lines if "cut unanswered" in str(e.get("extra", ""))]
         assert len(summary) == 1
@@ -129,10 +129,10 @@ def test_idle_connections_are_cut_after_the_attach_timeout_and_free_their_places
     # the four that said nothing are cut, and the two held ones go on, with
     # a timeout of their own from now
     assert sorted(events) == [f"abort {i}" for i in range(4)] + ["resume 4", "resume 5"]
-    assert r.describe()["connections"]["timed_out"] == 4
+    assert r.to_wire()["connections"]["timed_out"] == 4
     clock.advance(ATTACH_TIMEOUT)
     assert events[-2:] == ["abort 4", "abort 5"]
-    assert r.describe()["connections"]["pending"] == 0
+    assert r.to_wire()["connections"]["pending"] == 0
 
 
 def test_an_attach_ends_the_pending_and_an_attached_connection_never_counts() -> None:
@@ -149,7 +149,7 @@ def test_an_attach_ends_the_pending_and_an_attached_connection_never_counts() ->
     clock.advance(ATTACH_TIMEOUT * 3)
     assert "abort 0" not in events
     r.admission.attach_done((HOST, 0), True)
-    d = r.describe()["connections"]
+    d = r.to_wire()["connections"]
     assert d["attached"] == 1 and d["pending"] == 0  # 1 and 2 were cut meanwhile
     # attached connections leave room: three more are pending at once
     assert [r.admit("198.51.100.1", ("198.51.100.1", i), FakeConn(events, f"b{i}"))
@@ -161,7 +161,7 @@ def test_an_attach_ends_the_pending_and_an_attached_connection_never_counts() ->
     clock.advance(ATTACH_TIMEOUT)
     assert "abort b0" in events
     r.closed(HOST, (HOST, 0))
-    assert r.describe()["connections"]["attached"] == 0
+    assert r.to_wire()["connections"]["attached"] == 0
 
 
 def test_past_max_pending_the_busiest_address_loses_its_oldest_idle_connection() -> None:
@@ -182,14 +182,14 @@ def test_past_max_pending_the_busiest_address_loses_its_oldest_idle_connection()
     assert events == ["abort f0", "resume f4"]
     for i in range(8, 20):
         r.admit(flood, (flood, i), FakeConn(events, f"f{i}"))
-    d = r.describe()["connections"]
+    d = r.to_wire()["connections"]
     assert d["pending"] == 10 and d["evicted"] == 13
     assert not any(e in events for e in ("abort o0", "abort o1", "abort w"))
     # the worker's connection names its FURL and attaches: it never lost its place
     r.resolved(worker, (worker, 0), "worker-tub")
     r.admission.attaching((worker, 0))
     r.admission.attach_done((worker, 0), True)
-    assert r.describe()["connections"]["attached"] == 1
+    assert r.to_wire()["connections"]["attached"] == 1
 
 
 def test_when_every_pending_connection_named_a_furl_a_new_one_is_closed() -> None:
@@ -201,7 +201,7 @@ def test_when_every_pending_connection_named_a_furl_a_new_one_is_closed() -> Non
         r.resolved(HOST, (HOST, i), f"t{i}")
         r.admission.attaching((HOST, i))
     assert r.admit(HOST, (HOST, 99), FakeConn(events, "99")) == CLOSE
-    assert events == [] and r.describe()["connections"]["evicted"] == 1
+    assert events == [] and r.to_wire()["connections"]["evicted"] == 1
 
 
 def test_a_known_tub_frees_its_place_at_tls_and_is_never_evicted() -> None:
@@ -226,7 +226,7 @@ def test_the_default_cap_leaves_the_descriptors_of_the_rest_of_the_master() -> N
         r.admit("w", ("w", i), FakeConn([], str(i)))
         r.admission.attaching(("w", i))
         r.admission.attach_done(("w", i), True)
-    assert r.describe()["connections"]["max_pending"] == 1024 - FD_RESERVE - 500
+    assert r.to_wire()["connections"]["max_pending"] == 1024 - FD_RESERVE - 500
 
 
 def test_a_burst_of_honest_workers_from_one_address_all_get_in() -> None:
@@ -246,7 +246,7 @@ def test_a_burst_of_honest_workers_from_one_address_all_get_in() -> None:
             attached += 1
         clock.advance(0.5)
     assert not [e for e in events if e.startswith("abort")]
-    assert r.describe()["connections"]["attached"] == 2000
+    assert r.to_wire()["connections"]["attached"] == 2000
 
 
 def test_closings_are_logged_rationed() -> None:

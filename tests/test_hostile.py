@@ -155,7 +155,7 @@ def test_the_log_is_rationed_whatever_the_number_of_addresses(
     ours = [e for e in lines if "refused" in str(e.get("log_format", ""))]
     assert len(ours) <= 2 * MAX_LINES + 1
     assert r.total == 10000
-    assert r.describe()["addresses"] <= 4096
+    assert r.to_wire()["addresses"] <= 4096
 
 
 def test_a_worker_that_reconnects_normally_is_never_counted(farm: Farm) -> None:

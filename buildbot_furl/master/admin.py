@@ -43,7 +43,7 @@ class _Status(Referenceable):
         self.started = time.time()
 
     def status(self) -> StatusAnswer:
-        workers = self.registry.describe()
+        workers = self.registry.rows()
         return StatusAnswer(
             version=__version__, pid=os.getpid(), started=self.started,
             location=",".join(self.location), workers=len(workers),
@@ -56,7 +56,7 @@ class _Status(Referenceable):
 
     @remote_method
     def remote_listWorkers(self) -> list[dict[str, Any]]:
-        return [row.to_wire() for row in self.registry.describe()]
+        return [row.to_wire() for row in self.registry.rows()]
 
 
 @implementer(RIAdminStatus)

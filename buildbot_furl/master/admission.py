@@ -309,7 +309,7 @@ class Admission:
         self._interval.clear()
         self._by_host.clear()
 
-    def describe(self) -> dict[str, Any]:
+    def to_wire(self) -> dict[str, Any]:
         held = sum(len(h.held) for h in self._hosts.values())
         return {
             "pending": len(self._pending),

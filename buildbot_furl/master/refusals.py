@@ -6,7 +6,7 @@ serve.  Each refusal is counted per peer address; the first from an
 address is logged at once, the rest as one summary line per address per
 interval, and at most :data:`MAX_LINES` lines per interval in all, so the
 log grows by a few KB a minute whatever the rate.  A connection that asks
-for :data:`PER_CONNECTION` unknown names is hung up.
+for :data:`~buildbot_furl.tubs.REFUSALS_PER_CONNECTION` unknown names is hung up.
 
 Past ``limit`` refusals in an interval an address is *over the limit*
 until the interval ends.  Before TLS nothing tells a guesser from a worker
@@ -49,7 +49,6 @@ from buildbot_furl.protocol.messages import GateCounts, RefusalCounts, RefusedAd
 log = Logger()
 
 INTERVAL = 60.0  # seconds per summary
-PER_CONNECTION = 3  # unknown names one connection may ask for before it is hung up
 DEFAULT_LIMIT = 100  # refusals per address per interval before it is over the limit
 MAX_LINES = 20  # log lines per interval for refusals, in all
 MAX_PEERS = 4096  # addresses remembered
@@ -221,7 +220,7 @@ class Refusals:
     def counts(self) -> RefusalCounts:
         """The counters, for status and list-workers --json."""
         top = sorted(self._peers.items(), key=lambda kv: -kv[1].total)[:10]
-        gate = self.admission.describe()
+        gate = self.admission.to_wire()
         return RefusalCounts(
             total=self.total, closed_before_tls=self.dropped_total,
             cut_unanswered=self.cut_total, waiting=gate["held"],
@@ -230,6 +229,6 @@ class Refusals:
             interval_seconds=self.interval, addresses=len(self._peers),
             top=tuple(RefusedAddress(h, p.total, p.last) for h, p in top))
 
-    def describe(self) -> dict[str, Any]:
+    def to_wire(self) -> dict[str, Any]:
         """:meth:`counts` as it goes on the wire."""
         return self.counts().to_wire()

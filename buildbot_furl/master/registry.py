@@ -449,7 +449,7 @@ class WorkerRegistry:
     def refusal_counts(self) -> RefusalCounts:
         return self.refusals.counts()
 
-    def describe(self) -> list[WorkerRow]:
+    def rows(self) -> list[WorkerRow]:
         """One row per listed worker, for list-workers."""
         out = []
         for name, entry in self.entries.items():

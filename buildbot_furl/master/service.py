@@ -54,7 +54,7 @@ class MasterService(service.MultiService):
         self.host.reload()
 
 
-class _Startup:
+class _DaemonStartup:
     """Start-up of the daemon: report the verdict through the readiness pipe."""
 
     def __init__(self, svc: MasterService, ready_fd: int | None) -> None:
@@ -81,7 +81,7 @@ def run_master(config: MasterConfig, ready_fd: int | None, to_stderr: bool) -> i
         return 1
     logfile = start_logging(config.paths.log, to_stderr, config.log_size, config.log_keep)
     svc = MasterService(config)
-    startup = _Startup(svc, ready_fd)
+    startup = _DaemonStartup(svc, ready_fd)
 
     def on_hup() -> None:
         logfile.reopen()

@@ -68,7 +68,7 @@ START_FAILED = "error in RunProcess._startCommand ("
 
 
 
-def confine(path: str) -> str:
+def worker_relative(path: str) -> str:
     """A worker path relative to the worker's base directory, or PathRefused."""
     if not isinstance(path, str) or not path or "\x00" in path:
         raise PathRefused("empty or invalid remote path")
@@ -375,7 +375,7 @@ class Standalone:
     async def put(self, worker: str, request: PutRequest, source: Any) -> PutAnswer:
         """Copy the CLI's file, or tarred directory, (read through ``source``)
         to the worker; it lands under its final name only once verified there."""
-        final = confine(request.remote)
+        final = worker_relative(request.remote)
         args = {"path": final, "reader": _Relay(source), "kind": request.kind,
                 "sha256": request.sha256, "manifest": request.manifest, "mode": request.mode}
         result = await self._transfer(worker, PUT_COMMAND, args, source)
@@ -386,7 +386,7 @@ class Standalone:
     async def get(self, worker: str, request: GetRequest, sink: Any) -> FileInfo:
         """Copy a worker's file, or directory as a tar stream, to the CLI
         (written through ``sink``); the answer carries the worker's digests."""
-        remote = confine(request.remote)
+        remote = worker_relative(request.remote)
         result = await self._transfer(worker, GET_COMMAND,
                                       {"path": remote, "writer": _Relay(sink)}, sink)
         try:

@@ -217,7 +217,7 @@ class LinkCore:
     bot: Bot
     host: LinkHost
     #: (failure, furl) -> (one-line reason, fatal?)
-    describe: Callable[[Failure, Furl], tuple[str, bool]]
+    explain_dial_failure: Callable[[Failure, Furl], tuple[str, bool]]
     #: failed attempts in a row after which the worker gives up (0: never)
     maxretries: int = 0
     rng: Callable[[float, float], float] = random.normalvariate
@@ -462,7 +462,7 @@ def _build() -> Callable[[LinkCore], Link]:
     @pep614(connecting.upon(Link.dial_failed).to(waiting))
     def dial_failed(c: Link, s: LinkCore, failure: Failure) -> None:
         enter(s, "waiting")
-        reason, fatal = s.describe(failure, s.furl)
+        reason, fatal = s.explain_dial_failure(failure, s.furl)
         delay = within_grace(s.backoff.failed(), s.session, s.grace)
         if not (s.maxretries and s.failures + 1 >= s.maxretries):
             log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)

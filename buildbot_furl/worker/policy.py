@@ -121,7 +121,7 @@ class Policy:
         return {k: v for k, v in environ.items()
                 if any(fnmatch.fnmatchcase(str(k), p) for p in self.disclosed)}
 
-    def describe(self) -> str:
+    def one_line(self) -> str:
         """The same, in one line."""
         def size(n: int | None) -> str:
             return "any" if n is None else show_bytes(n)
@@ -525,7 +525,7 @@ class PolicyFile:
             return
         self.error = None
         log.info("policy in force from {path}: {policy}", path=self.path,
-                 policy=self.policy.describe())
+                 policy=self.policy.one_line())
 
     def check(self, command: str, args: dict[str, Any], running: int) -> Limits:
         """See :meth:`Policy.check`; no policy file: everything is allowed."""

@@ -347,7 +347,7 @@ class WorkerService(service.MultiService):
         return within_grace(delay, self.core.session, self.core.grace)
 
 
-class _Startup:
+class _FirstAttach:
     """The first attach of a starting worker: it decides what ``start``
     reports (attached, or the reason it gave up) within ``wait`` seconds."""
 
@@ -458,7 +458,7 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
         log.info("umask set to {umask:03o}", umask=st.umask)
     svc = WorkerService(paths, furl, options.keepalive, options.disconnect_timeout,
                         st.numcpus, st.maxretries or 0)
-    startup = _Startup(ready_fd, options.wait)
+    startup = _FirstAttach(ready_fd, options.wait)
     svc.on_event = startup.event
     # gave up after maxretries failed attempts in a row: "no master answers"
     svc.on_give_up = lambda why: startup.give_up(why, Exit.UNAVAILABLE)

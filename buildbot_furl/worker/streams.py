@@ -248,7 +248,7 @@ class ChunkWriter:
         self.unacked: OrderedDict[int, bytes] = OrderedDict()  # offset -> chunk
         self.error: Exception | None = None
         self._room: list[defer.Deferred[None]] = []
-        self._drained: list[defer.Deferred[None]] = []
+        self._acked_waiters: list[defer.Deferred[None]] = []
 
     @property
     def written(self) -> int:
@@ -303,11 +303,11 @@ class ChunkWriter:
             d = self._room.pop(0)
             d.errback(self.error) if self.error is not None else d.callback(None)
         if not self.unacked or self.error is not None:
-            waiters, self._drained = self._drained, []
+            waiters, self._acked_waiters = self._acked_waiters, []
             for d in waiters:
                 d.errback(self.error) if self.error is not None else d.callback(None)
 
-    async def drain(self) -> None:
+    async def flush_acknowledged(self) -> None:
         """Send what is buffered and wait until the master has every byte."""
         if self.buf:
             chunk, self.buf = bytes(self.buf), bytearray()
@@ -316,13 +316,13 @@ class ChunkWriter:
             raise self.error
         if self.unacked:
             d: defer.Deferred[None] = defer.Deferred()
-            self._drained.append(d)
+            self._acked_waiters.append(d)
             await d
 
     async def finish(self, method: str, *args: Any) -> Any:
         """Drain, then ``close``/``unpack``/``utime`` (which the master does once)."""
         try:
-            await self.drain()
+            await self.flush_acknowledged()
         except Exception:
             # still let the master close its side (e.g. remove its temp file)
             if method == "close" and self.link.ended is None:

@@ -231,7 +231,7 @@ class GetCommand(_Transfer):
             fd = src.open(os.O_RDONLY | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
-            info = tree.describe(st)
+            info = tree.stat_fields(st)
             if info["kind"] == "file":
                 os.set_blocking(fd, True)
                 info["sha256"] = await self._send_fd(fd)
