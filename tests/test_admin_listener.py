@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, threads
 
 from buildbot_furl.furl import Furl, parse_furl
 from buildbot_furl.tubs import make_tub
-from conftest import Farm
+from buildbot_furl.testing.farm import Farm
 
 
 def test_the_admin_furl_is_served_on_loopback_apart_from_the_workers_port(

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_buildbot_plugin import Env, env_factory, running, wait_for  # noqa: F401 - a fixture
+from buildbot_furl.testing.waiting import wait_for
+from test_buildbot_plugin import Env, env_factory, running  # noqa: F401 - a fixture
 from test_malicious_worker import EvilBot
 
 from buildbot_furl.buildbot import FurlHub

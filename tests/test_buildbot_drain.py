@@ -17,9 +17,10 @@ from buildbot.config import BuilderConfig
 from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SUCCESS
 from buildbot.steps.shell import ShellCommand
-from conftest import PROGRAMS
+from buildbot_furl.testing.farm import PROGRAMS
 
-from test_buildbot_plugin import Env, env_factory, running, sleep, wait_for  # noqa: F401
+from buildbot_furl.testing.waiting import sleep, wait_for
+from test_buildbot_plugin import Env, env_factory, running  # noqa: F401
 
 __all__ = ["env_factory"]  # the fixture, used by name
 

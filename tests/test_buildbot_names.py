@@ -17,7 +17,7 @@ from buildbot_furl import furlsfile
 from buildbot_furl.buildbot import load_workers
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.privatefiles import write_private
-from conftest import cli
+from buildbot_furl.testing.farm import cli
 
 TUBID = "a" * 32
 

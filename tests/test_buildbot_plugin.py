@@ -48,7 +48,10 @@ with warnings.catch_warnings():
                             category=DeprecationWarning)
     from buildbot.schedulers.forcesched import ForceScheduler
 
-from conftest import Procs, Timing, cli, free_port, processes
+from buildbot_furl.testing.farm import cli
+from buildbot_furl.testing.procs import Procs, free_port, processes
+from buildbot_furl.testing.timing import Timing
+from buildbot_furl.testing.waiting import sleep, wait_for
 
 from buildbot_furl import furlsfile
 from buildbot_furl.buildbot import FurlHub, FurlWorker, load_workers
@@ -362,19 +365,6 @@ class Env:
         return out
 
 
-def sleep(seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await sleep(0.1)
-    return pred()
 
 
 

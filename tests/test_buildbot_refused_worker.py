@@ -12,7 +12,8 @@ from unittest import mock
 
 import pytest
 import pytest_twisted
-from test_buildbot_plugin import Env, env_factory, running, sleep  # noqa: F401 - a fixture
+from buildbot_furl.testing.waiting import sleep
+from test_buildbot_plugin import Env, env_factory, running  # noqa: F401 - a fixture
 
 from buildbot_furl.buildbot import FurlWorker
 from buildbot_furl.furl import new_swissnum

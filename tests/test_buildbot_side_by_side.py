@@ -19,9 +19,10 @@ from buildbot.process.factory import BuildFactory
 from buildbot.process.properties import Interpolate
 from buildbot.process.results import SUCCESS
 from buildbot.steps.shell import ShellCommand
-from test_buildbot_plugin import Env, env_factory, running, wait_for  # noqa: F401 - fixture
+from buildbot_furl.testing.waiting import wait_for
+from test_buildbot_plugin import Env, env_factory, running  # noqa: F401 - fixture
 
-from conftest import cli
+from buildbot_furl.testing.farm import cli
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:No path_separator found:DeprecationWarning"),

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, cli
-
-
-def connected(farm: Farm, name: str) -> bool:
-    return bool(farm.workers().get(name, {}).get("connected"))
+from buildbot_furl.testing.farm import Farm, cli
 
 
 def test_create_and_rotate_write_the_furl_to_a_new_private_file(farm: Farm,
@@ -54,16 +50,16 @@ def test_set_furl_after_rotation_switches_a_running_worker(farm: Farm,
     farm.master("rotate-worker", "w1", "-o", str(new_file), check=True)
     new = new_file.read_text().strip()
     farm.secrets.add(new.rsplit("/", 1)[1])
-    assert farm.wait_for(lambda: not connected(farm, "w1"), 5)
+    assert farm.wait_for(lambda: not farm.connected("w1"), 5)
     p = cli("furl-worker", "set-furl", str(wd), "--furl-file", str(new_file))
     assert p.returncode == 0, p.stderr
     assert "switched to the new FURL and is attached" in p.stderr
     assert (wd / "master.furl").read_text().strip() == new
     assert os.stat(wd / "master.furl").st_mode & 0o777 == 0o600
-    assert connected(farm, "w1")
+    assert farm.connected("w1")
     # and the next start uses it
     cli("furl-worker", "restart", str(wd), check=True)
-    assert connected(farm, "w1")
+    assert farm.connected("w1")
     # set-furl with no worker running just stores it
     cli("furl-worker", "stop", str(wd), check=True)
     p = cli("furl-worker", "set-furl", str(wd), "--furl-file", str(new_file))
@@ -129,7 +125,7 @@ def test_restart_and_status_json(farm: Farm) -> None:
     assert p.returncode == 0 and "stopped" in p.stderr and "started" in p.stderr
     farm.procs.track_pidfile(farm.mdir / "furl-master.pid")
     assert int((farm.mdir / "furl-master.pid").read_text()) != pid
-    assert farm.wait_for(lambda: connected(farm, "w1"), 30)
+    assert farm.wait_for(lambda: farm.connected("w1"), 30)
     cli("furl-worker", "stop", str(wd), check=True)
     st = cli("furl-worker", "status", "--json", str(wd))
     assert st.returncode == 3 and json.loads(st.stdout)["running"] is False
@@ -183,4 +179,4 @@ def test_hand_edit_applies_within_about_a_second(farm: Farm) -> None:
     furl = farm.create_worker("late")
     time.sleep(1.5)
     farm.start_worker("late", furl, "--wait", "5")
-    assert connected(farm, "late")
+    assert farm.connected("late")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, child_env
+from buildbot_furl.testing.farm import Farm
+from buildbot_furl.testing.procs import child_env
 
 BIG = 64 * 1024 * 1024
 

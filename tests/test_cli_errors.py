@@ -14,7 +14,7 @@ import pytest
 
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.master import config as mconfig
-from conftest import Farm, cli
+from buildbot_furl.testing.farm import Farm, cli
 
 
 def _warnings(stderr: str) -> list[str]:

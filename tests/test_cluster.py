@@ -31,14 +31,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from buildbot_furl.privatefiles import write_private
-from conftest import Procs, Timing, child_env, cli, descendants, free_port, pid_alive
+from buildbot_furl.testing.farm import cli
+from buildbot_furl.testing.procs import (Procs, child_env, descendants, free_port, pid_alive,
+                                         wait_for)
+from buildbot_furl.testing.timing import Timing
 
 BIN = Path(sys.executable).parent
 CROSSBAR_VENV = Path.home() / ".cache" / "buildbot_furl-crossbar"
@@ -90,15 +93,6 @@ def slow_pids(c: Cluster) -> list[int]:
             if b"cluster-slow-build" in cmd and stop in cmd and pid_alive(p):
                 out.append(p)
     return out
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
 
 
 def port_open(port: int) -> bool:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Procs, cli, free_port
+from buildbot_furl.testing.farm import cli
+from buildbot_furl.testing.procs import Procs, free_port
 
 from buildbot_furl.privatefiles import write_private
 

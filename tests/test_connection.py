@@ -34,16 +34,11 @@ from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.protocol import MAX_CHUNK, encode, unwrap
 from buildbot_furl.tubs import make_tub
 from buildbot_furl.worker.bot import FurlBot
-from conftest import Timing
+from buildbot_furl.testing.timing import Timing
+from buildbot_furl.testing.waiting import sleep
 
 BUILDER = "b1"
 BUILDDIR = "b1dir"
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
 
 
 async def within(d: defer.Deferred[Any], seconds: float) -> Any:

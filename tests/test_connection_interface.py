@@ -30,14 +30,7 @@ with warnings.catch_warnings():
 from buildbot_furl.errors import RemoteError
 from buildbot_furl.master.connection import CommandStatus, FurlConnection
 from buildbot_furl.protocol import encode, unwrap
-
-
-class FakeBot:
-    def notifyOnDisconnect(self, cb: Any, *args: Any) -> object:
-        return object()
-
-    def callRemote(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred[bytes]:
-        return defer.succeed(encode(["ok", None]))
+from buildbot_furl.testing.fakes import FakeBot
 
 
 class FakeSession:
@@ -47,7 +40,7 @@ class FakeSession:
     worker_info: dict[str, Any] = {}
 
     def __init__(self) -> None:
-        self.bot = FakeBot()
+        self.bot = FakeBot(answer=None)
         self.callbacks: list[Any] = []
         self.dropped: list[str] = []
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from conftest import PROGRAMS, Farm, Procs, Timing, cli, pid_alive
+from buildbot_furl.testing.farm import PROGRAMS, Farm, cli
+from buildbot_furl.testing.procs import Procs, pid_alive
+from buildbot_furl.testing.timing import Timing
 
 
 def _worker_pid(farm: Farm, name: str) -> int:

@@ -8,11 +8,9 @@ import time
 
 import pytest
 
-from conftest import Farm, Timing, cli, free_port
-
-
-def connected(farm: Farm, name: str) -> bool:
-    return bool(farm.workers().get(name, {}).get("connected"))
+from buildbot_furl.testing.farm import Farm, cli
+from buildbot_furl.testing.procs import free_port
+from buildbot_furl.testing.timing import Timing
 
 
 def test_create_start_attach_and_list(farm: Farm) -> None:
@@ -78,12 +76,12 @@ def test_rotate_old_refused_new_works(farm: Farm) -> None:
     new = farm.master("rotate-worker", "w1", check=True).stdout.strip()
     farm.secrets.add(new.rsplit("/", 1)[1])
     assert new != old and new.startswith("pb://")
-    assert farm.wait_for(lambda: not connected(farm, "w1"), 5)
+    assert farm.wait_for(lambda: not farm.connected("w1"), 5)
     p = farm.start_worker("again", old, check=False)
     assert p.returncode != 0 and "does not know this FURL" in p.stderr
     cli("furl-worker", "stop", str(farm.tmp / "worker-w1"), check=True)
     farm.start_worker("w1", new)
-    assert connected(farm, "w1")
+    assert farm.connected("w1")
 
 
 @pytest.mark.expect_log(r"with the revoked or rotated FURL of worker w1", r"refused \d+ attach attempts from")  # staged
@@ -95,15 +93,15 @@ def test_hand_edit_applies_without_restart(farm: Farm) -> None:
     path = farm.mdir / "workers.furls"
     text = path.read_text()
     path.write_text("".join(l for l in text.splitlines(True) if not l.startswith("w1 ")))
-    assert farm.wait_for(lambda: not connected(farm, "w1") and "w1" not in farm.workers(), 5)
+    assert farm.wait_for(lambda: not farm.connected("w1") and "w1" not in farm.workers(), 5)
     # and puts it back: it works again without restarting the master
     path.write_text(text)
-    assert farm.wait_for(lambda: connected(farm, "w1"), 30)
+    assert farm.wait_for(lambda: farm.connected("w1"), 30)
     # a broken edit is reported and the master keeps serving the old list
     path.write_text(text + "garbage line here\n")
     log = farm.mdir / "master.log"
     assert farm.wait_for(lambda: "workers.furls not applied" in log.read_text(), 5)
-    assert connected(farm, "w1")
+    assert farm.connected("w1")
 
 
 def test_restarted_master_gets_its_worker_back(farm: Farm) -> None:
@@ -112,7 +110,7 @@ def test_restarted_master_gets_its_worker_back(farm: Farm) -> None:
     farm.start_worker("w1", furl)
     farm.stop_master()
     farm.start_master()
-    assert farm.wait_for(lambda: connected(farm, "w1"), 30)
+    assert farm.wait_for(lambda: farm.connected("w1"), 30)
 
 
 @pytest.mark.expect_log(r"refused duplicate attach of worker w1")  # staged
@@ -123,7 +121,7 @@ def test_duplicate_worker_process_is_refused(farm: Farm) -> None:
     p = farm.start_worker("w1-copy", furl, check=False)
     assert p.returncode != 0
     assert "already attached from another process" in p.stderr
-    assert connected(farm, "w1")
+    assert farm.connected("w1")
 
 
 @pytest.mark.expect_log(r"unknown FURL \(wrong secret\)")  # staged
@@ -190,7 +188,7 @@ def test_sighup_applies_an_edit_at_once(farm: Farm) -> None:
     pid = int((farm.mdir / "furl-master.pid").read_text())
     os.kill(pid, signal.SIGHUP)
     farm.start_worker("late", furl)
-    assert connected(farm, "late")
+    assert farm.connected("late")
 
 
 def test_port_in_use_is_one_clear_line(farm: Farm, tmp_path) -> None:
@@ -229,7 +227,7 @@ def test_worker_furl_file_must_be_private(farm: Farm, tmp_path) -> None:
     assert st.returncode == 0 and "attached to the master at tcp:127.0.0.1:" in st.stdout
     p = cli("furl-worker", "start", wd)
     assert p.returncode != 0 and "already running" in p.stderr
-    assert connected(farm, "w1")
+    assert farm.connected("w1")
 
 
 def test_dead_master_is_noticed_and_worker_comes_back(farm: Farm) -> None:
@@ -246,4 +244,4 @@ def test_dead_master_is_noticed_and_worker_comes_back(farm: Farm) -> None:
     finally:
         os.kill(master_pid, signal.SIGCONT)
     assert farm.wait_for(lambda: wlog.read_text().count("attached to the master") >= 2, 30)
-    assert farm.wait_for(lambda: connected(farm, "w1"), 10)
+    assert farm.wait_for(lambda: farm.connected("w1"), 10)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Farm, cli
+from buildbot_furl.testing.farm import Farm, cli
 
 SNOOP = ('env; echo ---; tr "\\0" "\\n" < /proc/$PPID/environ; echo ---; '
          'tr "\\0" " " < /proc/$PPID/cmdline; echo; echo ---; ps -eo args')

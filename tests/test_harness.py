@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOG_PROBLEM, ROOT, LogWatch, Procs, pid_alive, processes
+from buildbot_furl.testing.logcheck import LOG_PROBLEM, LogWatch
+from buildbot_furl.testing.procs import ROOT, Procs, pid_alive, processes
 
 pytest_plugins = ["pytester"]
 

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, threads
 
 from buildbot_furl.master.refusals import MAX_LINES, Refusals
 from buildbot_furl.testing.forgery import forge, forging_tub, random_name
-from conftest import Farm, cli
+from buildbot_furl.testing.farm import Farm, cli
 
 # the guessers these tests stage, refused and summed up
 pytestmark = pytest.mark.expect_log(r"unknown FURL \(wrong secret\)",

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, Timing, cli, pid_alive
+from buildbot_furl.testing.farm import Farm, cli
+from buildbot_furl.testing.procs import pid_alive
+from buildbot_furl.testing.timing import Timing
 
 # Most tests share one running master with two workers (the module-scoped
 # fixture 'two'); each leaves it as it found it, in directories of its own.

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Farm, child_env
+from buildbot_furl.testing.farm import Farm
+from buildbot_furl.testing.procs import child_env
 
 PLANT = """\
 import os

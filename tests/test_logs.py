@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Farm, cli
+from buildbot_furl.testing.farm import Farm, cli
 
 from buildbot_furl import logs
 from buildbot_furl.errors import ConfigError

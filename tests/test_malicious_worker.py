@@ -28,7 +28,8 @@ from buildbot_furl.protocol import MAX_PAYLOAD, PROTOCOL_VERSIONS, RIWorkerBot, 
 from buildbot_furl.protocol import remote_method
 from buildbot_furl.protocol.messages import AttachInfo, encode_failure
 from buildbot_furl.tubs import make_tub
-from conftest import Farm
+from buildbot_furl.testing.farm import Farm
+from buildbot_furl.testing.waiting import sleep
 
 # the worker 'evil' breaks the protocol on purpose: refused, then cut off
 pytestmark = pytest.mark.expect_log(r"worker evil: refused ",
@@ -275,10 +276,6 @@ async def test_a_worker_that_never_answers_is_cut_off(farm: Farm) -> None:
         await tub.stopService()
     assert p.returncode == 2
     assert "did not answer setBuilderList within 2 s" in _log(farm)
-    await defer.Deferred.fromCoroutine(_sleep(0))
+    await sleep(0)
 
 
-async def _sleep(seconds: float) -> None:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d

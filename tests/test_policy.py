@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Farm, Procs, cli, farm_in
+from buildbot_furl.testing.farm import Farm, cli, farm_in
+from buildbot_furl.testing.procs import Procs
 
 # the policy refusals these tests stage
 pytestmark = pytest.mark.expect_log(r"refused '[\w.]+' by the policy",

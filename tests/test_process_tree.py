@@ -16,7 +16,8 @@ from buildbot_worker import runprocess
 from twisted.internet import reactor
 
 from buildbot_furl.worker import procgroup
-from conftest import Farm, pid_alive
+from buildbot_furl.testing.farm import Farm
+from buildbot_furl.testing.procs import pid_alive
 
 # a shell that starts two children and waits for them, its pids in a file
 TREE = "echo $$ > {pids}; sleep 1000 & echo $! >> {pids}; sleep 1000 & echo $! >> {pids}; wait"

@@ -153,7 +153,7 @@ def test_bad_edit_keeps_the_previous_workers(tmp_path: Any) -> None:
 async def test_oversized_and_malformed_attach_over_the_wire(tmp_path: Any) -> None:
     """A peer holding a valid FURL cannot make the master decode an unbounded
     payload, nor crash it with garbage: it gets an error and the next attach works."""
-    from conftest import free_port
+    from buildbot_furl.testing.procs import free_port
     from foolscap.api import Referenceable
     from zope.interface import implementer
 

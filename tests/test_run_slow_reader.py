@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Farm, Procs, farm_in, pid_alive
+from buildbot_furl.testing.farm import Farm, farm_in
+from buildbot_furl.testing.procs import Procs, pid_alive
 
 #: silent this long, a link to the master's admin Tub is dropped (keepalive: 1 s)
 DISCONNECT = 3

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Farm, cli
+from buildbot_furl.testing.farm import Farm, cli
 
 from buildbot_furl.furl import new_swissnum, secret_digest
 from buildbot_furl.privatefiles import write_private

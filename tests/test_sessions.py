@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from buildbot_furl.testing.faultproxy import DOWN
-from conftest import Farm, Timing, cli, pid_alive
+from buildbot_furl.testing.farm import Farm, cli
+from buildbot_furl.testing.procs import pid_alive
+from buildbot_furl.testing.timing import Timing
 
 LINES = 3000
 # 3000 numbered lines, with small pauses so that cuts land in the middle
@@ -37,21 +38,9 @@ def _attached_worker(farm: Farm, name: str = "w1", *extra: str) -> Path:
 
 def _cut_several(farm: Farm, cuts: int, low: int, high: int,
                  while_running: subprocess.Popen[bytes] | None = None) -> int:
-    """Reset the connection after a random number of bytes, ``cuts`` times,
-    each once the previous cut has happened (or until ``while_running``
-    ends); how many cuts there were."""
+    """``cuts`` cuts through the farm's proxy (FaultProxy.cut_several)."""
     assert farm.proxy is not None
-    first = farm.proxy.cuts
-    for k in range(first + 1, first + cuts + 1):
-        farm.proxy.cut_after(random.randint(low, high))
-        done = farm.wait_for(lambda k=k: farm.proxy.cuts >= k or (
-            while_running is not None and while_running.poll() is not None), 30)
-        assert done, f"cut {k} never came"
-        if farm.proxy.cuts < k:
-            break
-        farm.wait_for(lambda: farm.proxy.open_connections() > 0, 30)
-    farm.proxy.cut_after(1 << 62)  # no more cuts on what is open now
-    return farm.proxy.cuts - first
+    return farm.proxy.cut_several(cuts, low, high, while_running)
 
 
 def _wait_found(farm: Farm, *argv: str) -> list[int]:

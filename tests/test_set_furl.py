@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from buildbot_furl.furl import new_swissnum, parse_furl
-from conftest import Farm, cli, free_port, procs  # noqa: F401 - procs is a fixture
+from buildbot_furl.testing.farm import Farm, cli
+from buildbot_furl.testing.procs import free_port
 
 OTHER_TUBID = "b" * 32
 
@@ -19,7 +20,8 @@ OTHER_TUBID = "b" * 32
 def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     """A master with one attached worker, w1 (the tests leave it attached
     with its first FURL, or say so)."""
-    from conftest import Procs, farm_in
+    from buildbot_furl.testing.farm import farm_in
+    from buildbot_furl.testing.procs import Procs
 
     p = Procs()
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from conftest import Procs
+from buildbot_furl.testing.procs import Procs
 
 from buildbot_furl.testing import soak
 from buildbot_furl.testing.soak_buildbot import BuildbotSoak

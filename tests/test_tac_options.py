@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, Farm, Timing, child_env, cli
+from buildbot_furl.testing.farm import PROGRAMS, Farm, cli
+from buildbot_furl.testing.procs import child_env
+from buildbot_furl.testing.timing import Timing
 
 from buildbot_furl.cli.exits import Exit
 from buildbot_furl.errors import ConfigError

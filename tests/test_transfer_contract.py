@@ -26,9 +26,10 @@ from twisted.python.failure import Failure
 from buildbot_furl.errors import BadRequest
 from buildbot_furl.master.files import FileReaderAdapter, FileWriterAdapter
 from buildbot_furl.master.session import MAX_VIOLATIONS, Strikes, WorkerSession
-from buildbot_furl.protocol import encode, unwrap
+from buildbot_furl.protocol import unwrap
 from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.protocol.transfer import CONTRACT, Contract
+from buildbot_furl.testing.fakes import FakeBot
 from buildbot_furl.worker import streams
 from buildbot_furl.worker.streams import ChunkWriter, ReadAhead
 
@@ -347,22 +348,6 @@ def test_a_failing_sink_fails_the_writes_in_flight_without_counting_them() -> No
 # -- counting: per command, forgotten with time ------------------------------------------
 
 
-class FakeBot:
-    """The worker's reference, as a session and a connection use it: it
-    takes startCommand and keeps what the master handed over."""
-
-    def __init__(self) -> None:
-        self.started: list[tuple[Any, ...]] = []
-
-    def notifyOnDisconnect(self, *args: Any) -> None:  # noqa: N802
-        pass
-
-    def callRemote(self, method: str, *args: Any) -> defer.Deferred[bytes]:  # noqa: N802
-        if method == "startCommand":
-            self.started.append(args)
-        return defer.succeed(encode(["ok", None]))
-
-
 class FakeRemoteCommand:
     def remote_update(self, updates: list[Any]) -> None:
         pass
@@ -372,7 +357,7 @@ class FakeRemoteCommand:
 
 
 def _session(clock: task.Clock) -> WorkerSession:
-    return WorkerSession("w1", FakeBot(), AttachInfo((1,), "test", {}), 1, "127.0.0.1:1",
+    return WorkerSession("w1", FakeBot(answer=None), AttachInfo((1,), "test", {}), 1, "127.0.0.1:1",
                          clock=clock)
 
 

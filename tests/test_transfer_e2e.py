@@ -17,7 +17,7 @@ from buildbot.config import BuilderConfig
 from buildbot.process.factory import BuildFactory
 from buildbot.process.results import SUCCESS
 from buildbot.steps.transfer import FileDownload, StringDownload
-from conftest import Farm
+from buildbot_furl.testing.farm import Farm
 from test_buildbot_plugin import Env, env_factory, running  # noqa: F401 - a fixture
 
 from buildbot_furl.protocol.transfer import CONTRACT
