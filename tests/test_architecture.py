@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from buildbot_furl.testing.procs import ROOT  # the checkout: tests/ may be one or two levels down
 PKG = ROOT / "buildbot_furl"
 SIDES = ("master", "worker", "client", "buildbot", "cli")
 # what each part may import of the others (neutral modules and protocol are free

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from buildbot_furl.testing.procs import ROOT
+
+sys.path.insert(0, str(ROOT))
 from bench.scale.run import FIGURES, growth, split, table  # noqa: E402
 
 

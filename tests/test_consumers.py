@@ -35,9 +35,8 @@ from buildbot_furl.protocol.messages import (
     worker_rows_from_wire,
 )
 from buildbot_furl.testing.fakes import FakeBot
+from buildbot_furl.testing.procs import ROOT
 from buildbot_furl.tubs import make_tub
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class Recorder:

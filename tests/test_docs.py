@@ -11,8 +11,8 @@ import pytest
 
 from buildbot_furl.cli.master import cli as master_cli
 from buildbot_furl.cli.worker import cli as worker_cli
+from buildbot_furl.testing.procs import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
                *(ROOT / "examples").rglob("*.cfg"), *(ROOT / "examples").rglob("*.sh"),
                *(ROOT / "examples" / "systemd").glob("*.service")])

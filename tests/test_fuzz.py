@@ -21,9 +21,9 @@ from buildbot_furl.errors import WIRE_ERRORS, BadRequest, ConfigError, RemoteErr
 from buildbot_furl.protocol import decode, encode
 from buildbot_furl.protocol import messages as m
 from buildbot_furl.protocol.envelope import unwrap
+from buildbot_furl.testing.procs import ROOT
 from buildbot_furl.worker.policy import parse_policy
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from fuzz import targets  # fuzz/ is beside the package, not in it
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from buildbot_furl.testing.procs import ROOT
+
 UNITS = ROOT / "examples" / "systemd"
 MASTER = UNITS / "furl-master.service"
 WORKER = UNITS / "furl-worker@.service"
