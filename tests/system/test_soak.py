@@ -6,7 +6,7 @@ boundary) while a guesser hammers the workers' own address, a link is cut,
 a worker is revoked and rotated, and the master is reconfigured; and the
 standalone master's run/put/get, interleaved, with a guesser and cuts.
 The machinery is buildbot_furl/testing/soak*.py (python -m bench.soak runs the
-same for longer).  Run it alone: ``scripts/test.sh -n 1 tests/test_soak.py``.
+same for longer).  Run it alone: ``scripts/test.sh -n 1 tests/system/test_soak.py``.
 """
 
 from __future__ import annotations
