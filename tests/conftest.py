@@ -4,6 +4,8 @@
   (:class:`~buildbot_furl.testing.procs.Procs`);
 * ``farm``, ``cut_farm``, ``two``: a real master and workers
   (:mod:`buildbot_furl.testing.farm`);
+* ``cli_here``: ``furl-master``/``furl-worker`` run in this process (click's
+  CliRunner), for the commands that start no daemon;
 * the log check: at the end of every test, each log its daemons wrote
   (furl-master, furl-worker, Buildbot) is read, and a violation, refusal,
   cut-off or traceback line fails the test unless the test declares it
@@ -16,11 +18,15 @@ first only)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
+from click.testing import CliRunner
 
 from buildbot_furl.testing.farm import Farm, cut_farm_in, farm_in
 from buildbot_furl.testing.logcheck import LOGS, unexpected
@@ -60,6 +66,47 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
             yield f.start_two()
     finally:
         procs.cleanup()
+
+
+# -- the command lines, in-process ---------------------------------------------------
+
+class _Script(click.Command):
+    """What CliRunner runs: a console script's own ``main`` (run_main: exit 64
+    for a bad command line, a one-line error, never a traceback)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog)
+        self.prog = prog
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        # the CLI is imported here, by the tests that run it, never by the harness
+        from buildbot_furl.cli import master, worker
+        from buildbot_furl.cli.common import run_main
+
+        group = {"furl-master": master.cli, "furl-worker": worker.cli}[self.prog]
+        run_main(group, self.prog, list(args or ()))
+
+
+@pytest.fixture
+def cli_here() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli_here(PROG, *ARGS, env=..., check=...)``: what
+    :func:`buildbot_furl.testing.farm.cli` does, in this process (click's
+    CliRunner), for a command that starts no daemon and runs no reactor; the
+    same result (returncode, stdout, stderr), without a Python start-up."""
+
+    def run(prog: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        # as child_env: none of our FURL_* variables, then the test's
+        mine: dict[str, str | None] = {k: None for k in os.environ if k.startswith("FURL_")}
+        mine.update(env or {})
+        r = CliRunner().invoke(_Script(prog), list(args), env=mine)
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            raise r.exception  # a bug in the command: the test shows its traceback
+        if check and r.exit_code != 0:
+            raise AssertionError(f"{prog} {' '.join(args)} failed ({r.exit_code}):\n{r.stderr}")
+        return subprocess.CompletedProcess([prog, *args], r.exit_code, r.stdout, r.stderr)
+
+    return run
 
 
 # -- the log check (see buildbot_furl/testing/logcheck.py) ---------------------------

@@ -134,45 +134,6 @@ def test_restart_and_status_json(farm: Farm) -> None:
     assert p.returncode == 3 and "not running" in p.stderr
 
 
-def test_exit_codes_usage_is_64_and_help_lists_codes(tmp_path: Path) -> None:
-    for prog, args in (("furl-master", ["bogus"]), ("furl-master", ["run"]),
-                       ("furl-worker", ["start", "--no-such-option"])):
-        p = cli(prog, *args)
-        assert p.returncode == 64, (prog, args, p.stderr)
-        assert "Traceback" not in p.stderr
-    h = cli("furl-master", "run", "--help").stdout
-    for code in ("127", "126", "130", "137", "128+N", " 2 ", " 64 "):
-        assert code in h, code
-    h = cli("furl-worker", "start", "--help").stdout
-    assert "master.furl" in h and "Exit codes:" in h
-    h = cli("furl-worker", "status", "--help").stdout
-    assert " 3 " in h and " 4 " in h
-
-
-def test_no_furl_hint_points_to_files_not_the_command_line(tmp_path: Path) -> None:
-    wd = tmp_path / "w"
-    wd.mkdir()
-    p = cli("furl-worker", "start", str(wd))
-    assert p.returncode == 1
-    assert "--furl-file" in p.stderr and "--furl " not in p.stderr and "--furl," not in p.stderr
-
-
-def test_create_master_in_a_buildbot_directory_says_what_to_add(tmp_path: Path) -> None:
-    d = tmp_path / "bb"
-    d.mkdir()
-    (d / "buildbot.tac").write_text("# buildbot\n")
-    p = cli("furl-master", "create-master", "-d", str(d), "--location", "tcp:127.0.0.1:9")
-    assert p.returncode == 0
-    assert "load_workers" in p.stderr and "furl_protocol" in p.stderr
-    assert "workernames" in p.stderr and "buildbot reconfig" in p.stderr
-    assert "furl-master start" not in p.stderr
-
-
-def test_shell_completion_is_provided() -> None:
-    p = cli("furl-master", env={"_FURL_MASTER_COMPLETE": "bash_source"})
-    assert p.returncode == 0 and "complete" in p.stdout and "furl-master" in p.stdout
-
-
 def test_hand_edit_applies_within_about_a_second(farm: Farm) -> None:
     """The documented figure: the default reload interval is 1 s."""
     farm.start_master()

@@ -186,18 +186,6 @@ def test_an_invalid_name_is_echoed_short_and_never_past_a_slash(farm: Farm) -> N
     assert "(5000 characters)" in p.stderr
 
 
-def test_hints_quote_paths_for_the_shell(tmp_path: Path) -> None:
-    d = tmp_path / "my master"
-    p = cli("furl-master", "create-master", "-d", str(d), "--location", "tcp:127.0.0.1:9")
-    assert f"furl-master start -d '{d}'" in p.stderr, p.stderr
-    os.chmod(d / "workers.furls", 0o644)
-    p = cli("furl-master", "status", "-d", str(d))
-    assert f"chmod 600 '{d}/workers.furls'" in p.stderr, p.stderr
-    wd = tmp_path / "my worker"
-    p = cli("furl-worker", "settings", str(wd))
-    assert f"furl-worker create-worker '{wd}' --furl-file FILE" in p.stderr, p.stderr
-
-
 def test_a_malformed_furl_is_described_as_furls_are_written() -> None:
     from buildbot_furl.furl import parse_furl
 

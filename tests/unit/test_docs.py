@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -120,18 +121,14 @@ def test_the_policy_refusal_quoted_in_security_md_is_the_real_one(tmp_path: Path
     assert f"`{line}`" in text
 
 
-def test_create_master_prints_what_buildbot_md_says(tmp_path: Path) -> None:
+def test_create_master_prints_what_buildbot_md_says(tmp_path: Path, cli_here: Any) -> None:
     """buildbot.md: create-master in a Buildbot directory prints the
     load_workers form of the master.cfg lines; that form is shown there."""
-    import subprocess
-    import sys
-
     d = tmp_path / "bb"
     d.mkdir()
     (d / "master.cfg").write_text("# buildbot\n")
-    p = subprocess.run([sys.executable, "-m", "buildbot_furl.cli.master", "create-master",
-                        "-d", str(d), "--location", "tcp:127.0.0.1:9"], capture_output=True,
-                       text=True, check=True)
+    p = cli_here("furl-master", "create-master", "-d", str(d), "--location", "tcp:127.0.0.1:9",
+                 check=True)
     printed = [line.strip() for line in p.stderr.splitlines() if line.startswith("    ")]
     assert any("load_workers(" in line for line in printed)
     doc = (ROOT / "docs" / "buildbot.md").read_text()
