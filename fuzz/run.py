@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fuzz/run.py", description=__doc__,
         epilog=textwrap.fill("targets: " + ", ".join(names), 79) + "\n\nexamples:\n"
-               "  fuzz/run.py all --runs 4200      # a short run, as tests/test_fuzz.py does\n"
+               "  fuzz/run.py all --runs 4200      # a short run, as tests/system/test_fuzz.py does\n"
                "  fuzz/run.py all --seconds 3600 --corpus .fuzz-corpus\n"
                "  fuzz/run.py unpack --seconds 600 --corpus .fuzz-corpus\n",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,7 +4,7 @@ Each ``target_NAME(data: bytes) -> None`` feeds ``data`` to one entry point
 and checks what comes back: a well-formed value, or the documented error
 (ConfigError; BadRequest or another WireError; PathRefused; PolicyRefused).
 Any other exception, and every AssertionError raised here, is a finding.
-tests/test_fuzz.py (hypothesis) and fuzz/run.py (atheris) both call these,
+tests/system/test_fuzz.py (hypothesis) and fuzz/run.py (atheris) both call these,
 so each contract is written down once, here.
 
 Entry points that take a value rather than bytes get ``data`` decoded as

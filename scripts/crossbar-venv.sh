@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make the crossbar router's own virtualenv for tests/test_cluster.py (a router
+# Make the crossbar router's own virtualenv for tests/system/test_cluster.py (a router
 # is deployed on its own, not in the masters' virtualenv): crossbar 26.10.1 in
 # $FURL_CROSSBAR_VENV (default ~/.cache/buildbot_furl-crossbar). About 3 minutes
 # and 377 MB the first time; nothing when it is there already.

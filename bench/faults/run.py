@@ -78,16 +78,7 @@ class Faults:
 
 def _cutting(rig: Faults, proc: subprocess.Popen[bytes], cuts: int, low: int, high: int) -> int:
     """Reset the connection after random byte counts while ``proc`` runs."""
-    proxy, first = rig.proxy, rig.proxy.cuts
-    while proxy.cuts - first < cuts and proc.poll() is None:
-        before = proxy.cuts
-        proxy.cut_after(random.randint(low, high))
-        while proxy.cuts == before and proc.poll() is None:
-            time.sleep(0.005)
-        while proxy.open_connections() == 0 and proc.poll() is None:
-            time.sleep(0.005)
-    proxy.cut_after(1 << 62)
-    return proxy.cuts - first
+    return rig.proxy.cut_several(cuts, low, high, proc, timeout=None, interval=0.005)
 
 
 def job_run(rig: Faults, cuts: int) -> Outcome:

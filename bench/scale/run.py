@@ -70,7 +70,7 @@ SETTLE = 3.0
 CHILDREN = "bench.scale.children"  # the fleet's and the stall probe's module
 
 
-# -- pure helpers (tests/test_bench_scale.py) --------------------------------------
+# -- pure helpers (tests/unit/test_bench_scale.py) --------------------------------------
 
 def split(items: list[Any], parts: int) -> list[list[Any]]:
     """``items`` dealt round-robin into at most ``parts`` non-empty lists."""

@@ -12,7 +12,7 @@ the master is reconfigured by SIGHUP, once per ``--cycle`` seconds.
 ``standalone``: a furl-master daemon and two workers, ``run``/``put``/``get``
 interleaved with a streaming command on each worker, a guesser and cuts.
 ``both`` (the default) gives each half the time.  The machinery, and every
-check, is buildbot_furl/testing/soak*.py, which tests/test_soak.py runs for
+check, is buildbot_furl/testing/soak*.py, which tests/system/test_soak.py runs for
 about a minute in CI.
 
 Printed: builds (operations), the ones that passed every check, bytes

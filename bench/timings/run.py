@@ -28,16 +28,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: the tests that record figures (grep the suite for ``timing.record``)
 TESTS = [
-    "tests/test_buildbot_plugin.py::test_stopped_build_ends_as_on_pb",
-    "tests/test_connection.py::test_large_output_byte_exact_in_order",
-    "tests/test_connection.py::test_interrupt",
-    "tests/test_drain.py::test_graceful_stop_timeout_falls_back_to_a_normal_stop",
-    "tests/test_e2e_core.py::test_revoke_drops_live_connection_and_refuses_reconnect",
-    "tests/test_interop.py::test_timeout_kills_and_says_so",
-    "tests/test_sessions.py::test_a_link_down_longer_than_the_grace_period_ends_like_a_lost_worker",
-    "tests/test_sessions.py::test_revocation_during_a_gap_ends_the_session_at_once",
-    "tests/test_tac_options.py::test_maxretries_gives_up_with_one_line_and_exit_2",
-    "tests/test_cluster.py::test_worker_fails_over_between_two_masters",
+    "tests/system/test_buildbot_plugin.py::test_stopped_build_ends_as_on_pb",
+    "tests/system/test_connection.py::test_large_output_byte_exact_in_order",
+    "tests/system/test_connection.py::test_interrupt",
+    "tests/system/test_drain.py::test_graceful_stop_timeout_falls_back_to_a_normal_stop",
+    "tests/system/test_e2e_core.py::test_revoke_drops_live_connection_and_refuses_reconnect",
+    "tests/system/test_interop.py::test_timeout_kills_and_says_so",
+    "tests/system/test_sessions.py::test_a_link_down_longer_than_the_grace_period_ends_like_a_lost_worker",
+    "tests/system/test_sessions.py::test_revocation_during_a_gap_ends_the_session_at_once",
+    "tests/system/test_tac_options.py::test_maxretries_gives_up_with_one_line_and_exit_2",
+    "tests/system/test_cluster.py::test_worker_fails_over_between_two_masters",
 ]
 
 

@@ -60,11 +60,13 @@ def guarded(exit_code: int = Exit.ERROR) -> Callable[[Callable[..., Any]], Calla
     return deco
 
 
-def run_main(group: click.Group, prog: str) -> None:
-    """Run a click group; a bad command line exits with Exit.USAGE (64),
-    so that 2 keeps its one meaning (the request could not be made)."""
+def run_main(group: click.Group, prog: str, args: list[str] | None = None) -> None:
+    """Run a click group on ``args`` (default: the command line); a bad
+    command line exits with Exit.USAGE (64), so that 2 keeps its one meaning
+    (the request could not be made).  Tests pass ``args`` to run a command
+    in-process, exactly as its console script would."""
     try:
-        rv = group.main(prog_name=prog, standalone_mode=False)
+        rv = group.main(args=args, prog_name=prog, standalone_mode=False)
     except click.ClickException as e:
         # click echoes what was typed ("unexpected extra argument (...)", "'...'
         # is not a valid float"): a FURL pasted in the wrong place is cut short

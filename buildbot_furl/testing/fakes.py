@@ -42,3 +42,9 @@ class FakeBot:
     def callRemote(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred[bytes]:  # noqa: N802
         self.calls.append((method, args))
         return defer.succeed(encode(["ok", self.answer]))
+
+    @property
+    def started(self) -> list[tuple[Any, ...]]:
+        """The arguments of every ``startCommand`` call (what the master
+        handed over: its status, writer and reader references among them)."""
+        return [args for method, args in self.calls if method == "startCommand"]

@@ -6,7 +6,8 @@ break things:
 
 * :meth:`FaultProxy.cut` resets every connection now (TCP RST both ways);
 * :meth:`FaultProxy.cut_after` resets after so many more bytes (on every
-  connection, or only on the next new ones: a cut during an attach);
+  connection, or only on the next new ones: a cut during an attach), and
+  :meth:`FaultProxy.cut_several` does so again and again while a transfer runs;
 * :meth:`FaultProxy.freeze` stops forwarding one direction (data waits,
   nothing is lost yet: e.g. the worker's rc reaches the master, its ack
   never comes back) and :meth:`FaultProxy.blackhole` both (a half-open
@@ -21,12 +22,15 @@ reactor or plain subprocess-driven tests.  It only listens on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import random
 import selectors
 import socket
 import struct
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 UP, DOWN = "up", "down"  # worker -> master, master -> worker
 BUFSIZE = 64 * 1024
@@ -122,6 +126,33 @@ class FaultProxy:
                     if not pipe.closed:
                         pipe.budget = nbytes
         self._wake()
+
+    def cut_several(self, cuts: int, low: int, high: int,
+                    while_running: subprocess.Popen[Any] | None = None,
+                    timeout: float | None = 30, interval: float = 0.05) -> int:
+        """Reset the open connections after a random number of bytes (``low``
+        to ``high``), ``cuts`` times, each once the previous cut has happened
+        and a connection is open again; stop early once ``while_running``
+        (a process) has ended.  How many cuts there were.  A cut that does not
+        come within ``timeout`` s (None: no limit) is an AssertionError."""
+        def wait(pred: Callable[[], bool]) -> bool:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not (pred() or (while_running is not None and while_running.poll() is not None)):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                time.sleep(interval)
+            return True
+
+        first = self.cuts
+        for k in range(first + 1, first + cuts + 1):
+            self.cut_after(random.randint(low, high))
+            if not wait(lambda k=k: self.cuts >= k):
+                raise AssertionError(f"cut {k} never came")
+            if self.cuts < k:  # the process ended first
+                break
+            wait(lambda: self.open_connections() > 0)
+        self.cut_after(1 << 62)  # no more cuts on what is open now
+        return self.cuts - first
 
     def freeze(self, direction: str) -> None:
         """Stop forwarding ``UP`` (worker to master) or ``DOWN`` on the open

@@ -1,9 +1,9 @@
 """Processes a bench or a test starts, tracked and stopped by pid.
 
 One tracker (:class:`Procs`) for every harness: the bench tools
-(bench/attack, bench/scale, bench/faults, bench/soak) use it, and it is the
-one tests/conftest.py's ``Procs`` fixture is meant to become (the same
-methods: ``popen``, ``track_pidfile``, ``roots``, ``find``, ``cleanup``).
+(bench/attack, bench/scale, bench/faults, bench/soak) and the tests (the
+``procs`` fixture in tests/conftest.py, :class:`~buildbot_furl.testing.farm.Farm`)
+use it: ``popen``, ``track_pidfile``, ``roots``, ``find``, ``cleanup``.
 A process is only ever signalled by a pid we know is ours: a Popen not yet
 waited for, or a daemon's pid read from its pidfile, while it is alive and
 (given ``within``) its command line names our directory, so that a recycled
@@ -26,7 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: the checkout (or site-packages) this package is in: a child's PYTHONPATH
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,16 +55,19 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``pred`` until it is true (True) or ``timeout`` s pass (False).
-    Blocking: for harness threads and scripts, never on a reactor."""
+def wait_for(pred: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
+    """Poll ``pred`` until it returns something true, or ``timeout`` s pass;
+    what it returned last (so ``pids = wait_for(find, 20)`` keeps the pids).
+    Blocking: for tests, harness threads and scripts, never on a reactor
+    (there: :func:`buildbot_furl.testing.waiting.wait_for`)."""
     deadline = time.monotonic() + timeout
     while True:
-        if pred():
-            return True
+        value = pred()
+        if value:
+            return value
         left = deadline - time.monotonic()
         if left <= 0:
-            return False
+            return value
         time.sleep(min(interval, left))
 
 

@@ -6,7 +6,8 @@ with ``furl-master start`` in a temp dir, listening on 127.0.0.1; workers
 made with ``create-worker`` on both sides and started with ``furl-worker
 start``; every CLI call a new process (tracked by :class:`Procs`, so Ctrl-C
 stops it too), every daemon's pidfile handed to ``procs`` for the cleanup.
-tests/conftest.py's ``Farm`` is the same idea for the tests.
+:class:`~buildbot_furl.testing.farm.Farm` is the same idea for the tests
+(and runs the same command lines).
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from buildbot_furl.testing.farm import argv
 from buildbot_furl.testing.procs import Procs, free_port
-
-PROGRAMS = {"master": "buildbot_furl.cli.master", "worker": "buildbot_furl.cli.worker"}
-
 
 @dataclass
 class Sample:
@@ -59,7 +58,7 @@ class Rig:
 
     def argv(self, prog: str, *args: str) -> list[str]:
         """``furl-master ARGS`` (prog ``master``) or ``furl-worker ARGS`` (``worker``)."""
-        return [sys.executable, "-m", PROGRAMS[prog], *args]
+        return argv(f"furl-{prog}", *args)
 
     def master_argv(self, command: str, *args: str) -> list[str]:
         """``furl-master COMMAND -d MASTERDIR ARGS``."""

@@ -1,6 +1,6 @@
 """The soak: the product used as it is used, for a while, with faults.
 
-One copy of the soak's machinery, used by ``tests/test_soak.py`` (a few
+One copy of the soak's machinery, used by ``tests/system/test_soak.py`` (a few
 minutes in CI) and ``python -m bench.soak`` (``--minutes N``, figures for
 docs/reliability.md):
 
@@ -39,7 +39,7 @@ from buildbot_furl.testing.procs import child_env  # noqa: F401 - the soak's chi
 PY = sys.executable
 CHUNK = MAX_CHUNK
 #: bytes in flight in a transfer: the worker's FILE_WINDOW chunks (worker/streams.py;
-#: tests/test_soak.py checks the two agree, this module may not import the worker side)
+#: tests/system/test_soak.py checks the two agree, this module may not import the worker side)
 WINDOW = 4 * CHUNK
 #: every boundary of a transfer: empty, one byte, around a chunk, around a window
 SIZES = (0, 1, CHUNK - 1, CHUNK, CHUNK + 1, WINDOW - 1, WINDOW, WINDOW + 1,

@@ -24,6 +24,8 @@ from unittest import mock
 
 from buildbot_furl.testing import soak
 from buildbot_furl.testing.faultproxy import FaultProxy
+from buildbot_furl.testing.procs import free_port
+from buildbot_furl.testing.waiting import sleep
 from buildbot_furl.testing.soak import (BLOCKSIZES, CHUNK, COMPOSITE_SIZES, PY, SIZES,
                                         SLOW_SCRIPT, STRING_SIZES, TREE_SCRIPT, warm_up_until,
                                         bad_lines, big_output, big_output_script,
@@ -273,11 +275,6 @@ def check_build_files(out: Path, builder: str, number: int) -> list[str]:
 # -- the driver -------------------------------------------------------------------------
 
 
-def _sleep(seconds: float) -> Any:
-    from twisted.internet import reactor, task
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 def _in_thread(f: Callable[..., Any], *args: Any) -> Any:
     from twisted.internet import threads
     return threads.deferToThread(f, *args)
@@ -399,7 +396,7 @@ class BuildbotSoak:
         while time.monotonic() < deadline:
             if pred():
                 return True
-            await _sleep(0.1)
+            await sleep(0.1)
         return bool(pred())
 
     def log_text(self) -> str:
@@ -440,7 +437,7 @@ class BuildbotSoak:
                     await m.data.control("cancel", {"reason": "soak: no retry"},
                                          ("buildrequests", brid))
                 return builds[-1]["number"], builds[-1]
-            await _sleep(0.2)
+            await sleep(0.2)
         try:
             await m.data.control("cancel", {"reason": "soak: too slow"},
                                  ("buildrequests", brid))
@@ -572,7 +569,7 @@ class BuildbotSoak:
     async def _faults(self) -> None:
         for at, what in schedule(self.seconds, self.cycle):
             while self.now() < at:
-                await _sleep(min(0.5, at - self.now()))
+                await sleep(min(0.5, at - self.now()))
             self.say(f"t={self.now():.0f} s: {what}")
             await self.fault(what)
 
@@ -666,15 +663,8 @@ class BuildbotSoak:
                 self._log.close()
             for s, h in self._signals.items():
                 signal.signal(s, h)
-        await _sleep(0.01)
+        await sleep(0.01)
 
 
 BUILD_BYTES = (2 * sum(SIZES) + 2 * sum(STRING_SIZES) + 3 * sum(map(len, tree_files().values()))
                + 2 * sum(COMPOSITE_SIZES))
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
