@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from buildbot_furl.testing.faultproxy import FaultProxy
+from buildbot_furl.testing.procs import free_port
 from buildbot_furl.testing.soak import (PY, SIZES, STANDALONE_FAULTS, warm_up_until, bad_lines,
                                         big_output, big_output_script, child_env, cli_argv,
                                         cut_line, furl_via, guesser_argv, must, payload, Report,
@@ -31,13 +32,6 @@ STREAM_SCRIPT = ("import sys, time\n"
                  "for i in range({n}):\n"
                  "    print('tick %05d' % i, flush=True); time.sleep(0.25)\n")
 OUTPUT_LINES = (0, 1, 100, 5000)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StandaloneSoak:
@@ -53,7 +47,7 @@ class StandaloneSoak:
         self.say = say
         self.mdir = tmp / "master"
         self.data = tmp / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.proxy = FaultProxy(self.port)
         self.report = Report("standalone")
         self.lock = threading.Lock()

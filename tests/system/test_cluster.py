@@ -468,7 +468,10 @@ class Sampler(threading.Thread):
                         # starts on it (2 of 6 hung runs): in the revocation window
                         # the just-restarted master had the worker for an instant
                         # and started the dead master's released request on it
-                        r"from a running build; this is a serious error[\s\S]*"
+                        # (or, another turn, while its distributor picked the
+                        # next build for it)
+                        r"(from a running build; this is a serious error|"
+                        r"from maybeStartBuild for builder '\w+')[\s\S]*"
                         r"AttributeError: 'NoneType' object has no attribute ",
                         # the same window, another turn of it: the build started
                         # as the revocation detached the worker, and its ping
