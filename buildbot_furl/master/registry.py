@@ -29,6 +29,7 @@ from buildbot_furl.display import printable
 from buildbot_furl.errors import (
     BadRequest,
     ConfigError,
+    ConnectionLost,
     DuplicateWorker,
     IncompatibleProtocol,
     Revoked,
@@ -317,7 +318,11 @@ class WorkerRegistry:
                 return answer.to_wire()
             await self._settle_duplicate(name, peer)
             self._current(login, bot)
-            session = WorkerSession(name, bot, info, max(common), peer, self.grace(name),
+            # no grace until the worker has the session's secret: a link lost
+            # before the answer reaches it leaves a session nobody can resume,
+            # which would hold the name (and Buildbot's attach, waiting for the
+            # link) for the whole grace period, refusing the worker's next try
+            session = WorkerSession(name, bot, info, max(common), peer, 0.0,
                                     self.call_timeout, clock=self.clock)
             self.sessions[name] = session
             self.last_seen[name] = self.clock.seconds()
@@ -335,6 +340,9 @@ class WorkerRegistry:
                     self.clock.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
                     raise
             self._current(login, bot)  # revoked while Buildbot took it (it was dropped)
+            if session.gone:
+                raise ConnectionLost(f"worker {name!r} lost its link while attaching")
+            session.grant_grace(self.grace(name))
             return AttachAnswer(session.protocol, session.session_id,
                                 session.hand_out_secret(), session.grace,
                                 __version__, name=name).to_wire()

@@ -151,6 +151,11 @@ class WorkerSession:
         """A graceful stop asked by ``who``; whether it is the first ask."""
         return self._life.drain(who)
 
+    def grant_grace(self, grace: float) -> None:
+        """From now on the session outlives a lost connection by ``grace``
+        seconds (given once the worker is handed the secret to resume it)."""
+        self._core.grace = float(grace)
+
     def no_grace(self) -> None:
         """From now on a lost connection ends the session at once (an attach
         refused above, whose connection is cut once the refusal is sent)."""

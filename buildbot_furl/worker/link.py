@@ -196,13 +196,17 @@ class Bot(Protocol):
     def keep_only(self, command_ids: set[str], why: Exception) -> int: ...
 
 
-def describe_attach_error(e: Exception, attach_count: int) -> tuple[str, bool]:
-    """(one-line reason, fatal?) for an attach the master refused."""
+def describe_attach_error(e: Exception, attach_count: int,
+                          unanswered: int = 0) -> tuple[str, bool]:
+    """(one-line reason, fatal?) for an attach the master refused;
+    ``unanswered``: our attaches whose link was lost before the answer."""
     reason = str(e) if isinstance(e, FurlError) else f"attach failed: {e}"
     fatal = isinstance(e, FATAL)
     if isinstance(e, DuplicateWorker):
-        # another worker holds the name: fatal at start-up, not once we were in
-        fatal = attach_count == 0
+        # another worker holds the name: fatal at start-up, not once we were
+        # in, nor when an attach of ours that never got its answer may be the
+        # one the master still holds
+        fatal = attach_count == 0 and unanswered == 0
     return reason, fatal
 
 
@@ -235,6 +239,8 @@ class LinkCore:
     name: str = ""  # as the master knows this worker (its attach answer says)
     orphan_timer: IDelayedCall | None = None
     attach_count: int = 0
+    #: attaches whose link was lost before the master's answer came
+    unanswered_attaches: int = 0
     drain: Drain = Drain.NONE
 
     def __post_init__(self) -> None:
@@ -474,7 +480,10 @@ def _build() -> Callable[[LinkCore], Link]:
         # a refused attach is a failed attempt, paced like a failed dial; the
         # worker hangs up itself and waits before it dials again
         enter(s, "waiting")
-        reason, fatal = describe_attach_error(error, s.attach_count)  # type: ignore[arg-type]
+        if isinstance(error, ConnectionLost):
+            s.unanswered_attaches += 1
+        reason, fatal = describe_attach_error(error, s.attach_count,  # type: ignore[arg-type]
+                                              s.unanswered_attaches)
         delay = within_grace(s.backoff.refused(), s.session, s.grace)
         log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
         login, s.login = s.login, None

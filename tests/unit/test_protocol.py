@@ -417,3 +417,27 @@ async def test_a_shutdown_lost_with_a_cut_is_sent_again_after_the_resume(
     await done
     assert sent == ["shutdown"]
     session.end("test over")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_lost_while_attaching_frees_the_name_at_once(tmp_path: Any) -> None:
+    """The worker never got the session's secret: no grace keeps a session
+    nobody can resume, so its next attach is not refused (seen in CI: Buildbot's
+    attach waited for the lost link for the whole grace period, and every
+    retry was "attaching from elsewhere right now")."""
+    reg, swiss = _registry(tmp_path)
+    reg.grace = lambda name: 60.0
+    login = reg._lookup(swiss)
+    taking: defer.Deferred[None] = defer.Deferred()
+    reg.on_attach = lambda session: taking  # Buildbot takes its time
+    first = FakeBot()
+    attaching = defer.ensureDeferred(reg.attach(login, first, _info([1])))
+    session = reg.sessions["w1"]
+    first.lose()  # before the answer reached the worker
+    assert session.gone and "w1" not in reg.sessions
+    taking.errback(errors.ConnectionLost("gone"))  # what Buildbot's calls then say
+    with pytest.raises(errors.ConnectionLost):
+        await attaching
+    reg.on_attach = None
+    again = AttachAnswer.from_wire(await reg.attach(login, FakeBot(), _info([1])))
+    assert not again.resumed and again.grace == 60  # the grace, once it has the secret

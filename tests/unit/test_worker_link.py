@@ -244,6 +244,21 @@ def test_gives_up_after_maxretries(tmp_path: Path) -> None:
     assert rig.state == "stopped"
 
 
+def test_a_duplicate_after_an_unanswered_attach_of_ours_is_not_fatal(rig: Rig) -> None:
+    """At start-up "the name is taken" means another worker holds it, unless
+    an attach of ours lost its link before the answer: then the master may be
+    holding ours (seen in CI: the worker gave up at start, as a duplicate of
+    itself)."""
+    events: list[tuple[bool, str, bool]] = []
+    rig.svc.on_event = lambda ok, msg, fatal: events.append((ok, msg, fatal))
+    rig.dialer.connect().refuse("attach", ConnectionLost("connection lost during attach"))
+    rig.clock.advance(rig.delay())
+    rig.dialer.connect().refuse("attach", DuplicateWorker("worker 'w1' is attaching from "
+                                                          "elsewhere right now"))
+    assert [fatal for _ok, _msg, fatal in events] == [False, False]
+    assert rig.state == "waiting"
+
+
 def test_a_fatal_refusal_is_reported_fatal(rig: Rig) -> None:
     events: list[tuple[bool, str, bool]] = []
     rig.svc.on_event = lambda ok, msg, fatal: events.append((ok, msg, fatal))
