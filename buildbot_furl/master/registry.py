@@ -8,7 +8,7 @@ session (if any) is dropped.  A worker that reaches its login calls
 the master host (:mod:`buildbot_furl.master.host`, which hands it on to
 its consumer) through ``on_attach``/``on_detach``/``on_drain``, all given
 at construction.  Outside code asks it through its queries (``knows``,
-``session_of``, ``listed``, ``furl_of``, ``describe``, ...), never its tables.
+``session_of``, ``listed``, ``furl_of``, ``rows``, ...), never its tables.
 """
 
 from __future__ import annotations
@@ -334,8 +334,8 @@ class WorkerRegistry:
                 try:
                     await defer.maybeDeferred(self.on_attach, session)
                 except WireError:
-                    # let the refusal reach the worker before hanging up
-                    session.no_grace()
+                    # let the refusal reach the worker before hanging up (the
+                    # session has no grace yet: a cut meanwhile ends it at once)
                     self._forget(session, drop=False)
                     self.clock.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
                     raise

@@ -156,11 +156,6 @@ class WorkerSession:
         seconds (given once the worker is handed the secret to resume it)."""
         self._core.grace = float(grace)
 
-    def no_grace(self) -> None:
-        """From now on a lost connection ends the session at once (an attach
-        refused above, whose connection is cut once the refusal is sent)."""
-        self._core.grace = 0.0
-
     def hand_out_secret(self) -> str:
         """The secret, for the attach answer only (then forgotten here)."""
         secret, self.secret = self.secret, ""

@@ -138,8 +138,7 @@ def test_a_worker_back_before_the_master_saw_the_cut_is_a_cut_and_a_return() -> 
 
 def test_without_grace_a_cut_ends_the_session_at_once() -> None:
     clock = Clock()
-    s, bot = _session(clock)
-    s.no_grace()  # an attach refused above: no grace before the hang-up
+    s, bot = _session(clock, grace=0.0)  # as while attaching: no grace yet
     seen = _watch(s)
     bot.lose()
     assert s.gone and seen == {"link": [], "ended": [ENDED]}
