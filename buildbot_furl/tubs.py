@@ -13,7 +13,7 @@ from foolscap.ipb import DeadReferenceError
 from foolscap.tokens import Violation
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -38,11 +38,13 @@ class TubHooks:
     connection unanswered.  ``on_violation(broker, what)``: a call over
     ``broker`` broke the interface's bounds.  ``connection_gate``: admits
     each connection to the listening port and hears how it goes on (a
-    :class:`~buildbot_furl.master.refusals.Refusals`)."""
+    :class:`~buildbot_furl.master.refusals.Refusals`).  ``clock``: the
+    brokers' timers (hanging up on a connection that keeps guessing)."""
 
     on_refused_name: Callable[[str, str, str, Any], bool] | None = None
     on_violation: Callable[[Any, str], None] | None = None
     connection_gate: Any = None
+    clock: IReactorTime = reactor  # type: ignore[assignment]
 
 
 NO_HOOKS = TubHooks()
@@ -104,8 +106,9 @@ class _PeerAwareBroker(Broker):
                 return defer.Deferred()
             if self.refused == REFUSALS_PER_CONNECTION:
                 # once this answer has gone out: the next try needs a new handshake
-                reactor.callLater(0.1, self.transport.loseConnection)
-                reactor.callLater(10, self.transport.abortConnection)  # if it is not read
+                clock = _hooks(self.tub).clock
+                clock.callLater(0.1, self.transport.loseConnection)
+                clock.callLater(10, self.transport.abortConnection)  # if it is not read
             raise
         gate = _hooks(self.tub).connection_gate
         if gate is not None and self._gate_key is not None:

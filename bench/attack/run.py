@@ -48,7 +48,6 @@ import contextlib
 import json
 import queue
 import re
-import shutil
 import signal
 import tempfile
 import threading
@@ -60,7 +59,7 @@ from typing import Any
 from bench import results_file
 from buildbot_furl.testing.linechild import LineChild
 from buildbot_furl.testing.procs import HZ, Procs, proc_rss_kb, proc_ticks
-from buildbot_furl.testing.rig import Rig, Sample, log_tail, pct, say
+from buildbot_furl.testing.rig import Rig, Sample, keep_or_remove, log_tail, pct, say
 
 SUMMARY_RE = re.compile(r"refused \d+ (more )?attach attempts from")
 RESTART_EVERY = 4  # every 4th CLI step restarts a worker daemon instead of a run
@@ -263,10 +262,7 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 c.stop()
         procs.cleanup()
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
 
     assert sampler is not None
     summary = summarize(args, result, marks, samples, sampler.rows)

@@ -51,7 +51,6 @@ import json
 import os
 import queue
 import resource
-import shutil
 import signal
 import statistics
 import tempfile
@@ -62,7 +61,7 @@ from typing import Any
 from bench import results_file
 from buildbot_furl.testing.linechild import LineChild
 from buildbot_furl.testing.procs import HZ, Procs, proc_rss_kb, proc_ticks
-from buildbot_furl.testing.rig import Rig, log_tail, pct, say
+from buildbot_furl.testing.rig import Rig, keep_or_remove, log_tail, pct, say
 
 DEFAULT_KEYS = Path.home() / ".cache" / "buildbot_furl-bench" / "keys"
 RELOAD_LINES = 10_000
@@ -387,10 +386,7 @@ def run_size(n: int, args: argparse.Namespace, keys: Path) -> dict[str, Any]:
         if fleet is not None:
             fleet.stop()
         procs.cleanup()
-        if args.keep:
-            say(f"  kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        keep_or_remove(tmp, args.keep)
 
 
 def main() -> int:

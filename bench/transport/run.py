@@ -34,6 +34,7 @@ from bench.transport.metrics import METRICS, PROFILES, ConnectAttach, Samples
 from bench.transport.progress import note
 from bench.transport.sides import DEFAULT_TRANSPORTS, SIDES, TRANSPORTS, Side
 from bench.transport.testfiles import MiB, make_cert, make_test_data
+from buildbot_furl.testing.rig import keep_or_remove
 
 
 async def bench(args: argparse.Namespace, tmp: Path, children: Children) -> dict[str, Any]:
@@ -174,9 +175,6 @@ def main() -> int:
          f"{outcome['report']['wall_seconds']} s in all)")
     if args.json:
         report.write_json(outcome["report"], args.json)
-    if args.keep:
-        note(f"kept {tmp}")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
+    keep_or_remove(tmp, args.keep, note)
     return 0
 

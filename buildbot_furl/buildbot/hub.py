@@ -20,6 +20,7 @@ from typing import Any
 from buildbot.config.errors import ConfigErrors
 from buildbot.util import service as bbservice
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from buildbot_furl.buildbot.settings import PROTOCOL_KEY, hub_settings
@@ -58,6 +59,12 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
         self._default_grace = 0.0
 
     @property
+    def clock(self) -> IReactorTime:
+        """The Buildbot master's reactor: every timer of the hub and its host
+        runs on it (Buildbot's own tests give a fake one)."""
+        return getattr(self.master, "reactor", None) or reactor
+
+    @property
     def settings(self) -> Any:
         return self.host.settings if self.host is not None else None
 
@@ -80,7 +87,8 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             raise ConfigErrors([str(e)]) from None
         self._default_grace = float(settings.grace)  # type: ignore[arg-type]
         settings = dataclasses.replace(settings, grace=self._grace_for)
-        host = MasterHost(settings, lambda workers: self, buildbot_master=self.master)
+        host = MasterHost(settings, lambda workers: self, buildbot_master=self.master,
+                          clock=self.clock)
         try:
             host.setServiceParent(self)  # starts it: checks the files, loads workers.furls
         except ConfigError as e:
@@ -106,7 +114,7 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
                           "free (tried again every {n:.0f} s and at every reconfig)",
                           err=str(e), n=LISTEN_RETRY)
             self._listen_failed = True
-            self._listen_retry = reactor.callLater(
+            self._listen_retry = self.clock.callLater(
                 LISTEN_RETRY, lambda: defer.Deferred.fromCoroutine(self._try_listen()))
             return
         if self._listen_failed:

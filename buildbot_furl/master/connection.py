@@ -35,8 +35,11 @@ from buildbot_furl.errors import BadRequest, ConnectionLost, PolicyRefused
 from buildbot_furl.master.commands import CommandStatus
 from buildbot_furl.master.files import FileReaderAdapter, FileWriterAdapter
 from buildbot_furl.master.session import WorkerSession, peer_of
-from buildbot_furl.protocol import call, encode
+from buildbot_furl.protocol import call
 from buildbot_furl.protocol.messages import (
+    BuilderList,
+    CommandArgs,
+    builder_names,
     RESUMED,
     UNKNOWN_COMMAND,
     ResumeState,
@@ -250,11 +253,9 @@ class FurlConnection:
         by name; the master only iterates over it)."""
 
         async def set_list() -> list[str]:
-            pairs = [[name_arg(name, "builder name"), str(builddir)]
-                     for name, builddir in builders]
-            names = await self._call_retrying("setBuilderList", encode(pairs))
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise BadRequest("setBuilderList answered something that is not a list of names")
+            wanted = BuilderList(tuple((name_arg(name, "builder name"), str(builddir))
+                                       for name, builddir in builders))
+            names = builder_names(await self._call_retrying("setBuilderList", wanted.to_wire()))
             self.builders = names
             return names
 
@@ -263,21 +264,12 @@ class FurlConnection:
     def remoteStartCommand(self, remoteCommand: Any, builderName: str, commandId: str,  # noqa: N803
                            commandName: str, args: dict[str, Any]) -> defer.Deferred[Any]:
         async def start() -> Any:
-            rest = dict(args)
-            writer = rest.pop("writer", None)
-            reader = rest.pop("reader", None)
-            if writer is None and "writer" in args:
-                rest["writer"] = None
-            if reader is None and "reader" in args:
-                rest["reader"] = None
+            cargs, refs = CommandArgs.split(args)
             try:
-                payload = encode(rest)
-            except BadRequest:
-                raise
-            except Exception as e:
-                raise BadRequest(
-                    f"the arguments of command {commandName!r} cannot be sent: {e}"
-                ) from None
+                payload = cargs.to_wire()
+            except BadRequest as e:
+                raise BadRequest(f"command {commandName!r}: {e}") from None
+            writer, reader = refs.get("writer"), refs.get("reader")
             command_id = name_arg(commandId, "command id")
             blame = self.session.command_blame()  # counted per command
             maxsize = args.get("maxsize")

@@ -8,7 +8,6 @@ their method names, and bound and check every argument on the way in.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +16,8 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest
-from buildbot_furl.protocol import (
-    RIFileReader,
-    RIFileWriter,
-    decode,
-    remote_method,
-)
+from buildbot_furl.protocol import RIFileReader, RIFileWriter, remote_method
+from buildbot_furl.protocol.messages import FileTimes
 from buildbot_furl.protocol.transfer import CONTRACT, Contract, TransferViolation
 
 
@@ -101,13 +96,9 @@ class FileWriterAdapter(Referenceable):
 
     @remote_method
     async def remote_utime(self, times: bytes) -> None:
-        t = decode(times) if isinstance(times, bytes) else None
-        if not isinstance(t, list) or len(t) != 2 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for v in t):
-            raise BadRequest("utime wants [atime, mtime]")
+        t = FileTimes.from_wire(times)
         # Buildbot's FileWriter hands this to os.utime, which wants a tuple
-        await self._once("remote_utime", (t[0], t[1]))
+        await self._once("remote_utime", (t.accessed, t.modified))
 
     @remote_method
     async def remote_unpack(self) -> None:

@@ -128,7 +128,7 @@ class MasterHost(service.MultiService):
         kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
         refusals = Refusals(s.refusal_limit, gate=s.gate, **kwargs)
         tub = make_tub(s.paths.tub_pem, s.keepalive, s.disconnect_timeout,
-                       TubHooks(self._refused_name, self._violation, refusals))
+                       TubHooks(self._refused_name, self._violation, refusals, **kwargs))
         tub.setLocation(*s.location)
         registry = WorkerRegistry(tub, s.workers_file, on_attach=self._attached,
                                   on_detach=self._detached, on_drain=self._drain,

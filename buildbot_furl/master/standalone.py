@@ -44,8 +44,9 @@ from buildbot_furl.furlsfile import NAME_RE, shown_name
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.consumer import Workers
 from buildbot_furl.master.session import WorkerSession
-from buildbot_furl.protocol import GET_COMMAND, PUT_COMMAND, call, encode
+from buildbot_furl.protocol import GET_COMMAND, PUT_COMMAND, call
 from buildbot_furl.protocol.messages import (
+    FileTimes,
     NOTICE,
     TRANSFER_ERROR,
     TRANSFER_RESULT,
@@ -376,12 +377,14 @@ class Standalone:
         """Copy the CLI's file, or tarred directory, (read through ``source``)
         to the worker; it lands under its final name only once verified there."""
         final = worker_relative(request.remote)
-        args = {"path": final, "reader": _Relay(source), "kind": request.kind,
-                "sha256": request.sha256, "manifest": request.manifest, "mode": request.mode}
+        args = request.command_args(final, _Relay(source))
         result = await self._transfer(worker, PUT_COMMAND, args, source)
-        manifest = result.get("manifest")
-        return PutAnswer(final, request.kind, request.sha256,
-                         manifest if isinstance(manifest, str) else None)
+        try:
+            landed = FileInfo.from_wire(result)
+        except BadRequest:
+            raise CommandFailed(f"worker {worker!r} sent an incomplete answer for "
+                                f"{final!r}") from None
+        return PutAnswer(final, request.kind, request.sha256, landed.manifest)
 
     async def get(self, worker: str, request: GetRequest, sink: Any) -> FileInfo:
         """Copy a worker's file, or directory as a tar stream, to the CLI
@@ -433,7 +436,7 @@ class _Relay:
         return self._fwd("write", offset, data)
 
     def remote_utime(self, accessed_modified: Any) -> defer.Deferred[Any]:
-        return self._fwd("utime", encode(list(accessed_modified)))
+        return self._fwd("utime", FileTimes(*accessed_modified).to_wire())
 
     def remote_close(self) -> defer.Deferred[Any]:
         return self._fwd("close")

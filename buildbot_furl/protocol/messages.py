@@ -150,6 +150,107 @@ def decode_failure(raw: Any) -> str | None:
     return text
 
 
+# -- master -> worker: builders, command arguments, file times ---------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BuilderList:
+    """The builders a master wants on a worker: ``(name, builddir)`` pairs
+    (``setBuilderList``).  The worker answers with :func:`builder_names`."""
+
+    pairs: tuple[tuple[str, str], ...]
+
+    def to_wire(self) -> bytes:
+        return encode([[name, builddir] for name, builddir in self.pairs])
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> BuilderList:
+        value = decode(raw) if isinstance(raw, bytes) else None
+        if not isinstance(value, list) or not all(
+            isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)
+            for x in value
+        ):
+            raise BadRequest("setBuilderList wants a list of [name, builddir] pairs")
+        return cls(tuple((name, builddir) for name, builddir in value))
+
+
+def builder_names(value: Any) -> list[str]:
+    """The worker's answer to ``setBuilderList``: the names it now has."""
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise BadRequest("setBuilderList answered something that is not a list of names")
+    return value
+
+
+#: the arguments that travel as references beside a command's arguments, not in them
+COMMAND_REFS = ("writer", "reader")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandArgs:
+    """A Buildbot command's arguments (``startCommand``).  The file
+    transfer's ``writer``/``reader`` objects travel as separate call
+    arguments; ``refs`` names those the master gave as None, so that the
+    command sees the same keys as over PB."""
+
+    args: dict[str, Any]
+    refs: tuple[str, ...] = ()
+
+    @classmethod
+    def split(cls, args: dict[str, Any]) -> tuple[CommandArgs, dict[str, Any]]:
+        """``args`` as Buildbot gives them -> (what is encoded, the references)."""
+        rest = {k: v for k, v in args.items() if k not in COMMAND_REFS}
+        refs = {k: args[k] for k in COMMAND_REFS if args.get(k) is not None}
+        nones = tuple(k for k in COMMAND_REFS if k in args and args[k] is None)
+        return cls(rest, nones), refs
+
+    def to_wire(self) -> bytes:
+        """Raises BadRequest when an argument cannot be encoded."""
+        try:
+            return encode({**self.args, **{k: None for k in self.refs}})
+        except BadRequest:
+            raise
+        except Exception as e:
+            raise BadRequest(f"the arguments cannot be sent: {e}") from None
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> CommandArgs:
+        value = decode(raw) if isinstance(raw, bytes) else None
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise BadRequest("command args must be a map of names")
+        refs = tuple(k for k in COMMAND_REFS if k in value)
+        if any(value[k] is not None for k in refs):
+            raise BadRequest("a command's writer and reader travel beside its arguments")
+        return cls({k: v for k, v in value.items() if k not in COMMAND_REFS}, refs)
+
+    def with_refs(self, refs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments as the command wants them, references included."""
+        out = dict(self.args)
+        for k in self.refs:
+            out[k] = None
+        for k in COMMAND_REFS:
+            if refs.get(k) is not None:
+                out[k] = refs[k]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTimes:
+    """An uploaded file's access and modification times (``utime``)."""
+
+    accessed: float
+    modified: float
+
+    def to_wire(self) -> bytes:
+        return encode([self.accessed, self.modified])
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> FileTimes:
+        t = decode(raw) if isinstance(raw, bytes) else None
+        if not isinstance(t, list) or len(t) != 2 or not all(_is_number(v) for v in t):
+            raise BadRequest("utime wants [atime, mtime]")
+        return cls(t[0], t[1])
+
+
 # -- the confined transfer commands' answers (as updates) --------------------------
 
 TRANSFER_RESULT = "furl"
@@ -456,7 +557,23 @@ class PutRequest:
 
     @classmethod
     def from_wire(cls, raw: bytes) -> PutRequest:
-        req = _map(raw, "a put request")
+        return cls._from_map(_map(raw, "a put request"))
+
+    def command_args(self, path: str, reader: Any) -> dict[str, Any]:
+        """The worker's put command's arguments: this request, landing at
+        ``path`` (made relative to the worker's directory), read through ``reader``."""
+        fields = dataclasses.asdict(self)
+        del fields["remote"]
+        return {"path": path, "reader": reader, **fields}
+
+    @classmethod
+    def from_command_args(cls, args: dict[str, Any]) -> PutRequest:
+        """The request a put command was started with (its ``path`` as ``remote``)."""
+        fields = {k: v for k, v in args.items() if k not in ("path", "reader")}
+        return cls._from_map({**fields, "remote": args.get("path")})
+
+    @classmethod
+    def _from_map(cls, req: dict[str, Any]) -> PutRequest:
         remote, kind, sha = req.get("remote"), req.get("kind", "file"), req.get("sha256")
         if not isinstance(remote, str):
             raise BadRequest("put wants a remote path")

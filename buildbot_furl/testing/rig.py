@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,12 @@ def pct(values: list[float], q: float) -> float | None:
 def say(msg: str) -> None:
     """A progress line on stderr (the results go to stdout)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def keep_or_remove(tmp: Path, keep: bool, tell: Callable[[str], None] = say) -> None:
+    """A tool's scratch directory at its end: kept (and where said) when the
+    user asked to keep it (``--keep``), else removed."""
+    if keep:
+        tell(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -14,15 +14,22 @@ from typing import Any
 from buildbot_worker.base import UnknownCommand
 from buildbot_worker.pb import BotPbLike, WorkerForBuilderPbLike
 from foolscap.api import Referenceable
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from buildbot_furl.errors import BadRequest, CommandFailed, PolicyRefused
 from buildbot_furl.tree import transferred_mode
 from buildbot_furl.layout import WorkerPaths
-from buildbot_furl.protocol import RIWorkerBot, decode, remote_method
-from buildbot_furl.protocol.messages import RESUMED, UNKNOWN_COMMAND, ResumeState
+from buildbot_furl.protocol import RIWorkerBot, remote_method
+from buildbot_furl.protocol.messages import (
+    RESUMED,
+    UNKNOWN_COMMAND,
+    BuilderList,
+    CommandArgs,
+    ResumeState,
+)
 from buildbot_furl.worker import logfiles, procgroup, transfers
 from buildbot_furl.worker.command import Check, FurlProtocolCommand
 from buildbot_furl.worker.policy import Limits, PolicyFile
@@ -37,14 +44,18 @@ class FurlWorkerForBuilder(WorkerForBuilderPbLike):
     next_check: Check | None = None
 
     def ProtocolCommand(self, *args: Any, **kwargs: Any) -> FurlProtocolCommand:  # noqa: N802
-        return FurlProtocolCommand(*args, check=self.next_check, **kwargs)
+        return FurlProtocolCommand(*args, check=self.next_check,
+                                   clock=self.bot.clock, **kwargs)
 
 
 @implementer(RIWorkerBot)
 class FurlBot(Referenceable, BotPbLike):
     WorkerForBuilder = FurlWorkerForBuilder
 
-    def __init__(self, basedir: str, **kwargs: Any) -> None:
+    def __init__(self, basedir: str,
+                 clock: IReactorTime = reactor,  # type: ignore[assignment]
+                 **kwargs: Any) -> None:
+        self.clock = clock  # the commands' timers
         transfers.register()
         procgroup.install()
         logfiles.install()
@@ -86,14 +97,9 @@ class FurlBot(Referenceable, BotPbLike):
 
     @remote_method
     async def remote_setBuilderList(self, builders: bytes) -> list[str]:
-        wanted = decode(builders)
-        if not isinstance(wanted, list) or not all(
-            isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)
-            for x in wanted
-        ):
-            raise BadRequest("setBuilderList wants a list of [name, builddir] pairs")
+        wanted = BuilderList.from_wire(builders).pairs
         self.policy.builder_dirs([d for _, d in wanted])
-        return sorted(await self._set_builders([(name, builddir) for name, builddir in wanted]))
+        return sorted(await self._set_builders(list(wanted)))
 
     async def _set_builders(self, wanted: list[tuple[str, str]]) -> list[str]:
         """buildbot-worker's setBuilderList without its scan for leftover
@@ -131,19 +137,13 @@ class FurlBot(Referenceable, BotPbLike):
     def remote_startCommand(self, builder: str, command_id: str, command: str, args: bytes,
                             status: Any, writer: Any, reader: Any) -> None:
         b = self._builder(builder)
-        cargs = decode(args)
-        if not isinstance(cargs, dict):
-            raise BadRequest("command args must be a dict")
+        cargs = CommandArgs.from_wire(args).with_refs({"writer": writer, "reader": reader})
         key = (builder, command_id)
         if key in self.commands:
             raise BadRequest(f"command {command_id!r} already runs in builder {builder!r}")
         if command == "downloadFile" and isinstance(cargs.get("mode"), int):
             # buildbot-worker chmods to whatever the master asks: no setuid/setgid
             cargs["mode"] = transferred_mode(cargs["mode"])
-        if writer is not None:
-            cargs["writer"] = writer
-        if reader is not None:
-            cargs["reader"] = reader
         running = sum(1 for c in self.commands.values() if not c.is_complete)
 
         def check(name: str, final_args: dict[str, Any]) -> Limits:

@@ -17,12 +17,17 @@ from typing import Any
 
 from buildbot_worker.commands.transfer import TransferCommand, WorkerFileDownloadCommand
 from buildbot_worker.pb import ProtocolCommandPb
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from buildbot_furl.errors import PolicyRefused
-from buildbot_furl.protocol import encode
-from buildbot_furl.protocol.messages import ResumeState, encode_failure, update_items
+from buildbot_furl.protocol.messages import (
+    FileTimes,
+    ResumeState,
+    encode_failure,
+    update_items,
+)
 from buildbot_furl.sizes import show_bytes
 from buildbot_furl.worker.policy import NO_LIMITS, Limits
 from buildbot_furl.worker.streams import ChunkWriter, ReadAhead, UpdateSender
@@ -36,7 +41,10 @@ Check = Callable[[str, dict[str, Any]], Limits]
 class FurlProtocolCommand(ProtocolCommandPb):
     """ProtocolCommandPb with its transport hooks replaced by resumable ones."""
 
-    def __init__(self, *args: Any, check: Check | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, check: Check | None = None,
+                 clock: IReactorTime = reactor,  # type: ignore[assignment]
+                 **kwargs: Any) -> None:
+        self.clock = clock
         #: the worker's policy, asked once the arguments are in their final form
         self._check = check
         self.sender: UpdateSender | None = None
@@ -75,7 +83,8 @@ class FurlProtocolCommand(ProtocolCommandPb):
 
     def _get_sender(self) -> UpdateSender:
         if self.sender is None:
-            self.sender = UpdateSender(self.command_ref, self._pause, self._resume)
+            self.sender = UpdateSender(self.command_ref, self._pause, self._resume,
+                                       self.clock)
         return self.sender
 
     def protocol_send_update_message(self, message: list[tuple[str, Any]]) -> None:
@@ -147,7 +156,7 @@ class FurlProtocolCommand(ProtocolCommandPb):
     def protocol_update_upload_file_utime(self, writer: Any, access_time: float,
                                           modified_time: float) -> Any:
         return defer.Deferred.fromCoroutine(
-            self._writer(writer).finish("utime", encode([access_time, modified_time]))
+            self._writer(writer).finish("utime", FileTimes(access_time, modified_time).to_wire())
         )
 
     def protocol_update_upload_file_close(self, writer: Any) -> Any:

@@ -111,7 +111,7 @@ class WorkerService(service.MultiService):
         #: every timer of the worker runs on it (tests give a task.Clock)
         self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.paths = paths
-        self.bot = FurlBot(paths.basedir)
+        self.bot = FurlBot(paths.basedir, self.clock)
         if numcpus is not None:
             self.bot.numcpus = numcpus  # getWorkerInfo detects it only when unset
         self.maxretries = maxretries

@@ -23,6 +23,7 @@ from typing import Any
 
 from foolscap.eventual import fireEventually
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -106,8 +107,11 @@ class UpdateSender:
     """Sequence-numbered, windowed delivery of one command's updates."""
 
     def __init__(self, status: Any, pause: Callable[[], None],
-                 resume: Callable[[], None]) -> None:
+                 resume: Callable[[], None],
+                 clock: IReactorTime = reactor) -> None:  # type: ignore[assignment]
         self.link = _Link(status)
+        #: updates added in one turn of the reactor leave in one batch, at its end
+        self.clock = clock
         self.pause = pause
         self.resume = resume
         self.seq = 0
@@ -132,7 +136,7 @@ class UpdateSender:
         if self.pending_bytes >= BATCH_BYTES:
             self.flush()
         elif self.pending and self._flush_call is None:
-            self._flush_call = reactor.callLater(0, self.flush)
+            self._flush_call = self.clock.callLater(0, self.flush)
 
     def flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():

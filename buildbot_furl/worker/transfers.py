@@ -48,6 +48,8 @@ from buildbot_furl.protocol import GET_COMMAND, MAX_CHUNK, PUT_COMMAND
 from buildbot_furl.protocol.messages import (
     TRANSFER_ERROR,
     TRANSFER_RESULT,
+    FileInfo,
+    PutRequest,
     transfer_error,
 )
 
@@ -121,15 +123,9 @@ class PutCommand(_Transfer):
     def setup(self, args: dict[str, Any]) -> None:
         super().setup(args)
         self.reader = args["reader"]
-        self.kind = args["kind"]
-        self.sha256 = args["sha256"]
-        self.manifest = args.get("manifest")
-        self.mode = args.get("mode")
-        if self.kind not in ("file", "dir"):
-            raise ValueError("kind must be 'file' or 'dir'")
-        if self.mode is not None and (not isinstance(self.mode, int) or
-                                      not 0 <= self.mode <= 0o7777):
-            raise ValueError("mode must be a permission number")
+        request = PutRequest.from_command_args(args)  # BadRequest when out of shape
+        self.kind, self.sha256 = request.kind, request.sha256
+        self.manifest, self.mode = request.manifest, request.mode
 
     async def _receive(self, write: Callable[[bytes], Any]) -> str:
         """Read everything the master sends, passing it to ``write``; its sha256."""
@@ -177,7 +173,7 @@ class PutCommand(_Transfer):
                 raise CommandFailed(f"{self.path!r} is a directory") from None
             with contextlib.suppress(OSError):
                 os.fsync(dest.dir_fd)
-            return {"sha256": digest}
+            return FileInfo("file", digest, mode=tree.transferred_mode(mode)).to_wire()
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -208,7 +204,7 @@ class PutCommand(_Transfer):
         except BaseException:
             tree.remove_tree(dest.dir_fd, part)
             raise
-        return {"manifest": digest}
+        return FileInfo("dir", self.sha256, manifest=digest).to_wire()
 
 
 class GetCommand(_Transfer):
@@ -232,28 +228,28 @@ class GetCommand(_Transfer):
         try:
             st = os.fstat(fd)
             info = tree.stat_fields(st)
+            manifest = None
             if info["kind"] == "file":
                 os.set_blocking(fd, True)
-                info["sha256"] = await self._send_fd(fd)
+                sha256 = await self._send_fd(fd)
                 await self.protocol_command.protocol_update_upload_file_close(self.writer)
             elif info["kind"] == "dir":
                 limit = self.protocol_command.limits.upload
                 with tempfile.TemporaryFile() as tmp:
                     try:
-                        info["manifest"] = await threads.deferToThread(tree.pack, fd, tmp,
-                                                                       limit)
+                        manifest = await threads.deferToThread(tree.pack, fd, tmp, limit)
                     except tree.TooLarge:
                         # refused as a transfer past the limit is, before a byte goes
                         self.protocol_command.count_moved("upload", limit + 1)
                         raise
                     tmp.seek(0)
-                    info["sha256"] = await self._send_fd(tmp.fileno())
+                    sha256 = await self._send_fd(tmp.fileno())
                 await self.protocol_command.protocol_update_upload_directory(self.writer)
             else:
                 raise CommandFailed(f"{self.path!r} is neither a file nor a directory")
         finally:
             os.close(fd)
-        return info
+        return FileInfo(info["kind"], sha256, info["size"], info["mode"], manifest).to_wire()
 
     async def _send_fd(self, fd: int) -> str:
         h = hashlib.sha256()

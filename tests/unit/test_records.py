@@ -17,11 +17,16 @@ from buildbot_furl.protocol import encode
 from buildbot_furl.protocol.messages import (
     AttachAnswer,
     AttachInfo,
+    BuilderList,
+    CommandArgs,
     DrainAnswer,
+    FileTimes,
+    PutRequest,
     FileInfo,
     ResumeState,
     RunAnswer,
     SessionProof,
+    builder_names,
     decode_output,
 )
 from buildbot_furl.worker.statefile import (
@@ -165,6 +170,50 @@ def test_the_other_answers_refuse_garbage_instead_of_defaults() -> None:
 
 STATUS = WorkerStatus(Attachment.ATTACHED, 1700000000.5, 4242, "127.0.0.1:9", None, "fid",
                       Drain.ACCEPTED, Switch("new", SwitchResult.FAILED, "timed out"), "w1")
+
+
+def test_the_master_to_worker_records_round_trip() -> None:
+    pairs = (("b1", "build/b1"), ("b2", "b2"))
+    assert BuilderList.from_wire(BuilderList(pairs).to_wire()) == BuilderList(pairs)
+    assert builder_names(["b1", "b2"]) == ["b1", "b2"]
+    assert FileTimes.from_wire(FileTimes(1.5, 2).to_wire()) == FileTimes(1.5, 2)
+    writer, reader = object(), object()
+    # as Buildbot gives them: a writer object, a reader it set to None
+    args = {"workdir": "w", "maxsize": 10, "writer": writer, "reader": None}
+    wire, refs = CommandArgs.split(args)
+    assert refs == {"writer": writer}
+    back = CommandArgs.from_wire(wire.to_wire())
+    assert back.with_refs(refs) == args  # the same keys as over PB, None included
+    assert "reader" in back.with_refs({}) and "writer" not in back.with_refs({})
+    put = PutRequest("ignored", "dir", SHA, "6" * 64)
+    args = put.command_args("sub/tree", reader)
+    assert args["path"] == "sub/tree" and args["reader"] is reader and "remote" not in args
+    assert PutRequest.from_command_args(args) == PutRequest("sub/tree", "dir", SHA, "6" * 64)
+    with pytest.raises(BadRequest):
+        PutRequest.from_command_args({**args, "kind": "fifo"})
+
+
+@pytest.mark.parametrize("make, raw", [
+    (BuilderList.from_wire, encode([["b1"]])),
+    (BuilderList.from_wire, encode({"b1": "d"})),
+    (BuilderList.from_wire, "not bytes"),
+    (CommandArgs.from_wire, encode(["a"])),
+    (CommandArgs.from_wire, encode({1: "a"})),
+    (CommandArgs.from_wire, encode({"writer": "a string in place of a reference"})),
+    (FileTimes.from_wire, encode([1, True])),
+    (FileTimes.from_wire, encode([1.0])),
+    (FileTimes.from_wire, encode([1.0, float("nan")])),
+    (builder_names, ["b1", 2]),
+    (builder_names, {"b1": 1}),
+])
+def test_the_master_to_worker_records_refuse_garbage(make: Any, raw: Any) -> None:
+    with pytest.raises(BadRequest):
+        make(raw)
+
+
+def test_arguments_that_cannot_be_encoded_are_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="cannot be sent"):
+        CommandArgs({"x": object()}).to_wire()
 
 
 def test_the_state_file_round_trips() -> None:
