@@ -15,6 +15,7 @@ setup(
         "pyopenssl>=24",
         "click>=8.1",
         "msgpack>=1.0",
+        "prometheus-client>=0.20",
         "buildbot-worker>=4.0,<5",
     ],
     extras_require={
