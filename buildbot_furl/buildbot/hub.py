@@ -36,6 +36,7 @@ from buildbot_furl.master.admin import AdminStatus
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.host import CannotListen, MasterHost
 from buildbot_furl.master.session import WorkerSession
+from buildbot_furl.metrics.serve import CannotServeMetrics
 
 log = Logger()
 
@@ -121,6 +122,11 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             log.info("FURL workers: the port {port} is free now", port=host.settings.port)
         self._listen_failed = False
         await self._publish_admin()
+        try:
+            await host.serve_metrics()
+        except CannotServeMetrics as e:
+            # like the admin FURL: the builds go on without it
+            log.error("FURL workers: no metrics: {err}", err=str(e))
         log.info("FURL workers: listening on {port} (workers dial {loc}), tubid {tubid}, "
                  "{n} worker(s) in {path}", port=host.settings.port,
                  loc=",".join(host.settings.location), tubid=host.tub.getTubID(),

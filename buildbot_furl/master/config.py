@@ -27,6 +27,7 @@ from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT
+from buildbot_furl.metrics.serve import check_listen
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, tubid_of
 
@@ -53,6 +54,8 @@ class MasterConfig:
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     #: max_pending, pending_per_address, attach_timeout (master/admission.py)
     gate: GateSettings = GateSettings()
+    #: where /metrics, /healthz and /readyz are served (None: nowhere)
+    metrics_listen: str | None = None
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -126,7 +129,9 @@ def create(basedir: str, location: str, port: str | None,
             "# attach_timeout = 15 (seconds a new connection has to start an attach),\n"
             "# pending_per_address = 256 (connections of one address on their way to an\n"
             "# attach at once; more wait), max_pending = 0 (connections not yet attached,\n"
-            "# in all; 0: derived from the open-files limit, 4096 at 65536).\n"
+            "# in all; 0: derived from the open-files limit, 4096 at 65536),\n"
+            "# metrics_listen = tcp:9102:interface=127.0.0.1 (serve Prometheus /metrics,\n"
+            "# /healthz and /readyz there; off when left out).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
@@ -219,6 +224,7 @@ def read(basedir: str) -> ConfReading:
             attach_timeout=setting("attach_timeout", GateSettings.attach_timeout,
                                    lambda v: _checked(float(v), 1, 3600, "attach_timeout",
                                                       " seconds"))),
+        metrics_listen=setting("metrics_listen", None, check_listen),
     )
     config = None
     if location is not None and port is not None:

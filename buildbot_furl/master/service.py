@@ -24,6 +24,7 @@ from buildbot_furl.master.admin import StandaloneAdmin
 from buildbot_furl.master.config import MasterConfig
 from buildbot_furl.master.host import CannotListen, HostSettings, MasterHost
 from buildbot_furl.master.standalone import Standalone
+from buildbot_furl.metrics.serve import CannotServeMetrics
 
 log = Logger()
 
@@ -38,10 +39,11 @@ class MasterService(service.MultiService):
         self.host.setServiceParent(self)
 
     async def start(self) -> None:
-        """Start, listen and publish the admin FURL; ConfigError or
-        CannotListen if that cannot be done."""
+        """Start, listen, serve the metrics (if asked) and publish the admin
+        FURL; ConfigError, CannotListen or CannotServeMetrics if that cannot be done."""
         self.startService()
         await self.host.listen()
+        await self.host.serve_metrics()
         registry = self.host.registry
         assert registry is not None and isinstance(self.host.consumer, Standalone)
         await self.host.publish_admin(StandaloneAdmin(registry, self.config.location,
@@ -65,7 +67,7 @@ class _DaemonStartup:
     async def run(self) -> None:
         try:
             await self.svc.start()
-        except (ConfigError, CannotListen) as e:
+        except (ConfigError, CannotListen, CannotServeMetrics) as e:
             log.error("cannot start: {msg}", msg=str(e))
             report_ready(self.ready_fd, False, str(e))
             self.exit_code = 1
