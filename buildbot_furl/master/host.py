@@ -30,8 +30,9 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
+from buildbot_furl import furlsfile
 from buildbot_furl.errors import FurlError
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.layout import MasterPaths
@@ -41,15 +42,18 @@ from buildbot_furl.master.config import (
     DEFAULT_REFUSAL_LIMIT,
     MasterConfig,
     check_private,
+    mailbox_of,
 )
 from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.consumer import ConsumerFactory, WorkerConsumer
 from buildbot_furl.master.refusals import Refusals
+from buildbot_furl.master.invites import Invites, WormholeFactory, real_wormhole
+from buildbot_furl.master.mailbox import MailboxService
 from buildbot_furl.master.metrics import MasterMetrics
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.metrics.serve import MetricsService
-from buildbot_furl.protocol.messages import RefusalCounts, WorkerRow
+from buildbot_furl.protocol.messages import PUBLIC_MAILBOX, RefusalCounts, WorkerRow
 from buildbot_furl.master.session import WorkerSession
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import (
@@ -89,6 +93,10 @@ class HostSettings:
     gate: GateSettings = GateSettings()
     #: where /metrics, /healthz and /readyz are served (None: nowhere)
     metrics_listen: str | None = None
+    #: where the invites' mailbox is served (None: not here)
+    mailbox_listen: str | None = None
+    #: the mailbox new invites use
+    mailbox_url: str = PUBLIC_MAILBOX
 
     @property
     def workers_file(self) -> str:
@@ -99,7 +107,8 @@ class HostSettings:
         return cls(config.paths, config.port, config.location, "", config.keepalive,
                    config.disconnect_timeout, config.reload_interval, config.session_grace,
                    config.refusal_limit, config.call_timeout, config.gate,
-                   config.metrics_listen)
+                   config.metrics_listen, config.mailbox_listen,
+                   mailbox_of(config.mailbox_url, config.mailbox_listen, config.location))
 
 
 class MasterHost(service.MultiService):
@@ -108,7 +117,8 @@ class MasterHost(service.MultiService):
 
     def __init__(self, settings: HostSettings, consumer: ConsumerFactory,
                  buildbot_master: Any = None, clock: IReactorTime | None = None,
-                 metrics: MasterMetrics | None = None) -> None:
+                 metrics: MasterMetrics | None = None,
+                 wormholes: WormholeFactory | None = None) -> None:
         """``consumer`` makes the host's consumer from the host (its queries);
         ``buildbot_master``: the Buildbot master the connections serve (None:
         standalone)."""
@@ -131,6 +141,10 @@ class MasterHost(service.MultiService):
             "buildbot" if buildbot_master is not None else "master")
         self.metrics.watch(self)
         self.metrics_service: MetricsService | None = None
+        #: how invites make their wormholes (tests give fakes)
+        self._wormholes = wormholes
+        self.invites: Invites | None = None
+        self.mailbox: MailboxService | None = None
 
     def startService(self) -> None:
         """Check the files, make the Tub and load workers.furls; raises
@@ -147,11 +161,36 @@ class MasterHost(service.MultiService):
                                   on_detach=self._detached, on_drain=self._drain,
                                   reload_interval=s.reload_interval, grace=s.grace,
                                   call_timeout=s.call_timeout, refusals=refusals,
-                                  clock=self.clock, metrics=self.metrics)
+                                  clock=self.clock, metrics=self.metrics,
+                                  on_retire=self._retired)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)
+        clock = self.clock if self.clock is not None else reactor
+        self.invites = Invites(
+            s.paths.invites, s.workers_file, tub.getTubID(), s.location, s.mailbox_url,
+            registry, clock,  # type: ignore[arg-type]
+            self._wormholes or real_wormhole(reactor),
+            furlsfile.check_buildbot_name if self.buildbot_master is not None
+            else furlsfile.check_name, self.metrics)
+        self.invites.setServiceParent(self)  # reads private/invites.json: ConfigError
         super().startService()
+
+    async def open_invites(self) -> None:
+        """Serve the invites' mailbox (if the settings say so) and open the
+        invites still pending from before a restart; CannotServeMailbox."""
+        s = self.settings
+        if s.mailbox_listen is not None and self.mailbox is None:
+            mailbox = MailboxService(s.mailbox_listen, self.clock)
+            await mailbox.start()
+            mailbox.setServiceParent(self)
+            self.mailbox = mailbox
+        if self.invites is not None:
+            self.invites.resume()
+
+    def _retired(self, name: str, why: str) -> None:
+        if self.invites is not None:
+            self.invites.worker_gone(name, why)
 
     async def listen(self, port: str | None = None) -> None:
         """Listen on ``port`` (default: the settings'), then stop listening
@@ -294,3 +333,6 @@ class MasterHost(service.MultiService):
 
     def commands_running(self) -> int:
         return sum(c.commands_running for c in self.connections.values())
+
+    def invites_pending(self) -> int:
+        return self.invites.pending_count() if self.invites is not None else 0

@@ -28,6 +28,8 @@ REFUSAL_REASONS = ("unknown_furl", "revoked_furl", "malformed", "duplicate",
 VIOLATION_KINDS = ("call_bounds", "command", "session")
 #: how a command ended, seen from the master
 COMMAND_RESULTS = ("completed", "failed", "lost", "refused")
+#: how an invite ended
+INVITE_OUTCOMES = ("claimed", "wrong_code", "expired", "cancelled")
 
 
 class HostView(Protocol):
@@ -38,6 +40,8 @@ class HostView(Protocol):
     def refusal_counts(self) -> RefusalCounts: ...
 
     def commands_running(self) -> int: ...
+
+    def invites_pending(self) -> int: ...
 
 
 class MasterMetrics:
@@ -70,6 +74,10 @@ class MasterMetrics:
         self._transfer_bytes = Counter(
             PREFIX + "transfer_bytes", "Bytes of files moved, by direction: upload "
             "(worker to master) or download (master to worker).", ["direction"], registry=r)
+        self._invites = Counter(
+            PREFIX + "invites_ended", "Invites ended, by outcome: claimed, wrong_code "
+            "(a wrong code was tried: the invite is burned), expired, cancelled.",
+            ["outcome"], registry=r)
         self._reloads = Counter(
             PREFIX + "workers_file_reloads", "Reloads of workers.furls, by result "
             "(applied, or not_applied: the file was bad and the previous workers kept).",
@@ -88,6 +96,8 @@ class MasterMetrics:
             self._transfer_bytes.labels(direction)
         for result in ("applied", "not_applied"):
             self._reloads.labels(result)
+        for outcome in INVITE_OUTCOMES:
+            self._invites.labels(outcome)
 
     def watch(self, host: HostView) -> None:
         """Read the gauges from ``host`` at each scrape."""
@@ -115,6 +125,9 @@ class MasterMetrics:
         self._update_bytes.inc(update_bytes)
         self._transfer_bytes.labels("upload").inc(uploaded)
         self._transfer_bytes.labels("download").inc(downloaded)
+
+    def invite_ended(self, outcome: str) -> None:
+        self._invites.labels(outcome if outcome in INVITE_OUTCOMES else "cancelled").inc()
 
     def reloaded(self, applied: bool) -> None:
         self._reloads.labels("applied" if applied else "not_applied").inc()
@@ -148,6 +161,8 @@ class _Collector(Collector):
         yield GaugeMetricFamily(PREFIX + "workers_draining", "Workers in a graceful stop.",
                                 value=sum(r.draining for r in rows))
         yield per_worker
+        yield GaugeMetricFamily(PREFIX + "invites_pending", "Invites waiting to be "
+                                "claimed.", value=self.host.invites_pending())
         yield GaugeMetricFamily(PREFIX + "commands_running",
                                 "Commands running on this master's workers.",
                                 value=self.host.commands_running())

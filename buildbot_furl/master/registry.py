@@ -117,7 +117,10 @@ class WorkerRegistry:
         on_drain: DrainHook | None = None,
         refusals: Refusals | None = None,
         metrics: MasterMetrics | None = None,
+        on_retire: Callable[[str, str], None] | None = None,
     ) -> None:
+        #: told when a worker leaves workers.furls or gets a new FURL ("revoked", "rotated")
+        self.on_retire = on_retire
         #: what counts attaches, refusals, reloads (and the sessions' events)
         self.metrics = metrics if metrics is not None else MasterMetrics()
         #: the clock of every timer here and in the sessions
@@ -265,6 +268,8 @@ class WorkerRegistry:
             session.drop(f"FURL {why}", why)
         for bot in list(login.attaching if login is not None else ()):
             sever(bot, f"FURL {why}")  # attaching, no session yet: cut as well
+        if self.on_retire is not None:
+            self.on_retire(name, why)
 
     # -- attach ---------------------------------------------------------------
     def _current(self, login: WorkerLogin, bot: Any) -> None:

@@ -50,6 +50,9 @@ class Host:
     def commands_running(self) -> int:
         return self.running
 
+    def invites_pending(self) -> int:
+        return 1
+
 
 P = "buildbot_furl_"
 
