@@ -20,6 +20,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
+    PredicateResult,
     globalLogBeginner,
     textFileLogObserver,
 )
@@ -143,6 +144,23 @@ class RotatingFile:
             self.fd = -1
 
 
+def no_chatter(event: dict[str, Any]) -> PredicateResult:
+    """Drop the info lines of the libraries behind invites: the mailbox
+    server's lines per websocket (nameplates made, clients connecting) and
+    the wormhole client's factory starts and stops, a few per claim, none of
+    use to an admin (invites log what matters themselves).  Their warnings
+    and errors pass."""
+    level = event.get("log_level")
+    if level is not None and level >= LogLevel.warn:
+        return PredicateResult.maybe
+    system = str(event.get("log_system", ""))
+    namespace = str(event.get("log_namespace", ""))
+    if system.startswith("_GenericHTTPChannelProtocol") or \
+            namespace.startswith(("wormhole.", "autobahn.")):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def start_logging(path: str, to_stderr: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
                   keep: int = DEFAULT_KEEP, level: LogLevel = LogLevel.info) -> RotatingFile:
     """Send twisted.logger events to ``path`` (and stderr in the foreground);
@@ -150,10 +168,10 @@ def start_logging(path: str, to_stderr: bool = False, max_bytes: int = DEFAULT_M
     f = RotatingFile(path, max_bytes, keep, own_stdio=not to_stderr)
     made_private = ([os.path.basename(path)] if f.was_loose else []) + \
         make_old_logs_private(path)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    observers: list[Any] = [FilteringLogObserver(textFileLogObserver(f), [predicate])]
+    predicates = [LogLevelFilterPredicate(defaultLogLevel=level), no_chatter]
+    observers: list[Any] = [FilteringLogObserver(textFileLogObserver(f), predicates)]
     if to_stderr:
-        observers.append(FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate]))
+        observers.append(FilteringLogObserver(textFileLogObserver(sys.stderr), predicates))
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     if made_private:
         Logger().info("made {files} mode 0600 (they were readable by others; logs hold "

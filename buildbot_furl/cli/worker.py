@@ -36,6 +36,9 @@ MAILBOX_HELP = ("The magic-wormhole mailbox the master's invite uses, as 'furl-m
 
 
 def _code_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = click.option("--claim-wait", default=60.0, show_default=True,
+                      type=click.FloatRange(min=1), metavar="SECONDS",
+                      help="With --code: how long to wait for the master's answer.")(fn)
     fn = click.option("--mailbox", default=None, metavar="URL", help=MAILBOX_HELP)(fn)
     return click.option("--code", default=None, metavar="CODE", help=CODE_HELP)(fn)
 
@@ -122,7 +125,7 @@ def cli() -> None:
 def create_worker(basedir: str, furl: str | None, furl_file: str | None,
                   admin: str | None, host: str | None, access_uri: str | None,
                   policy_file: str | None, code: str | None, mailbox: str | None,
-                  **settings: str | None) -> None:
+                  claim_wait: float, **settings: str | None) -> None:
     """Create worker directory BASEDIR holding the FURL (BASEDIR/master.furl, 0600).
 
     The FURL comes from an invite (--code, as 'furl-master invite' printed
@@ -132,7 +135,7 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None,
     with 'furl-worker settings').
     """
     cmds.create_worker(basedir, furl, furl_file, admin, host, policy_file, access_uri,
-                       settings, code, mailbox)
+                       settings, code, mailbox, claim_wait)
 
 
 @cli.command("set-furl", epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_ATTACHED, Exit.USAGE))
@@ -143,7 +146,7 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None,
               help="Seconds to wait for a running worker to attach with the new FURL.")
 @guarded()
 def set_furl(basedir: str, furl: str | None, furl_file: str | None,
-             code: str | None, mailbox: str | None, wait: float) -> None:
+             code: str | None, mailbox: str | None, claim_wait: float, wait: float) -> None:
     """Store a new FURL in BASEDIR/master.furl (from an invite: --code; or
     after the master's admin ran rotate-worker: --furl-file), and make a
     running worker switch to it at once.
@@ -151,7 +154,7 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None,
     Exits 0 once the running worker is attached with the new FURL (or at
     once if no worker runs), 4 if it is not attached within --wait seconds.
     """
-    cmds.set_furl(basedir, furl, furl_file, wait, code, mailbox)
+    cmds.set_furl(basedir, furl, furl_file, wait, code, mailbox, claim_wait)
 
 
 @cli.command(epilog=epilog(*USUAL))

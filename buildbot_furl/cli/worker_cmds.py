@@ -97,7 +97,8 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: 
                   host: str | None, policy_file: str | None = None,
                   access_uri: str | None = None,
                   settings: dict[str, Any] | None = None,
-                  code: str | None = None, mailbox: str | None = None) -> None:
+                  code: str | None = None, mailbox: str | None = None,
+                  claim_wait: float = 60.0) -> None:
     stored = _given_settings(dict(settings or {}))  # checked before anything is created
     text = None
     if policy_file is not None:
@@ -112,7 +113,7 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: 
                          f"new FURL: furl-worker set-furl {q(basedir)} --code CODE)")
         made: list[WorkerPaths] = []
         name = _claim(code, mailbox, admin, host, lambda f, n: made.append(
-            wconfig.create(basedir, f, admin, host, access_uri, stored)))
+            wconfig.create(basedir, f, admin, host, access_uri, stored)), claim_wait)
         paths = made[0]
         note(f"worker {name!r}: received its FURL through the invite and stored it in "
              f"{paths.furl} (mode 0600)")
@@ -199,7 +200,7 @@ def _code_alone(furl: str | None, furl_file: str | None) -> None:
 
 
 def _claim(code: str, mailbox: str | None, admin: str | None, host: str | None,
-           store: Callable[[Any, str], None]) -> str:
+           store: Callable[[Any, str], None], wait: float = 60.0) -> str:
     """Claim an invite (a one-time code); ``store(furl, name)`` keeps the FURL."""
     import getpass
     import socket
@@ -216,13 +217,14 @@ def _claim(code: str, mailbox: str | None, admin: str | None, host: str | None,
                      admin or f"{user} <{user}@{socket.gethostname()}>", __version__)
     note(f"claiming the invite on the mailbox {url} ...")
     try:
-        return run_once(lambda reactor: join.claim(reactor, code, url, me, store))
+        return run_once(lambda reactor: join.claim(reactor, code, url, me, store, wait))
     except join.JoinError as e:
         raise Failed(str(e)) from None
 
 
 def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float,
-             code: str | None = None, mailbox: str | None = None) -> None:
+             code: str | None = None, mailbox: str | None = None,
+             claim_wait: float = 60.0) -> None:
     """Store a new FURL; a running worker first tries it, and keeps the
     previous one (in use and in master.furl) unless it attaches."""
     paths = _paths(basedir)
@@ -239,7 +241,7 @@ def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float,
                 write_private(paths.furl_new, f"{new}\n")
             got.append(new)
 
-        name = _claim(code, mailbox, None, None, keep)
+        name = _claim(code, mailbox, None, None, keep, claim_wait)
         note(f"worker {name!r}: received its new FURL through the invite")
         new = got[0]
     else:

@@ -174,7 +174,9 @@ class Invites(service.Service):
     def __init__(self, path: str, furls_path: str, tubid: str, location: tuple[str, ...],
                  mailbox: str, registry: Registry, clock: IReactorTime,
                  wormholes: WormholeFactory, check_name: Callable[[str], str],
-                 metrics: Any = None) -> None:
+                 metrics: Any = None,
+                 in_thread: Callable[..., defer.Deferred[Any]] = threads.deferToThread,
+                 ) -> None:
         self.book = InviteBook(path)
         self.furls_path = furls_path
         self.tubid = tubid
@@ -187,6 +189,9 @@ class Invites(service.Service):
         #: refuses a name this master cannot take (a Buildbot master is stricter)
         self.check_name = check_name
         self.metrics = metrics
+        #: where workers.furls is edited (its lock may wait): a thread, but
+        #: not in the clock-driven tests
+        self.in_thread = in_thread
         self._open: dict[str, tuple[Wormhole, Any]] = {}  # name -> (wormhole, expiry timer)
 
     # -- life ---------------------------------------------------------------------
@@ -336,7 +341,7 @@ class Invites(service.Service):
         del self.book.pending[p.name]
         self.book.save()
         try:
-            furl = await threads.deferToThread(self._mint, p)
+            furl = await self.in_thread(self._mint, p)
         except (ConfigError, OSError) as e:
             why = str(e)[:200]
             log.warn("invite for worker {name}: claimed, but no FURL was made: {err}",
