@@ -41,6 +41,11 @@ class MasterPaths:
         return self._p("private", "admin.furl")
 
     @property
+    def invites(self) -> str:
+        """Pending invites, with their codes (0600; master/invites.py)."""
+        return self._p("private", "invites.json")
+
+    @property
     def log(self) -> str:
         return self._p("master.log")
 

@@ -35,7 +35,9 @@ from buildbot_furl.errors import (
 from buildbot_furl.master.admin import AdminStatus
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.host import CannotListen, MasterHost
+from buildbot_furl.master.mailbox import CannotServeMailbox
 from buildbot_furl.master.session import WorkerSession
+from buildbot_furl.metrics.serve import CannotServeMetrics
 
 log = Logger()
 
@@ -121,6 +123,15 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             log.info("FURL workers: the port {port} is free now", port=host.settings.port)
         self._listen_failed = False
         await self._publish_admin()
+        try:
+            await host.serve_metrics()
+        except CannotServeMetrics as e:
+            # like the admin FURL: the builds go on without it
+            log.error("FURL workers: no metrics: {err}", err=str(e))
+        try:
+            await host.open_invites()
+        except CannotServeMailbox as e:
+            log.error("FURL workers: no invites: {err}", err=str(e))
         log.info("FURL workers: listening on {port} (workers dial {loc}), tubid {tubid}, "
                  "{n} worker(s) in {path}", port=host.settings.port,
                  loc=",".join(host.settings.location), tubid=host.tub.getTubID(),
@@ -144,8 +155,10 @@ class FurlHub(bbservice.ReconfigurableServiceMixin, bbservice.SharedService):
             return
         self.pidfile = pidfile
         try:
+            assert self.host.invites is not None
             await self.host.publish_admin(AdminStatus(self.host.registry,
-                                                      self.host.settings.location))
+                                                      self.host.settings.location,
+                                                      self.host.invites))
         except CannotListen as e:
             log.warn("FURL workers: not publishing the admin FURL: {err}", err=str(e))
 

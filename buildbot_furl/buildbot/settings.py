@@ -13,9 +13,10 @@ from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master import config as mconfig
 from buildbot_furl.master.host import HostSettings
+from buildbot_furl.metrics.serve import check_listen
 
 PROTOCOL_KEY = "furl"
-PROTOCOL_OPTIONS = frozenset({"port", "location", "furls"})
+PROTOCOL_OPTIONS = frozenset({"port", "location", "furls", "metrics_listen"})
 
 
 def normalize_port(port: Any) -> str:
@@ -84,11 +85,19 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
             f"{paths.tub_pem} is missing: the master's key is made by furl-master "
             f"create-master -d {shlex.quote(paths.basedir)} --location tcp:HOST:PORT"
         )
+    # master.cfg's metrics_listen wins over furl-master.conf's
+    metrics_listen = conf.metrics_listen if conf is not None else None
+    if opts.get("metrics_listen") is not None:
+        if not isinstance(opts["metrics_listen"], str):
+            raise ConfigError("c['protocols']['furl']['metrics_listen'] must be an endpoint "
+                              "string (e.g. 'tcp:9102:interface=127.0.0.1')")
+        metrics_listen = check_listen(opts["metrics_listen"])
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
                             conf.disconnect_timeout, conf.reload_interval, conf.session_grace,
-                            conf.refusal_limit, conf.call_timeout, conf.gate)
-    return HostSettings(paths, port, location, os.path.abspath(furls_path))
+                            conf.refusal_limit, conf.call_timeout, conf.gate, metrics_listen)
+    return HostSettings(paths, port, location, os.path.abspath(furls_path),
+                        metrics_listen=metrics_listen)
 
 
 def furl_protocol(basedir: str, **options: Any) -> dict[str, Any]:

@@ -104,6 +104,33 @@ def rotate_worker(cfg: MasterCli, name: str, output: str | None) -> None:
     cmds.rotate_worker(cfg, name, output)
 
 
+@cli.command(epilog=epilog(*USUAL))
+@_basedir
+@click.argument("name")
+@click.option("--ttl", default="24h", show_default=True, metavar="DURATION",
+              help="How long the code is good for (like 90m, 24h, 7d; at most 30 days).")
+@click.option("--comment", default="", help="The new worker's comment in workers.furls.")
+@click.option("--cancel", is_flag=True, help="Cancel NAME's pending invite instead.")
+@click.pass_obj
+@guarded()
+def invite(cfg: MasterCli, name: str, ttl: str, comment: str, cancel: bool) -> None:
+    """Invite worker NAME with a one-time code instead of a pasted FURL.
+
+    Asks the running master (standalone or Buildbot) for an invite and
+    returns at once: the code (like 7-guitarist-revenge) on stdout, how long
+    it is good for on stderr.  The master holds the invite open until the
+    worker's admin runs 'furl-worker create-worker DIR --code CODE' (for a
+    listed worker: 'furl-worker set-furl DIR --code CODE', a rotation); only
+    then is the FURL minted, and it travels encrypted over a magic-wormhole
+    (SPAKE2: a code is good once, a wrong guess burns the invite).  The
+    mailbox is furl-master.conf's mailbox_url, or the master's own
+    (mailbox_listen), or the public one.  list-workers shows pending invites.
+    On a Buildbot master, name a new worker in master.cfg and reconfig once
+    it has claimed its invite (load_workers() reads workers.furls).
+    """
+    cmds.invite(cfg, name, ttl, comment, cancel)
+
+
 @cli.command("list-workers", epilog=epilog(*USUAL, Exit.UNAVAILABLE))
 @_basedir
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -30,9 +30,14 @@ from buildbot_furl.master import config as mconfig
 from buildbot_furl.privatefiles import reserve_private
 from buildbot_furl.protocol import call
 from buildbot_furl.protocol.messages import (
+    PUBLIC_MAILBOX,
     DrainAnswer,
+    InviteAnswer,
+    InviteRequest,
+    InviteRow,
     StatusAnswer,
     WorkerRow,
+    invite_rows_from_wire,
     worker_rows_from_wire,
 )
 from buildbot_furl.tubs import make_tub, tubid_of
@@ -221,10 +226,11 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
     live: dict[str, WorkerRow] = {}
     running_problems: list[str] = []
     refusals: dict[str, Any] | None = None
+    invites: list[InviteRow] = []
     running = master_pid(paths) is not None
     if running:
         try:
-            rows, st = run_with_admin(paths, _list_and_status)
+            rows, st, invites = run_with_admin(paths, _list_and_status)
             live = {r.name: r for r in rows}
             running_problems = list(st.problems)
             refusals = st.refusals.to_wire()
@@ -253,9 +259,17 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
         out.append(row)
     if as_json:
         click.echo(json.dumps({"master_running": running, "workers": out,
-                               "problems": problems, "refusals": refusals}, indent=2))
+                               "problems": problems, "refusals": refusals,
+                               "invites": [i.to_wire() for i in invites]}, indent=2))
         return
     _warn(problems, running)
+    for inv in invites:
+        if inv.state == "pending":
+            click.echo(f"{inv.name}  invite pending until {_when(inv.expires)}"
+                       + (" (a new FURL for it)" if inv.rotation else " (a new worker)"))
+    claimed = [i for i in invites if i.state == "claimed"][-5:]
+    for inv in claimed:
+        note(f"(invite for {inv.name} claimed {_when(inv.claimed_at)} by {inv.host or '?'})")
     if not out:
         note("no workers yet: add one with furl-master create-worker NAME -o NAME.furl")
         return
@@ -282,9 +296,10 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
         note("(the master is not running: connection state unknown)")
 
 
-async def _list_and_status(admin: Any) -> tuple[list[WorkerRow], StatusAnswer]:
+async def _list_and_status(admin: Any) -> tuple[list[WorkerRow], StatusAnswer,
+                                                 list[InviteRow]]:
     return (worker_rows_from_wire(await call(admin, "listWorkers")),
-            await _status(admin))
+            await _status(admin), await _invites(admin))
 
 
 async def _status(admin: Any) -> StatusAnswer:
@@ -405,6 +420,60 @@ def run(cfg: MasterCli, workdir: str | None, envs: tuple[str, ...], timeout: flo
     if message:
         note(f"furl-master: {message}")
     sys.exit(code)
+
+
+def parse_ttl(text: str) -> float:
+    """``24h``, ``90m``, ``7d``, ``3600`` (seconds): 1 minute to 30 days."""
+    t = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise Failed(f"--ttl {text[:40]!r}: not a duration (like 24h, 90m, 7d)",
+                     Exit.USAGE) from None
+    if not 60 <= value <= 30 * 86400:
+        raise Failed(f"--ttl {text[:40]!r}: an invite is good for 1 minute to 30 days",
+                     Exit.USAGE)
+    return value
+
+
+def _for(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 2 * 86400 else \
+        f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def invite(cfg: MasterCli, name: str, ttl: str, comment: str, cancel: bool) -> None:
+    furlsfile.check_name(name)
+    paths = cfg.paths()
+    if cancel:
+        if run_with_admin(paths, lambda admin: call(admin, "cancelInvite", name)):
+            note(f"the invite for worker {name!r} is cancelled: its code no longer works")
+            return
+        raise Failed(f"no invite for worker {name!r} is pending")
+    request = InviteRequest(name, parse_ttl(ttl), comment)
+
+    async def ask(admin: Any) -> InviteAnswer:
+        return InviteAnswer.from_wire(await call(admin, "invite", request.to_wire()))
+
+    answer = run_with_admin(paths, ask)
+    click.echo(answer.code)
+    until = datetime.datetime.fromtimestamp(answer.expires).strftime("%Y-%m-%d %H:%M")
+    what = ("a new FURL for worker {!r} (its old one stops working once it is claimed)"
+            if answer.rotation else "worker {!r}").format(name)
+    mailbox = "" if answer.mailbox == PUBLIC_MAILBOX else f" --mailbox {answer.mailbox}"
+    cmd = "set-furl" if answer.rotation else "create-worker"
+    note(f"invite for {what}: the code above is good once, for {_for(request.ttl)} (until "
+         f"{until}); the running master holds it open.\nGive the code to the worker's admin, "
+         f"who runs: furl-worker {cmd} DIR --code CODE{mailbox}\n"
+         f"(cancel it with: furl-master invite -d {shlex.quote(paths.basedir)} --cancel {name})")
+
+
+async def _invites(admin: Any) -> list[InviteRow]:
+    """The master's invites; none from a master that predates them."""
+    try:
+        return invite_rows_from_wire(await call(admin, "listInvites"))
+    except Exception:  # noqa: BLE001 - an older master: no invites to show
+        return []
 
 
 def drain(cfg: MasterCli, name: str, wait: float | None) -> None:

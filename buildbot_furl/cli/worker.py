@@ -28,6 +28,18 @@ def _furl_options(fn: click.decorators.FC) -> click.decorators.FC:
     return click.option("--furl", default=None, help=FURL_HELP)(fn)
 
 
+CODE_HELP = ("The one-time invite code 'furl-master invite' printed (like "
+             "7-guitarist-revenge): the FURL comes through an encrypted magic-wormhole, "
+             "minted for this worker; nothing secret is printed.")
+MAILBOX_HELP = ("The magic-wormhole mailbox the master's invite uses, as 'furl-master "
+                "invite' printed it (default: the public ws://relay.magic-wormhole.io:4000/v1).")
+
+
+def _code_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = click.option("--mailbox", default=None, metavar="URL", help=MAILBOX_HELP)(fn)
+    return click.option("--code", default=None, metavar="CODE", help=CODE_HELP)(fn)
+
+
 UMASK_HELP = ("Mode mask of the files builds create, in octal (022: readable by all, "
               "as Buildbot admins usually want); buildbot.tac's umask.  Default: the "
               "umask furl-worker is started with.")
@@ -90,9 +102,10 @@ def cli() -> None:
     """Run a build worker that attaches to a master through one FURL.
 
     \b
-    Once:     furl-worker create-worker DIR --furl-file FILE
+    Once:     furl-worker create-worker DIR --code CODE [--mailbox URL]
+              (or --furl-file FILE)
               furl-worker start DIR
-    New FURL: furl-worker set-furl DIR --furl-file FILE
+    New FURL: furl-worker set-furl DIR --code CODE (or --furl-file FILE)
 
     The connection is encrypted, pinned to the master's key, and
     re-established by itself (backoff up to 60 s) when it drops.  Shell
@@ -113,35 +126,41 @@ def cli() -> None:
               type=click.Path(dir_okay=False),
               help="Install FILE as BASEDIR/furl-worker.policy: what the worker allows "
                    "its master (see 'furl-worker policy --help').")
+@_code_options
 @guarded()
 def create_worker(basedir: str, furl: str | None, furl_file: str | None,
                   admin: str | None, host: str | None, access_uri: str | None,
-                  policy_file: str | None, **settings: str | None) -> None:
+                  policy_file: str | None, code: str | None, mailbox: str | None,
+                  **settings: str | None) -> None:
     """Create worker directory BASEDIR holding the FURL (BASEDIR/master.furl, 0600).
 
-    The FURL comes from --furl-file, --furl or $FURL_WORKER_FURL.  --umask,
-    --numcpus, --maxretries and --metrics are stored in BASEDIR/furl-worker.conf,
-    read by every start (change them with 'furl-worker settings').
+    The FURL comes from an invite (--code, as 'furl-master invite' printed
+    it; --mailbox if the master's admin named one), or from --furl-file,
+    --furl or $FURL_WORKER_FURL.  --umask, --numcpus, --maxretries and
+    --metrics are stored in BASEDIR/furl-worker.conf, read by every start
+    (change them with 'furl-worker settings').
     """
     cmds.create_worker(basedir, furl, furl_file, admin, host, policy_file, access_uri,
-                       settings)
+                       settings, code, mailbox)
 
 
 @cli.command("set-furl", epilog=epilog(Exit.OK, Exit.ERROR, Exit.NOT_ATTACHED, Exit.USAGE))
 @_basedir
 @_furl_options
+@_code_options
 @click.option("--wait", default=15.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to wait for a running worker to attach with the new FURL.")
 @guarded()
 def set_furl(basedir: str, furl: str | None, furl_file: str | None,
-             wait: float) -> None:
-    """Store a new FURL in BASEDIR/master.furl (after the master's admin ran
-    rotate-worker), and make a running worker switch to it at once.
+             code: str | None, mailbox: str | None, wait: float) -> None:
+    """Store a new FURL in BASEDIR/master.furl (from an invite: --code; or
+    after the master's admin ran rotate-worker: --furl-file), and make a
+    running worker switch to it at once.
 
     Exits 0 once the running worker is attached with the new FURL (or at
     once if no worker runs), 4 if it is not attached within --wait seconds.
     """
-    cmds.set_furl(basedir, furl, furl_file, wait)
+    cmds.set_furl(basedir, furl, furl_file, wait, code, mailbox)
 
 
 @cli.command(epilog=epilog(*USUAL))

@@ -98,14 +98,29 @@ def _show_settings(st: wsettings.Settings) -> list[str]:
 def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
                   host: str | None, policy_file: str | None = None,
                   access_uri: str | None = None,
-                  settings: dict[str, Any] | None = None) -> None:
+                  settings: dict[str, Any] | None = None,
+                  code: str | None = None, mailbox: str | None = None) -> None:
     stored = _given_settings(dict(settings or {}))  # checked before anything is created
-    source = wconfig.resolve_furl(None, furl, furl_file)
     text = None
     if policy_file is not None:
         text = _policy_text(policy_file)
         wpolicy.parse_policy(text, os.path.abspath(basedir), policy_file)
-    paths = wconfig.create(basedir, source.furl, admin, host, access_uri, stored)
+    if code is not None:
+        # everything that can be checked is, before the one-time code is used
+        _code_alone(furl, furl_file)
+        existing = WorkerPaths(os.path.abspath(basedir)).furl
+        if os.path.exists(existing):
+            raise Failed(f"{existing} already exists: {basedir} is already a worker (for a "
+                         f"new FURL: furl-worker set-furl {q(basedir)} --code CODE)")
+        made: list[WorkerPaths] = []
+        name = _claim(code, mailbox, admin, host, lambda f, n: made.append(
+            wconfig.create(basedir, f, admin, host, access_uri, stored)))
+        paths = made[0]
+        note(f"worker {name!r}: received its FURL through the invite and stored it in "
+             f"{paths.furl} (mode 0600)")
+    else:
+        source = wconfig.resolve_furl(None, furl, furl_file)
+        paths = wconfig.create(basedir, source.furl, admin, host, access_uri, stored)
     if text is not None:
         write_private(paths.policy, text)
         note(f"installed the policy from {policy_file} as {paths.policy} (mode 0600)")
@@ -180,15 +195,61 @@ def show_policy(basedir: str, draft: str | None, as_json: bool) -> None:
         click.echo(line)
 
 
-def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float) -> None:
+def _code_alone(furl: str | None, furl_file: str | None) -> None:
+    if furl or furl_file:
+        raise Failed("give --code, or --furl/--furl-file, not both", Exit.USAGE)
+    os.environ.pop(wconfig.ENV_FURL, None)  # never inherited by what the worker runs
+
+
+def _claim(code: str, mailbox: str | None, admin: str | None, host: str | None,
+           store: Callable[[Any, str], None]) -> str:
+    """Claim an invite (a one-time code); ``store(furl, name)`` keeps the FURL."""
+    import getpass
+    import socket
+
+    from buildbot_furl import __version__
+    from buildbot_furl.oneshot import run_once
+    from buildbot_furl.protocol.messages import PUBLIC_MAILBOX, InviteClaim, check_mailbox_url
+    from buildbot_furl.worker import join
+
+    join.check_code(code)
+    url = check_mailbox_url(mailbox) if mailbox else PUBLIC_MAILBOX
+    user = getpass.getuser()
+    me = InviteClaim(host or socket.gethostname(),
+                     admin or f"{user} <{user}@{socket.gethostname()}>", __version__)
+    note(f"claiming the invite on the mailbox {url} ...")
+    try:
+        return run_once(lambda reactor: join.claim(reactor, code, url, me, store))
+    except join.JoinError as e:
+        raise Failed(str(e)) from None
+
+
+def set_furl(basedir: str, furl: str | None, furl_file: str | None, wait: float,
+             code: str | None = None, mailbox: str | None = None) -> None:
     """Store a new FURL; a running worker first tries it, and keeps the
     previous one (in use and in master.furl) unless it attaches."""
     paths = _paths(basedir)
-    if not (furl or furl_file or os.environ.get(wconfig.ENV_FURL)):
-        raise Failed("give the new FURL with --furl-file FILE (or --furl, or "
-                     f"${wconfig.ENV_FURL})", Exit.USAGE)
-    source = wconfig.resolve_furl(None, furl, furl_file)
-    new = source.furl
+    if code is not None:
+        _code_alone(furl, furl_file)
+        got: list[Any] = []
+
+        def keep(new: Any, name: str) -> None:
+            # durable before the master hears it is stored: where the worker
+            # (running or not) takes it from
+            if _pidfile(paths).running_pid() is None:
+                write_private(paths.furl, f"{new}\n")
+            else:
+                write_private(paths.furl_new, f"{new}\n")
+            got.append(new)
+
+        name = _claim(code, mailbox, None, None, keep)
+        note(f"worker {name!r}: received its new FURL through the invite")
+        new = got[0]
+    else:
+        if not (furl or furl_file or os.environ.get(wconfig.ENV_FURL)):
+            raise Failed("give the new FURL with --code CODE, --furl-file FILE (or --furl, "
+                         f"or ${wconfig.ENV_FURL})", Exit.USAGE)
+        new = wconfig.resolve_furl(None, furl, furl_file).furl
     where = ",".join(new.hints)
     pid = _pidfile(paths).running_pid()
     if pid is None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.task import react
 
 from buildbot_furl.daemon import PidFile
-from buildbot_furl.errors import ConfigError, FurlError, Interrupted
+from buildbot_furl.errors import ConfigError, FurlError
 from buildbot_furl.layout import MasterPaths
+from buildbot_furl.oneshot import run_once
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.protocol import RIAdmin
 from buildbot_furl.tubs import make_tub
@@ -101,47 +101,17 @@ def require_standalone(admin: Any, why: str = "run, put and get are not availabl
         raise NotAvailable(why)
 
 
-class _AdminCall(Generic[T]):
-    """One call of ``fn(admin_ref)`` under its own reactor run."""
-
-    def __init__(self, paths: MasterPaths, fn: Callable[[Any], Awaitable[T]]) -> None:
-        self.paths = paths
-        self.fn = fn
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.done = False
-
-    async def _main(self) -> None:
-        tub, ref = await connect(self.paths)
-        try:
-            self.result = await self.fn(ref)
-        except BaseException as e:  # handed back to the synchronous caller
-            self.error = e
-        finally:
-            self.done = True
-            await tub.stopService()
-
-    def _entry(self, reactor: Any) -> defer.Deferred[None]:
-        d = defer.Deferred.fromCoroutine(self._main())
-        d.addErrback(lambda f: setattr(self, "error", self.error or f.value))
-        return d
-
-    def run(self) -> T:
-        try:
-            react(self._entry)
-        except SystemExit as e:
-            if e.code not in (0, None) and self.error is None:
-                raise
-        if self.error is not None:
-            raise self.error
-        if not self.done:  # the reactor stopped first: Ctrl-C (or SIGTERM)
-            raise Interrupted("interrupted")
-        return self.result  # type: ignore[return-value]
-
-
 def run_with_admin(paths: MasterPaths, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(admin_ref)`` under a reactor; return its result or raise."""
-    return _AdminCall(paths, fn).run()
+
+    async def call(reactor: Any) -> T:
+        tub, ref = await connect(paths)
+        try:
+            return await fn(ref)
+        finally:
+            await tub.stopService()
+
+    return run_once(call)
 
 
 def master_pid(paths: MasterPaths) -> int | None:

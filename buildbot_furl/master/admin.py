@@ -20,12 +20,14 @@ from foolscap.api import Referenceable
 from zope.interface import implementer
 
 from buildbot_furl import __version__
+from buildbot_furl.master.invites import Invites
 from buildbot_furl.master.registry import WorkerRegistry
 from buildbot_furl.master.standalone import Standalone
 from buildbot_furl.protocol import RIAdmin, RIAdminStatus, remote_method
 from buildbot_furl.protocol.messages import (
     DrainAnswer,
     GetRequest,
+    InviteRequest,
     PutRequest,
     RunRequest,
     StatusAnswer,
@@ -37,9 +39,11 @@ class _Status(Referenceable):
 
     kind = ""
 
-    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...]) -> None:
+    def __init__(self, registry: WorkerRegistry, location: tuple[str, ...],
+                 invites: Invites) -> None:
         self.registry = registry
         self.location = location
+        self.invites = invites
         self.started = time.time()
 
     def status(self) -> StatusAnswer:
@@ -58,6 +62,19 @@ class _Status(Referenceable):
     def remote_listWorkers(self) -> list[dict[str, Any]]:
         return [row.to_wire() for row in self.registry.rows()]
 
+    @remote_method
+    async def remote_invite(self, request: bytes) -> dict[str, Any]:
+        answer = await self.invites.invite(InviteRequest.from_wire(request))
+        return answer.to_wire()
+
+    @remote_method
+    def remote_cancelInvite(self, name: str) -> bool:
+        return self.invites.cancel(name)
+
+    @remote_method
+    def remote_listInvites(self) -> list[dict[str, Any]]:
+        return [row.to_wire() for row in self.invites.rows()]
+
 
 @implementer(RIAdminStatus)
 class AdminStatus(_Status):
@@ -69,8 +86,8 @@ class StandaloneAdmin(_Status):
     kind = "standalone"
 
     def __init__(self, registry: WorkerRegistry, location: tuple[str, ...],
-                 standalone: Standalone) -> None:
-        super().__init__(registry, location)
+                 invites: Invites, standalone: Standalone) -> None:
+        super().__init__(registry, location, invites)
         self.standalone = standalone
 
     @remote_method

@@ -32,6 +32,9 @@ class CommandStatus(Referenceable):
         self.on_violation = on_violation
         self.applied = 0
         self.completed = False
+        #: how it ended (master/metrics.py's COMMAND_RESULTS), once it did
+        self.result: str | None = None
+        self.update_bytes = 0  # of the batches applied
         #: fires once the command's completion has been handed on
         self.finished: defer.Deferred[None] = defer.Deferred()
         self._lock = defer.DeferredLock()
@@ -45,7 +48,7 @@ class CommandStatus(Referenceable):
         """The worker no longer has the command: complete it as failed."""
         if self.completed:
             return
-        self.completed = True
+        self.completed, self.result = True, "lost"
         d = defer.maybeDeferred(self.remote_command.remote_complete,
                                 Failure(ConnectionLost(why)))
         d.addErrback(lambda f: None)
@@ -58,7 +61,7 @@ class CommandStatus(Referenceable):
         try:
             if self.completed:
                 return
-            self.completed = True
+            self.completed, self.result = True, "refused"
             try:
                 result = self.remote_command.remote_update(
                     [[{"stderr": f"{why}\n"}, 0], [{"rc": 1}, 0]])
@@ -109,6 +112,7 @@ class CommandStatus(Referenceable):
             # counted before applying: Buildbot's remote_update is not
             # idempotent, so a batch that failed halfway is not tried again
             self.applied = seq
+            self.update_bytes += len(batch)
             if updates:
                 result = self.remote_command.remote_update(updates)
                 if isinstance(result, defer.Deferred):
@@ -128,7 +132,7 @@ class CommandStatus(Referenceable):
         try:
             if self.completed:
                 return seq
-            self.completed = True
+            self.completed, self.result = True, "failed" if text is not None else "completed"
             # Buildbot raises a str failure as-is only on its msgpack path;
             # a Failure works with every RemoteCommand implementation
             why = Failure(RemoteError(text)) if text is not None else None

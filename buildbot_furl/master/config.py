@@ -27,6 +27,8 @@ from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT
+from buildbot_furl.metrics.serve import check_listen
+from buildbot_furl.protocol.messages import PUBLIC_MAILBOX, check_mailbox_url
 from buildbot_furl.privatefiles import check_private_mode
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, tubid_of
 
@@ -53,6 +55,12 @@ class MasterConfig:
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     #: max_pending, pending_per_address, attach_timeout (master/admission.py)
     gate: GateSettings = GateSettings()
+    #: where /metrics, /healthz and /readyz are served (None: nowhere)
+    metrics_listen: str | None = None
+    #: where the master serves its own invites' mailbox (None: it does not)
+    mailbox_listen: str | None = None
+    #: the mailbox of new invites (None: ours if we serve one, else the public one)
+    mailbox_url: str | None = None
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -82,6 +90,23 @@ def check_port(port: str) -> str:
             "or tcp:9990:interface=127.0.0.1"
         )
     return port
+
+
+def mailbox_of(config_url: str | None, listen: str | None,
+               location: tuple[str, ...]) -> str:
+    """The mailbox new invites use: the one configured; else, when the master
+    serves one, that one as workers reach it (the host of the first location
+    hint, the port listened on); else the public one."""
+    if config_url:
+        return config_url
+    if listen:
+        port = re.match(r"(?:tcp6?:)?(?:port=)?(\d+)", listen)
+        hint = HINT_RE.match(location[0]) if location else None
+        if port and hint:
+            return f"ws://{hint.group('host')}:{port.group(1)}/v1"
+        raise ConfigError(f"mailbox_listen {listen!r}: set mailbox_url too (the URL workers "
+                          "reach it by, e.g. ws://HOST:4000/v1)")
+    return PUBLIC_MAILBOX
 
 
 def check_grace(grace: float) -> float:
@@ -126,7 +151,12 @@ def create(basedir: str, location: str, port: str | None,
             "# attach_timeout = 15 (seconds a new connection has to start an attach),\n"
             "# pending_per_address = 256 (connections of one address on their way to an\n"
             "# attach at once; more wait), max_pending = 0 (connections not yet attached,\n"
-            "# in all; 0: derived from the open-files limit, 4096 at 65536).\n"
+            "# in all; 0: derived from the open-files limit, 4096 at 65536),\n"
+            "# metrics_listen = tcp:9102:interface=127.0.0.1 (serve Prometheus /metrics,\n"
+            "# /healthz and /readyz there; off when left out), mailbox_listen = tcp:4000\n"
+            "# (serve the invites' magic-wormhole mailbox; off when left out), mailbox_url\n"
+            "# = ws://HOST:4000/v1 (the mailbox of invites; default: ours if served, else\n"
+            "# the public ws://relay.magic-wormhole.io:4000/v1).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
@@ -219,6 +249,10 @@ def read(basedir: str) -> ConfReading:
             attach_timeout=setting("attach_timeout", GateSettings.attach_timeout,
                                    lambda v: _checked(float(v), 1, 3600, "attach_timeout",
                                                       " seconds"))),
+        metrics_listen=setting("metrics_listen", None, check_listen),
+        mailbox_listen=setting("mailbox_listen", None, lambda v: check_listen(
+            v, "mailbox_listen", "tcp:4000")),
+        mailbox_url=setting("mailbox_url", None, check_mailbox_url),
     )
     config = None
     if location is not None and port is not None:

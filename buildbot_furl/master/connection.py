@@ -102,8 +102,11 @@ class FurlConnection:
     session ends does Buildbot hear of a disconnect.
     """
 
-    def __init__(self, session: WorkerSession, master: Any = None, worker: Any = None) -> None:
+    def __init__(self, session: WorkerSession, master: Any = None, worker: Any = None,
+                 metrics: Any = None) -> None:
         self.session = session
+        #: what counts the commands' ends and bytes (master/metrics.py); None: nothing
+        self.metrics = metrics
         self.master = master
         self.worker = worker
         # a Buildbot master's reactor (a fake one in Buildbot's test harness)
@@ -215,7 +218,8 @@ class FurlConnection:
         try:
             return await d
         except defer.TimeoutError:
-            self.session.drop(f"it did not answer {method} within {timeout:.0f} s")
+            self.session.drop(f"it did not answer {method} within {timeout:.0f} s",
+                              "call_timeout")
             raise ConnectionLost(f"worker {self.session.name!r} did not answer {method}") \
                 from None
 
@@ -281,6 +285,7 @@ class FurlConnection:
                            FileReaderAdapter(reader, blame) if reader is not None else None)
             self._running[command_id] = run
             run.status.finished.addBoth(lambda _: self._running.pop(command_id, None))
+            run.status.finished.addBoth(lambda _: self._count(run))
             try:
                 return await self._start(command_id, run)
             except PolicyRefused as e:
@@ -296,6 +301,18 @@ class FurlConnection:
                 raise
 
         return defer.Deferred.fromCoroutine(start())
+
+    def _count(self, run: _Running) -> None:
+        if self.metrics is not None:
+            self.metrics.command_ended(
+                run.status.result or "failed", run.status.update_bytes,
+                run.writer.written if run.writer is not None else 0,
+                run.reader.sent if run.reader is not None else 0)
+
+    @property
+    def commands_running(self) -> int:
+        """Commands started here and not ended yet."""
+        return len(self._running)
 
     async def _start(self, command_id: str, run: _Running) -> Any:
         """startCommand; if the connection drops before the answer, the

@@ -30,8 +30,9 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
+from buildbot_furl import furlsfile
 from buildbot_furl.errors import FurlError
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.layout import MasterPaths
@@ -41,12 +42,18 @@ from buildbot_furl.master.config import (
     DEFAULT_REFUSAL_LIMIT,
     MasterConfig,
     check_private,
+    mailbox_of,
 )
 from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.consumer import ConsumerFactory, WorkerConsumer
 from buildbot_furl.master.refusals import Refusals
+from buildbot_furl.master.invites import Invites, WormholeFactory, real_wormhole
+from buildbot_furl.master.mailbox import MailboxService
+from buildbot_furl.master.metrics import MasterMetrics
 from buildbot_furl.master.registry import WorkerRegistry
+from buildbot_furl.metrics.serve import MetricsService
+from buildbot_furl.protocol.messages import PUBLIC_MAILBOX, RefusalCounts, WorkerRow
 from buildbot_furl.master.session import WorkerSession
 from buildbot_furl.privatefiles import check_private_mode, write_private
 from buildbot_furl.tubs import (
@@ -84,6 +91,12 @@ class HostSettings:
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     #: admission of connections to the workers' port (master/admission.py)
     gate: GateSettings = GateSettings()
+    #: where /metrics, /healthz and /readyz are served (None: nowhere)
+    metrics_listen: str | None = None
+    #: where the invites' mailbox is served (None: not here)
+    mailbox_listen: str | None = None
+    #: the mailbox new invites use
+    mailbox_url: str = PUBLIC_MAILBOX
 
     @property
     def workers_file(self) -> str:
@@ -93,7 +106,9 @@ class HostSettings:
     def from_config(cls, config: MasterConfig) -> HostSettings:
         return cls(config.paths, config.port, config.location, "", config.keepalive,
                    config.disconnect_timeout, config.reload_interval, config.session_grace,
-                   config.refusal_limit, config.call_timeout, config.gate)
+                   config.refusal_limit, config.call_timeout, config.gate,
+                   config.metrics_listen, config.mailbox_listen,
+                   mailbox_of(config.mailbox_url, config.mailbox_listen, config.location))
 
 
 class MasterHost(service.MultiService):
@@ -101,7 +116,9 @@ class MasterHost(service.MultiService):
     and the admin capability; implements :class:`~.consumer.Workers`."""
 
     def __init__(self, settings: HostSettings, consumer: ConsumerFactory,
-                 buildbot_master: Any = None, clock: IReactorTime | None = None) -> None:
+                 buildbot_master: Any = None, clock: IReactorTime | None = None,
+                 metrics: MasterMetrics | None = None,
+                 wormholes: WormholeFactory | None = None) -> None:
         """``consumer`` makes the host's consumer from the host (its queries);
         ``buildbot_master``: the Buildbot master the connections serve (None:
         standalone)."""
@@ -118,6 +135,16 @@ class MasterHost(service.MultiService):
         #: the admin capability's own Tub, on loopback (made by publish_admin)
         self.admin_tub: Any = None
         self._admin_written = False
+        #: the counters (fed by the registry, sessions, connections), and
+        #: the gauges read from here at each scrape
+        self.metrics = metrics if metrics is not None else MasterMetrics(
+            "buildbot" if buildbot_master is not None else "master")
+        self.metrics.watch(self)
+        self.metrics_service: MetricsService | None = None
+        #: how invites make their wormholes (tests give fakes)
+        self._wormholes = wormholes
+        self.invites: Invites | None = None
+        self.mailbox: MailboxService | None = None
 
     def startService(self) -> None:
         """Check the files, make the Tub and load workers.furls; raises
@@ -134,11 +161,36 @@ class MasterHost(service.MultiService):
                                   on_detach=self._detached, on_drain=self._drain,
                                   reload_interval=s.reload_interval, grace=s.grace,
                                   call_timeout=s.call_timeout, refusals=refusals,
-                                  clock=self.clock)
+                                  clock=self.clock, metrics=self.metrics,
+                                  on_retire=self._retired)
         registry.start()  # reads workers.furls: a bad file stops us here
         self.tub, self.registry = tub, registry
         tub.setServiceParent(self)
+        clock = self.clock if self.clock is not None else reactor
+        self.invites = Invites(
+            s.paths.invites, s.workers_file, tub.getTubID(), s.location, s.mailbox_url,
+            registry, clock,  # type: ignore[arg-type]
+            self._wormholes or real_wormhole(reactor),
+            furlsfile.check_buildbot_name if self.buildbot_master is not None
+            else furlsfile.check_name, self.metrics)
+        self.invites.setServiceParent(self)  # reads private/invites.json: ConfigError
         super().startService()
+
+    async def open_invites(self) -> None:
+        """Serve the invites' mailbox (if the settings say so) and open the
+        invites still pending from before a restart; CannotServeMailbox."""
+        s = self.settings
+        if s.mailbox_listen is not None and self.mailbox is None:
+            mailbox = MailboxService(s.mailbox_listen, self.clock)
+            await mailbox.start()
+            mailbox.setServiceParent(self)
+            self.mailbox = mailbox
+        if self.invites is not None:
+            self.invites.resume()
+
+    def _retired(self, name: str, why: str) -> None:
+        if self.invites is not None:
+            self.invites.worker_gone(name, why)
 
     async def listen(self, port: str | None = None) -> None:
         """Listen on ``port`` (default: the settings'), then stop listening
@@ -156,6 +208,24 @@ class MasterHost(service.MultiService):
             await defer.maybeDeferred(self.tub.stopListeningOn, old)
         if port != self.settings.port:
             self.settings = dataclasses.replace(self.settings, port=port)
+
+    async def serve_metrics(self) -> None:
+        """Serve /metrics, /healthz and /readyz where the settings say (if
+        they do); CannotServeMetrics when that cannot be listened on."""
+        if self.settings.metrics_listen is None or self.metrics_service is not None:
+            return
+        svc = MetricsService(self.settings.metrics_listen, self.metrics.registry, self._unready)
+        await svc.start()
+        svc.setServiceParent(self)
+        self.metrics_service = svc
+
+    def _unready(self) -> str | None:
+        """Why the master is not ready for workers (None: it is)."""
+        if not self.running or self.registry is None:
+            return "not started"
+        if self.listener is None:
+            return f"not listening on {self.settings.port}"
+        return None
 
     async def publish_admin(self, admin: Any) -> None:
         """Serve ``admin`` on a Tub of its own listening on loopback (never
@@ -212,7 +282,7 @@ class MasterHost(service.MultiService):
 
     # -- the consumer's connections (the registry's hooks) --------------------------
     async def _attached(self, session: WorkerSession) -> None:
-        conn = FurlConnection(session, master=self.buildbot_master)
+        conn = FurlConnection(session, master=self.buildbot_master, metrics=self.metrics)
         self.connections[session] = conn
 
         def gone() -> None:
@@ -253,3 +323,16 @@ class MasterHost(service.MultiService):
     def listed(self) -> int:
         """How many workers workers.furls lists."""
         return self.registry.listed() if self.registry is not None else 0
+
+    # -- what the metrics read at each scrape (metrics.HostView) --------------------
+    def worker_rows(self) -> list[WorkerRow]:
+        return self.registry.rows() if self.registry is not None else []
+
+    def refusal_counts(self) -> RefusalCounts:
+        return self.registry.refusal_counts() if self.registry is not None else RefusalCounts()
+
+    def commands_running(self) -> int:
+        return sum(c.commands_running for c in self.connections.values())
+
+    def invites_pending(self) -> int:
+        return self.invites.pending_count() if self.invites is not None else 0

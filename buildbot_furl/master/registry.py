@@ -37,6 +37,7 @@ from buildbot_furl.errors import (
 )
 from buildbot_furl.furl import secret_digest
 from buildbot_furl.master.admission import GateSettings
+from buildbot_furl.master.metrics import MasterMetrics
 from buildbot_furl.master.refusals import DEFAULT_LIMIT, Refusals
 from buildbot_furl.master.session import DEFAULT_CALL_TIMEOUT, WorkerSession, peer_of
 from buildbot_furl.protocol import PROTOCOL_VERSIONS, RIWorkerLogin, call, remote_method
@@ -115,7 +116,13 @@ class WorkerRegistry:
         clock: IReactorTime | None = None,
         on_drain: DrainHook | None = None,
         refusals: Refusals | None = None,
+        metrics: MasterMetrics | None = None,
+        on_retire: Callable[[str, str], None] | None = None,
     ) -> None:
+        #: told when a worker leaves workers.furls or gets a new FURL ("revoked", "rotated")
+        self.on_retire = on_retire
+        #: what counts attaches, refusals, reloads (and the sessions' events)
+        self.metrics = metrics if metrics is not None else MasterMetrics()
         #: the clock of every timer here and in the sessions
         self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.tub = tub
@@ -160,7 +167,7 @@ class WorkerRegistry:
         self.tub.unregisterNameLookupHandler(self._lookup)
         self.refusals.stop()
         for session in list(self.sessions.values()):
-            session.drop("master shutting down")
+            session.drop("master shutting down", "shutdown")
 
     def _lookup(self, name: str) -> WorkerLogin | None:
         return self.logins.get(name)
@@ -169,13 +176,16 @@ class WorkerRegistry:
         """A call over ``broker`` broke the interface's bounds."""
         for session in self.sessions.values():
             if session.uses(broker):
-                session.violation(f"a call out of the protocol's bounds ({what})")
+                session.violation(f"a call out of the protocol's bounds ({what})",
+                                  kind="call_bounds")
                 return
 
     def refused(self, name: str, host: str, tubid: str = "", key: Any = None) -> bool:
         """A lookup of a name we do not serve (never logged: it may be a secret);
         whether to answer it (see Refusals.refused)."""
-        return self.refusals.refused(host, self.revoked.get(secret_digest(name)), tubid, key)
+        revoked = self.revoked.get(secret_digest(name))
+        self.metrics.refused("revoked_furl" if revoked is not None else "unknown_furl")
+        return self.refusals.refused(host, revoked, tubid, key)
 
     # -- workers.furls --------------------------------------------------------
     def _file_stamp(self) -> tuple[int, ...] | None:
@@ -206,6 +216,7 @@ class WorkerRegistry:
             ff = furlsfile.read(self.furls_path, self.tubid)
         except ConfigError as e:
             self._stamp = stamp
+            self.metrics.reloaded(False)
             if strict:
                 raise
             if str(e) != self.problem:
@@ -242,6 +253,7 @@ class WorkerRegistry:
             log.info("... and {n} more workers added ({first} to {last})",
                      n=len(added) - NAMED_IN_LOG, first=added[NAMED_IN_LOG], last=added[-1])
         self.entries = new
+        self.metrics.reloaded(True)
         return True
 
     def _retire(self, name: str, why: str, quiet: bool = False) -> None:
@@ -253,9 +265,11 @@ class WorkerRegistry:
             log.info("worker {name} {why}: its old FURL no longer works", name=name, why=why)
         session = self.sessions.get(name)
         if session is not None:
-            session.drop(f"FURL {why}")
+            session.drop(f"FURL {why}", why)
         for bot in list(login.attaching if login is not None else ()):
             sever(bot, f"FURL {why}")  # attaching, no session yet: cut as well
+        if self.on_retire is not None:
+            self.on_retire(name, why)
 
     # -- attach ---------------------------------------------------------------
     def _current(self, login: WorkerLogin, bot: Any) -> None:
@@ -264,16 +278,18 @@ class WorkerRegistry:
         and a revoked login must never yield a session."""
         if self.by_name.get(login.name) is login:
             return
-        self._refuse_and_cut(bot, login.name, "its FURL was revoked")
+        self._refuse_and_cut(bot, login.name, "its FURL was revoked", "revoked_furl")
         raise Revoked(f"the FURL of worker {login.name!r} has been revoked or rotated")
 
     def refuse_malformed(self, login: WorkerLogin, bot: Any) -> None:
         """An attach whose info cannot be read."""
-        self._refuse_and_cut(bot, None, "a malformed attach")
+        self._refuse_and_cut(bot, None, "a malformed attach", "malformed")
 
-    def _refuse_and_cut(self, bot: Any, revoked_worker: str | None, why: str) -> None:
+    def _refuse_and_cut(self, bot: Any, revoked_worker: str | None, why: str,
+                        reason: str) -> None:
         """Count a refused attach in the rationed refusal log (its holder may
         call in a loop), and cut the connection once the answer is on its way."""
+        self.metrics.refused(reason)
         self.refusals.refused(peer_of(bot).rsplit(":", 1)[0], revoked_worker)
         self.clock.callLater(REFUSED_HANGUP_DELAY, sever, bot, why)
 
@@ -302,12 +318,14 @@ class WorkerRegistry:
             log.info("refused attach of worker {name} from {peer}: no common protocol "
                      "(worker speaks {theirs}, master {ours})", name=name, peer=peer,
                      theirs=theirs, ours=list(PROTOCOL_VERSIONS))
+            self.metrics.refused("protocol")
             raise IncompatibleProtocol(
                 "no common protocol version",
                 master=",".join(map(str, PROTOCOL_VERSIONS)),
                 worker=",".join(map(str, theirs))[:100],
             )
         if name in self._attaching:
+            self.metrics.refused("duplicate")
             raise DuplicateWorker(f"worker {name!r} is attaching from elsewhere right now")
         self._attaching.add(name)
         try:
@@ -315,6 +333,7 @@ class WorkerRegistry:
             if old is not None and old.proves(info.resume):
                 answer = await self._resume(old, bot, peer, info)
                 self._current(login, bot)  # (a revocation dropped the session too)
+                self.metrics.attached(resumed=True)
                 return answer.to_wire()
             await self._settle_duplicate(name, peer)
             self._current(login, bot)
@@ -323,7 +342,8 @@ class WorkerRegistry:
             # which would hold the name (and Buildbot's attach, waiting for the
             # link) for the whole grace period, refusing the worker's next try
             session = WorkerSession(name, bot, info, max(common), peer, 0.0,
-                                    self.call_timeout, clock=self.clock)
+                                    self.call_timeout, clock=self.clock,
+                                    metrics=self.metrics)
             self.sessions[name] = session
             self.last_seen[name] = self.clock.seconds()
             session.add_disconnect_callback(lambda: self._detached(session))
@@ -334,15 +354,18 @@ class WorkerRegistry:
                 try:
                     await defer.maybeDeferred(self.on_attach, session)
                 except WireError:
+                    self.metrics.refused("consumer")
                     # let the refusal reach the worker before hanging up (the
                     # session has no grace yet: a cut meanwhile ends it at once)
                     self._forget(session, drop=False)
-                    self.clock.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused")
+                    self.clock.callLater(REFUSED_HANGUP_DELAY, session.drop, "attach refused",
+                                        "refused")
                     raise
             self._current(login, bot)  # revoked while Buildbot took it (it was dropped)
             if session.gone:
                 raise ConnectionLost(f"worker {name!r} lost its link while attaching")
             session.grant_grace(self.grace(name))
+            self.metrics.attached(resumed=False)
             return AttachAnswer(session.protocol, session.session_id,
                                 session.hand_out_secret(), session.grace,
                                 __version__, name=name).to_wire()
@@ -355,7 +378,7 @@ class WorkerRegistry:
         if session is None or not session.proves(proof):
             return False
         log.info("worker {name} is stopping", name=login.name)
-        session.end("the worker stopped")  # it hangs up itself once it has the answer
+        session.end("the worker stopped", "worker_stopped")  # it hangs up itself once it has the answer
         return True
 
     def drain_asked(self, login: WorkerLogin, proof: SessionProof) -> DrainAnswer:
@@ -395,7 +418,7 @@ class WorkerRegistry:
         if old is None:
             return
         if not old.attached:
-            old.drop("the worker attached afresh, without its session")
+            old.drop("the worker attached afresh, without its session", "restarted")
             self._forget(old)
             return
         try:
@@ -405,9 +428,10 @@ class WorkerRegistry:
         except Exception:
             log.info("worker {name}: old connection from {old} did not answer; "
                      "replacing it with {peer}", name=name, old=old.peer, peer=peer)
-            old.drop("replaced by a new connection")
+            old.drop("replaced by a new connection", "replaced")
             self._forget(old)
             return
+        self.metrics.refused("duplicate")
         log.info("refused duplicate attach of worker {name} from {peer}: already "
                  "attached from {old}", name=name, peer=peer, old=old.peer)
         raise DuplicateWorker(

@@ -23,7 +23,9 @@ from buildbot_furl.logs import start_logging
 from buildbot_furl.master.admin import StandaloneAdmin
 from buildbot_furl.master.config import MasterConfig
 from buildbot_furl.master.host import CannotListen, HostSettings, MasterHost
+from buildbot_furl.master.mailbox import CannotServeMailbox
 from buildbot_furl.master.standalone import Standalone
+from buildbot_furl.metrics.serve import CannotServeMetrics
 
 log = Logger()
 
@@ -38,14 +40,17 @@ class MasterService(service.MultiService):
         self.host.setServiceParent(self)
 
     async def start(self) -> None:
-        """Start, listen and publish the admin FURL; ConfigError or
-        CannotListen if that cannot be done."""
+        """Start, listen, serve the metrics (if asked) and publish the admin
+        FURL; ConfigError, CannotListen or CannotServeMetrics if that cannot be done."""
         self.startService()
         await self.host.listen()
+        await self.host.serve_metrics()
+        await self.host.open_invites()
         registry = self.host.registry
         assert registry is not None and isinstance(self.host.consumer, Standalone)
+        assert self.host.invites is not None
         await self.host.publish_admin(StandaloneAdmin(registry, self.config.location,
-                                                      self.host.consumer))
+                                                      self.host.invites, self.host.consumer))
         log.info("furl-master {version} serving {n} worker(s) on {port}, location {loc}",
                  version=__version__, n=self.host.listed(), port=self.config.port,
                  loc=",".join(self.config.location))
@@ -65,7 +70,7 @@ class _DaemonStartup:
     async def run(self) -> None:
         try:
             await self.svc.start()
-        except (ConfigError, CannotListen) as e:
+        except (ConfigError, CannotListen, CannotServeMetrics, CannotServeMailbox) as e:
             log.error("cannot start: {msg}", msg=str(e))
             report_ready(self.ready_fd, False, str(e))
             self.exit_code = 1

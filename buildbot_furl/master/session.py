@@ -43,6 +43,21 @@ log = Logger()
 #: (its updates, its file transfer), or outside any command, each forgotten
 #: VIOLATION_MEMORY seconds after it happened
 MAX_VIOLATIONS = 10
+
+#: why a session ends, as the metrics count it (a bounded set: the log says more)
+END_REASONS = frozenset({
+    "connection_lost",  # its link dropped and it had no grace
+    "grace_expired",  # no reattach within the grace
+    "worker_stopped",  # the worker said it stops
+    "revoked", "rotated",  # its FURL left workers.furls, or changed
+    "replaced",  # a new connection of the worker, the old one silent
+    "restarted",  # the worker attached afresh, without its session
+    "refused",  # the consumer (Buildbot) refused the attach
+    "violations",  # cut off after too many protocol violations
+    "call_timeout",  # a call went unanswered too long
+    "shutdown",  # the master stops
+    "dropped", "other",
+})
 VIOLATION_MEMORY = 600.0
 #: seconds a worker has to answer a call (start a command, set builders, ...)
 DEFAULT_CALL_TIMEOUT = 120.0
@@ -90,8 +105,10 @@ class WorkerSession:
 
     def __init__(self, name: str, bot: Any, info: AttachInfo, protocol: int, peer: str,
                  grace: float = 0.0, call_timeout: float = DEFAULT_CALL_TIMEOUT,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, metrics: Any = None) -> None:
         self.name = name
+        #: what counts the session's events (master/metrics.py); None: nothing
+        self.metrics = metrics
         self.bot = bot
         self.info = info
         self.protocol = protocol
@@ -113,6 +130,8 @@ class WorkerSession:
         self._link_listeners: list[Callable[[bool], None]] = []
         self._attached_waiters: list[defer.Deferred[None]] = []
         self.violations = 0  # all of them, for the record
+        #: why the session ended, one of END_REASONS (None while it lives)
+        self.end_reason: str | None = None
         self._strikes = Strikes(self.clock)  # those outside any command
         bot.notifyOnDisconnect(self._link_lost, bot)
 
@@ -217,17 +236,20 @@ class WorkerSession:
         self._attached_waiters.append(d)
         return d
 
-    def violation(self, what: str, strikes: Strikes | None = None) -> None:
+    def violation(self, what: str, strikes: Strikes | None = None,
+                  kind: str | None = None) -> None:
         """The worker broke the protocol (the call was refused with a typed
         error): log it, and cut the worker off once MAX_VIOLATIONS are
         remembered in ``strikes`` (a command's; by default the session's own)."""
         if self.gone:
             return
         self.violations += 1
+        if self.metrics is not None:
+            self.metrics.violation(kind or ("command" if strikes is not None else "session"))
         count = (strikes if strikes is not None else self._strikes).add()
         log.warn("worker {name}: refused {what}", name=self.name, what=what)
         if count >= MAX_VIOLATIONS:
-            self.drop(f"cut off after {count} protocol violations")
+            self.drop(f"cut off after {count} protocol violations", "violations")
 
     def command_blame(self) -> Callable[[str], None]:
         """What reports one command's violations: they are counted apart
@@ -249,7 +271,7 @@ class WorkerSession:
         if bot is not self.bot or not self.attached:
             return  # an old connection, or the session is detached or ended
         if self.grace <= 0:
-            self.end("connection lost")
+            self.end("connection lost", "connection_lost")
             return
         self._life.link_lost()
         log.info("worker {name}: connection from {peer} lost; keeping its session for "
@@ -257,7 +279,9 @@ class WorkerSession:
         self._tell_link(False)
 
     def _grace_over(self) -> None:
-        self.end(f"no reattach within {self.grace:.0f} s")
+        if self.metrics is not None:
+            self.metrics.left_grace(self.grace, resumed=False)
+        self.end(f"no reattach within {self.grace:.0f} s", "grace_expired")
 
     async def rebind(self, bot: Any, peer: str) -> list[str]:
         """Move the session to the worker's new connection (it proved the
@@ -267,6 +291,8 @@ class WorkerSession:
         self.bot = bot
         self.peer = peer
         link_was_up = self.attached
+        if self.metrics is not None and self.detached_at is not None:
+            self.metrics.left_grace(self.clock.seconds() - self.detached_at, resumed=True)
         self._life.reattached()
         # a worker that noticed the cut before the master did is back already:
         # to the layer above that is a lost link too (and back at once)
@@ -292,10 +318,14 @@ class WorkerSession:
             self._tell_link(True)
         return carried
 
-    def end(self, why: str) -> None:
-        """End the session: tell everyone listening (idempotent)."""
+    def end(self, why: str, reason: str = "other") -> None:
+        """End the session: tell everyone listening (idempotent).  ``why`` is
+        for the log; ``reason``, one of END_REASONS, for the metrics."""
         if not self._life.end():
             return
+        self.end_reason = reason if reason in END_REASONS else "other"
+        if self.metrics is not None:
+            self.metrics.session_ended(self.end_reason)
         log.info("worker {name}: session ended ({why})", name=self.name, why=why)
         waiters, self._attached_waiters = self._attached_waiters, []
         for d in waiters:
@@ -307,7 +337,7 @@ class WorkerSession:
             except Exception:
                 log.failure("disconnect callback of worker {name} failed", name=self.name)
 
-    def drop(self, why: str) -> None:
+    def drop(self, why: str, reason: str = "dropped") -> None:
         """Close the connection and end the session now, grace or not
         (revocation, a refused attach, shutdown).  Idempotent."""
         if self.gone:
@@ -315,7 +345,7 @@ class WorkerSession:
             return
         log.info("dropping connection of worker {name} ({why})", name=self.name, why=why)
         sever(self.bot, why)
-        self.end(why)
+        self.end(why, reason)
 
     async def call_through_cuts(self, method: str, *args: Any) -> Any:
         """Call the worker's ``method``; if the link is cut first, again once

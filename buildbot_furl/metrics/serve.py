@@ -29,17 +29,18 @@ log = Logger()
 Readiness = Callable[[], "str | None"]
 
 
-def check_listen(value: str) -> str:
-    """A Twisted server endpoint string (``tcp:9102:interface=127.0.0.1``);
-    ConfigError when it cannot be one."""
+def check_listen(value: str, key: str = "metrics_listen",
+                 example: str = "tcp:9102:interface=127.0.0.1") -> str:
+    """A Twisted server endpoint string (``tcp:9102:interface=127.0.0.1``)
+    for the setting ``key``; ConfigError when it cannot be one."""
     text = value.strip()
     if not text:
-        raise ConfigError("metrics_listen is empty (leave it out to serve no metrics)")
+        raise ConfigError(f"{key} is empty (leave it out to serve nothing there)")
     try:
         serverFromString(reactor, text)
     except Exception as e:  # noqa: BLE001 - every parse error is the admin's typo
-        raise ConfigError(f"metrics_listen {text[:80]!r} is not a Twisted endpoint "
-                          f"(e.g. tcp:9102:interface=127.0.0.1): {e}") from None
+        raise ConfigError(f"{key} {text[:80]!r} is not a Twisted endpoint "
+                          f"(e.g. {example}): {e}") from None
     return text
 
 

@@ -177,6 +177,16 @@ class RIAdminStatus(RemoteInterface):
     def listWorkers():
         return Payload
 
+    def invite(request=Payload):
+        """Hold an invite open for a worker: a one-time wormhole code."""
+        return Payload
+
+    def cancelInvite(name=Name):
+        return Payload
+
+    def listInvites():
+        return Payload
+
 
 class RIAdmin(RemoteInterface):
     """What a standalone master publishes at private/admin.furl: status and
@@ -205,3 +215,14 @@ class RIAdmin(RemoteInterface):
     def drain(worker=Name):
         """Start no new command on ``worker``; stop it once its running ones end."""
         return Payload
+
+    def invite(request=Payload):
+        """Hold an invite open for a worker: a one-time wormhole code."""
+        return Payload
+
+    def cancelInvite(name=Name):
+        return Payload
+
+    def listInvites():
+        return Payload
+

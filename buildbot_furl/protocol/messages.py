@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from buildbot_furl.errors import WIRE_ERRORS, BadRequest, CommandFailed, WireError
+from buildbot_furl.errors import WIRE_ERRORS, BadRequest, CommandFailed, ConfigError, WireError
 from buildbot_furl.protocol.envelope import decode, encode
 from buildbot_furl.protocol.interfaces import MAX_NAME, MAX_TEXT
 
@@ -819,3 +819,166 @@ class PutAnswer:
         if answer.kind not in ("file", "dir") or not DIGEST_RE.fullmatch(answer.sha256):
             raise BadRequest("incomplete put answer")
         return answer
+
+
+# -- invites: admin CLI <-> master, and master <-> worker over the wormhole ---------
+
+#: the magic-wormhole application id of this project's invites: a mailbox
+#: serves every application, and codes of one never meet those of another
+INVITE_APPID = "buildbot-furl.net/invite/v1"
+#: the public mailbox of the magic-wormhole project (used when none is configured)
+PUBLIC_MAILBOX = "ws://relay.magic-wormhole.io:4000/v1"
+
+
+def check_mailbox_url(url: str) -> str:
+    """A magic-wormhole mailbox: ``ws://HOST:PORT/v1`` (or ``wss://``);
+    ConfigError for anything else."""
+    text = url.strip()
+    if not re.fullmatch(r"wss?://[A-Za-z0-9._\[\]:-]+(/[A-Za-z0-9._/-]*)?", text):
+        raise ConfigError(f"{text[:80]!r} is not a mailbox URL (e.g. ws://HOST:4000/v1)")
+    return text
+
+
+#: a wormhole code as magic-wormhole makes them: a nameplate number and words
+INVITE_CODE_RE = re.compile(r"[0-9]{1,6}(-[a-z]{2,16}){1,8}")
+#: how long an invite may be good for
+MAX_INVITE_TTL = 30 * 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteRequest:
+    """The admin asks the running master for an invite for worker ``name``
+    (a new worker, or a new FURL for a listed one)."""
+
+    name: str
+    ttl: float = 86400.0
+    comment: str = ""
+
+    def to_wire(self) -> bytes:
+        return encode(dataclasses.asdict(self))
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> InviteRequest:
+        req = cls(**_fields(cls, _map(raw, "an invite request"), "invite request"))
+        if not 60 <= req.ttl <= MAX_INVITE_TTL:
+            raise BadRequest("an invite is good for 1 minute to 30 days")
+        return dataclasses.replace(req, comment=text_arg(req.comment)[:200])
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteAnswer:
+    """The invite the master holds open: its code (a secret until used),
+    until when it is good, the mailbox the worker must use."""
+
+    name: str
+    code: str
+    expires: float
+    mailbox: str
+    rotation: bool = False  # for a listed worker: a new FURL replaces its old one
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> InviteAnswer:
+        answer = cls(**_fields(cls, value, "invite answer"))
+        if not INVITE_CODE_RE.fullmatch(answer.code):
+            raise BadRequest("invite answer: not a wormhole code")
+        return answer
+
+    def __repr__(self) -> str:  # the code is a secret until it is used
+        return f"InviteAnswer(name={self.name!r}, code=<hidden>, expires={self.expires})"
+
+
+#: what list-workers shows of an invite
+INVITE_STATES = ("pending", "claimed")
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteRow:
+    """An invite as list-workers shows it: pending (never its code), or
+    claimed (by which host, when)."""
+
+    name: str
+    state: str
+    expires: float | None = None
+    rotation: bool = False
+    claimed_at: float | None = None
+    host: str | None = None  # what the claiming worker said of its host
+
+    def to_wire(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> InviteRow:
+        row = cls(**_fields(cls, value, "invite row"))
+        if row.state not in INVITE_STATES:
+            raise BadRequest(f"invite row: unknown state {row.state[:40]!r}")
+        return row
+
+
+def invite_rows_from_wire(value: Any) -> list[InviteRow]:
+    if not isinstance(value, list):
+        raise BadRequest("listInvites answered something that is not a list")
+    return [InviteRow.from_wire(v) for v in value]
+
+
+# the wormhole's messages (both ends of an invite's claim)
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteClaim:
+    """The worker's first message: who it is (shown to the master's admin)."""
+
+    host: str = ""
+    admin: str = ""
+    version: str = ""
+
+    def to_wire(self) -> bytes:
+        return encode({"claim": dataclasses.asdict(self)})
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> InviteClaim:
+        v = _map(raw, "an invite claim") if isinstance(raw, bytes) else None
+        if v is None or not isinstance(v.get("claim"), dict):
+            raise BadRequest("not an invite claim")
+        c = cls(**_fields(cls, v["claim"], "invite claim"))
+        return cls(*(text_arg(x)[:200] for x in (c.host, c.admin, c.version)))
+
+
+@dataclasses.dataclass(frozen=True)
+class InviteGrant:
+    """The master's answer: the worker's name and its new FURL, or why not."""
+
+    name: str = ""
+    furl: str = ""
+    refused: str = ""  # set: no FURL, and why
+
+    def to_wire(self) -> bytes:
+        return encode({"grant": dataclasses.asdict(self)})
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> InviteGrant:
+        v = _map(raw, "an invite grant") if isinstance(raw, bytes) else None
+        if v is None or not isinstance(v.get("grant"), dict):
+            raise BadRequest("not an invite grant")
+        g = cls(**_fields(cls, v["grant"], "invite grant"))
+        if not g.refused and not (g.name and g.furl):
+            raise BadRequest("an invite grant without a FURL says why")
+        return g
+
+    def __repr__(self) -> str:
+        return f"InviteGrant(name={self.name!r}, furl=<hidden>, refused={self.refused!r})"
+
+
+#: the worker's last message: the FURL is stored (True) or could not be (False)
+def invite_stored(ok: bool, why: str = "") -> bytes:
+    return encode({"stored": bool(ok), "why": text_arg(why)[:200]})
+
+
+def invite_stored_from_wire(raw: Any) -> tuple[bool, str]:
+    v = _map(raw, "an invite's last message") if isinstance(raw, bytes) else None
+    if v is None or not isinstance(v.get("stored"), bool):
+        raise BadRequest("not an invite's last message")
+    why = v.get("why", "")
+    return v["stored"], why if isinstance(why, str) else ""

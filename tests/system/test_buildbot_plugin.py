@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,6 +164,7 @@ class Env:
         self.extra_builders: list[Callable[[], BuilderConfig]] = []  # made at each load
         self.furls: dict[str, str] = {}  # what create_worker made
         self.worker_kwargs: dict[str, Any] = {}  # for load_workers
+        self.furl_options: dict[str, Any] = {}  # more of c['protocols']['furl']
         self.failed = False
         #: when set, FURL workers dial this proxy (the FURLs' location), which dials the master
         self.proxy = proxy
@@ -206,7 +208,8 @@ class Env:
             builders += [BuilderConfig(name=f"snoop-{n}", workernames=[n],
                                        factory=snoop_factory()) for n in names]
         builders += [make() for make in self.extra_builders]
-        protocols: dict[str, Any] = {"furl": {"port": f"tcp:{self.port}:interface=127.0.0.1"}}
+        protocols: dict[str, Any] = {"furl": {"port": f"tcp:{self.port}:interface=127.0.0.1",
+                                              **self.furl_options}}
         if "fw" in names:
             builders += [
                 BuilderConfig(name="xfer-furl", workernames=["fw"], factory=xfer_factory(self.data)),
@@ -688,6 +691,34 @@ async def test_furl_master_cli_sees_a_buildbot_master(env_factory: Callable[...,
     assert not (env.basedir / "private" / "admin.furl").exists()
     p = cli("furl-master", "status", "-d", d)
     assert p.returncode == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_buildbot_master_serves_its_furl_metrics(env_factory: Callable[..., Env]) -> None:
+    """c['protocols']['furl']['metrics_listen']: the plugin's figures over HTTP."""
+    env = env_factory()
+    port = free_port()
+    env.furl_options = {"metrics_listen": f"tcp:{port}:interface=127.0.0.1"}
+    furl = env.create_worker("fw")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    async with running(env):
+        await env.start_master()
+        env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        build = await env.run_build("quick-fw")
+        assert build["results"] == 0
+        text = await threads.deferToThread(scrape)  # the test's reactor is the master's
+        assert 'role="buildbot"' in text
+        assert 'buildbot_furl_worker_attached{worker="fw"} 1.0' in text
+        assert 'buildbot_furl_attaches_total{kind="new"} 1.0' in text
+        done = [line for line in text.splitlines()
+                if line.startswith('buildbot_furl_commands_total{result="completed"}')]
+        assert done and float(done[0].split()[-1]) >= 1  # the build's steps
+        assert furl.rsplit("/", 1)[1] not in text and "pb://" not in text
 
 
 # staged: fw2 attaches before master.cfg configures it, and is revoked at the end
