@@ -78,6 +78,15 @@ class PathRefused(WireError):
 class PolicyRefused(WireError):
     """The worker's own policy file does not allow what the master asked."""
 
+    #: the part of the policy it was refused under (worker/policy.py's RULES),
+    #: for the worker's metrics; it stays on the worker (not a wire field)
+    rule: str = "other"
+
+    def under(self, rule: str) -> PolicyRefused:
+        """This refusal, marked as made under ``rule``."""
+        self.rule = rule
+        return self
+
 
 class ConnectionLost(WireError):
     """The connection dropped before the answer arrived."""

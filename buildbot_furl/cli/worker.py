@@ -51,14 +51,23 @@ NUMCPUS_HELP = ("CPUs reported to the master (builds see it as %(worker:numcpus)
 MAXRETRIES_HELP = ("Give up after N failed connection attempts in a row (the daemon exits "
                    "2), for ephemeral or cloud workers; buildbot.tac's maxRetries.  "
                    "0 (default): retry forever.")
+METRICS_HELP = ("Serve Prometheus metrics (/metrics) and health checks (/healthz; /readyz: "
+                "200 while attached to the master, else 503) on this Twisted endpoint, e.g. "
+                "tcp:9102:interface=127.0.0.1; furl-worker.conf's metrics_listen.  Off by "
+                "default.  It shows the link's state, reconnects, command counts by Buildbot "
+                "command name, byte counts and policy refusals by rule; no FURL, secret, path "
+                "or command line.  Anyone who reaches it reads them: keep it on loopback "
+                "unless a scraper elsewhere needs it.")
 
 
 def _settings_options(fn: click.decorators.FC) -> click.decorators.FC:
-    """buildbot.tac's umask, numcpus, maxretries (see worker/settings.py)."""
+    """buildbot.tac's umask, numcpus, maxretries, and --metrics (see worker/settings.py)."""
     for opt in reversed([
         click.option("--umask", default=None, metavar="OCTAL", help=UMASK_HELP),
         click.option("--numcpus", default=None, metavar="N", help=NUMCPUS_HELP),
         click.option("--maxretries", default=None, metavar="N", help=MAXRETRIES_HELP),
+        click.option("--metrics", "metrics_listen", default=None, metavar="ENDPOINT",
+                     help=METRICS_HELP),
     ]):
         fn = opt(fn)
     return fn
@@ -130,9 +139,9 @@ def create_worker(basedir: str, furl: str | None, furl_file: str | None,
 
     The FURL comes from an invite (--code, as 'furl-master invite' printed
     it; --mailbox if the master's admin named one), or from --furl-file,
-    --furl or $FURL_WORKER_FURL.  --umask, --numcpus and --maxretries are
-    stored in BASEDIR/furl-worker.conf, read by every start (change them
-    with 'furl-worker settings').
+    --furl or $FURL_WORKER_FURL.  --umask, --numcpus, --maxretries and
+    --metrics are stored in BASEDIR/furl-worker.conf, read by every start
+    (change them with 'furl-worker settings').
     """
     cmds.create_worker(basedir, furl, furl_file, admin, host, policy_file, access_uri,
                        settings, code, mailbox, claim_wait)
@@ -168,9 +177,11 @@ def start(basedir: str, **options: object) -> None:
     The FURL is read from BASEDIR/master.furl (written by create-worker or
     set-furl) unless --furl-file, --furl or $FURL_WORKER_FURL gives one.
     Whichever way it comes, the running worker keeps it in memory only: no
-    command it runs sees it in its environment.  --umask, --numcpus and
-    --maxretries override BASEDIR/furl-worker.conf for this run.  SIGHUP
-    reopens worker.log; SIGUSR1 switches to the FURL in BASEDIR/master.furl.
+    command it runs sees it in its environment.  --umask, --numcpus,
+    --maxretries and --metrics override BASEDIR/furl-worker.conf for this
+    run.  SIGHUP reopens worker.log; SIGUSR1 switches to the FURL in
+    BASEDIR/master.furl.  No metrics endpoint unless --metrics or
+    metrics_listen asks for one; one that cannot listen fails the start.
     """
     cmds.start(basedir, **options)  # type: ignore[arg-type]
 
@@ -178,13 +189,15 @@ def start(basedir: str, **options: object) -> None:
 @cli.command(epilog=epilog(*USUAL))
 @_basedir
 @_settings_options
-@click.option("--unset", multiple=True, type=click.Choice(["umask", "numcpus", "maxretries"]),
+@click.option("--unset", multiple=True,
+              type=click.Choice(["umask", "numcpus", "maxretries", "metrics_listen"]),
               help="Back to the default (repeatable).")
 @guarded()
 def settings(basedir: str, unset: tuple[str, ...], **given: str | None) -> None:
     """Show or change the settings in BASEDIR/furl-worker.conf (what
-    buildbot.tac's umask, numcpus and maxRetries were); a running worker
-    uses them from its next start (furl-worker restart BASEDIR).
+    buildbot.tac's umask, numcpus and maxRetries were, and the metrics
+    endpoint); a running worker uses them from its next start
+    (furl-worker restart BASEDIR).
 
     \b
     BASEDIR/furl-worker.conf (optional; edit it by hand if you like):
@@ -192,6 +205,7 @@ def settings(basedir: str, unset: tuple[str, ...], **given: str | None) -> None:
       umask = 022
       numcpus = 8
       maxretries = 10
+      metrics_listen = tcp:9102:interface=127.0.0.1
     """
     cmds.settings(basedir, given, unset)
 

@@ -73,7 +73,8 @@ def _policy_text(path: str) -> str:
 
 
 def _given_settings(given: dict[str, Any]) -> wsettings.Settings:
-    """The --umask, --numcpus, --maxretries given (popped from ``given``), checked."""
+    """The --umask, --numcpus, --maxretries, --metrics given (popped from ``given``),
+    checked."""
     values = {}
     for key in wsettings.KEYS:
         raw = given.pop(key, None)
@@ -83,14 +84,15 @@ def _given_settings(given: dict[str, Any]) -> wsettings.Settings:
             values[key] = wsettings.PARSERS[key](raw)
         except ConfigError as e:
             # exit 1, as the same value in furl-worker.conf does: same mistake, same code
-            raise Failed(f"--{key}: {e}") from None
+            raise Failed(f"{wsettings.option(key)}: {e}") from None
     return wsettings.Settings(**values)
 
 
 def _show_settings(st: wsettings.Settings) -> list[str]:
     return [f"  umask:       {f'{st.umask:03o}' if st.umask is not None else 'inherited'}",
             f"  numcpus:     {st.numcpus if st.numcpus is not None else 'detected'}",
-            f"  maxretries:  {st.maxretries or 'none (retry forever)'}"]
+            f"  maxretries:  {st.maxretries or 'none (retry forever)'}",
+            f"  metrics:     {st.metrics_listen or 'off'}"]
 
 
 def create_worker(basedir: str, furl: str | None, furl_file: str | None, admin: str | None,
@@ -135,7 +137,8 @@ def settings(basedir: str, given: dict[str, Any], unset: tuple[str, ...]) -> Non
     change = _given_settings(dict(given))
     clash = [k for k in unset if getattr(change, k) is not None]
     if clash:
-        raise Failed(f"--{clash[0]} and --unset {clash[0]}: give one", Exit.USAGE)
+        raise Failed(f"{wsettings.option(clash[0])} and --unset {clash[0]}: give one",
+                     Exit.USAGE)
     old = wsettings.read_settings(paths.settings)
     if change == wsettings.Settings() and not unset:
         click.echo(f"{paths.settings}:" if os.path.exists(paths.settings)

@@ -32,6 +32,7 @@ from buildbot_furl.protocol.messages import (
 )
 from buildbot_furl.worker import logfiles, procgroup, transfers
 from buildbot_furl.worker.command import Check, FurlProtocolCommand
+from buildbot_furl.worker.metrics import NO_METRICS, WorkerEvents
 from buildbot_furl.worker.policy import Limits, PolicyFile
 
 log = Logger()
@@ -44,8 +45,8 @@ class FurlWorkerForBuilder(WorkerForBuilderPbLike):
     next_check: Check | None = None
 
     def ProtocolCommand(self, *args: Any, **kwargs: Any) -> FurlProtocolCommand:  # noqa: N802
-        return FurlProtocolCommand(*args, check=self.next_check,
-                                   clock=self.bot.clock, **kwargs)
+        return FurlProtocolCommand(*args, check=self.next_check, clock=self.bot.clock,
+                                   events=self.bot.events, **kwargs)
 
 
 @implementer(RIWorkerBot)
@@ -54,8 +55,9 @@ class FurlBot(Referenceable, BotPbLike):
 
     def __init__(self, basedir: str,
                  clock: IReactorTime = reactor,  # type: ignore[assignment]
-                 **kwargs: Any) -> None:
+                 events: WorkerEvents = NO_METRICS, **kwargs: Any) -> None:
         self.clock = clock  # the commands' timers
+        self.events = events  # what the metrics count (commands, bytes, refusals)
         transfers.register()
         procgroup.install()
         logfiles.install()
@@ -98,7 +100,11 @@ class FurlBot(Referenceable, BotPbLike):
     @remote_method
     async def remote_setBuilderList(self, builders: bytes) -> list[str]:
         wanted = BuilderList.from_wire(builders).pairs
-        self.policy.builder_dirs([d for _, d in wanted])
+        try:
+            self.policy.builder_dirs([d for _, d in wanted])
+        except PolicyRefused as e:
+            self.events.refused(e.rule)
+            raise
         return sorted(await self._set_builders(list(wanted)))
 
     async def _set_builders(self, wanted: list[tuple[str, str]]) -> list[str]:
@@ -144,7 +150,7 @@ class FurlBot(Referenceable, BotPbLike):
         if command == "downloadFile" and isinstance(cargs.get("mode"), int):
             # buildbot-worker chmods to whatever the master asks: no setuid/setgid
             cargs["mode"] = transferred_mode(cargs["mode"])
-        running = sum(1 for c in self.commands.values() if not c.is_complete)
+        running = self.running_commands()
 
         def check(name: str, final_args: dict[str, Any]) -> Limits:
             return self.policy.check(name, final_args, running)
@@ -154,10 +160,14 @@ class FurlBot(Referenceable, BotPbLike):
             b.remote_startCommand(status, command_id, command, cargs)
         except PolicyRefused as e:
             log.warn("refused {command!r} by the policy: {why}", command=command, why=e)
+            self.events.refused(e.rule)
+            self.events.command_done(command, "refused")
             raise
         except UnknownCommand as e:
+            self.events.command_done(command, "rejected")
             raise CommandFailed(str(e)) from None
         except (ValueError, KeyError, TypeError) as e:
+            self.events.command_done(command, "rejected")
             raise CommandFailed(f"cannot start {command!r}: {type(e).__name__}: {e}") from None
         cmd = b.protocol_command
         if isinstance(cmd, FurlProtocolCommand):
@@ -176,6 +186,10 @@ class FurlBot(Referenceable, BotPbLike):
             return UNKNOWN_COMMAND
         cmd.resume(status, writer, reader, ResumeState.from_wire(state))
         return RESUMED
+
+    def running_commands(self) -> int:
+        """How many commands run now (the metrics read it at each scrape)."""
+        return sum(1 for c in self.commands.values() if not c.is_complete)
 
     def end_commands(self, why: Exception) -> int:
         """End every command of a session that is over; how many there were."""

@@ -29,6 +29,7 @@ from buildbot_furl.protocol.messages import (
     update_items,
 )
 from buildbot_furl.sizes import show_bytes
+from buildbot_furl.worker.metrics import NO_METRICS, WorkerEvents
 from buildbot_furl.worker.policy import NO_LIMITS, Limits
 from buildbot_furl.worker.streams import ChunkWriter, ReadAhead, UpdateSender
 
@@ -43,8 +44,12 @@ class FurlProtocolCommand(ProtocolCommandPb):
 
     def __init__(self, *args: Any, check: Check | None = None,
                  clock: IReactorTime = reactor,  # type: ignore[assignment]
-                 **kwargs: Any) -> None:
+                 events: WorkerEvents = NO_METRICS, **kwargs: Any) -> None:
         self.clock = clock
+        self.events = events
+        self.rc: Any = None  # the last rc the command reported (its result, for the metrics)
+        self.counted = False  # its result has been counted (once, however it ended)
+        self.command_name = ""  # as the master asked for it (shell, uploadFile, ...)
         #: the worker's policy, asked once the arguments are in their final form
         self._check = check
         self.sender: UpdateSender | None = None
@@ -61,6 +66,7 @@ class FurlProtocolCommand(ProtocolCommandPb):
         """buildbot-worker's path arguments made absolute (relative to the
         builder's directory), then judged by the worker's policy: a
         refused command is never created (PolicyRefused)."""
+        self.command_name = command
         super().protocol_args_setup(command, args)
         if self._check is not None:
             self.limits = self._check(command, args)
@@ -84,10 +90,13 @@ class FurlProtocolCommand(ProtocolCommandPb):
     def _get_sender(self) -> UpdateSender:
         if self.sender is None:
             self.sender = UpdateSender(self.command_ref, self._pause, self._resume,
-                                       self.clock)
+                                       self.clock, self.events)
         return self.sender
 
     def protocol_send_update_message(self, message: list[tuple[str, Any]]) -> None:
+        for key, value in message:
+            if key == "rc":
+                self.rc = value
         self._get_sender().add(update_items(message))
 
     def protocol_notify_on_disconnect(self) -> None:
@@ -99,6 +108,8 @@ class FurlProtocolCommand(ProtocolCommandPb):
             with contextlib.suppress(OSError):
                 os.unlink(self._cut_file)
         yield self.flush_command_output()
+        self.count_result("error" if failure is not None else
+                          "success" if self.rc == 0 else "failure")
         text = None
         if failure is not None:
             kind = getattr(failure.type, "__name__", str(failure.type))
@@ -106,6 +117,12 @@ class FurlProtocolCommand(ProtocolCommandPb):
         # the master applies complete only after every batch (calls arrive in
         # order), so there is no need to wait for their acknowledgements
         yield self._get_sender().complete(encode_failure(text))
+
+    def count_result(self, result: str) -> None:
+        """Count this command under ``result`` (metrics.RESULTS), the first time only."""
+        if not self.counted:
+            self.counted = True
+            self.events.command_done(self.command_name, result)
 
     # -- the policy's limits ---------------------------------------------------
     def count_moved(self, way: str, n: int) -> bool:
@@ -129,9 +146,11 @@ class FurlProtocolCommand(ProtocolCommandPb):
                f"the master {verb} in one transfer (max_{way})")
         if not isinstance(self.command, TransferCommand):
             log.warn("{command}: {why}", command=self.command_id, why=why)
-            raise PolicyRefused(why)
+            self.events.refused(f"max_{way}")
+            raise PolicyRefused(why).under(f"max_{way}")
         if not self.command.interrupted:
             log.warn("{command}: {why}", command=self.command_id, why=why)
+            self.events.refused(f"max_{way}")
             self.cut = True
             self.command.stderr = why
             self.command.interrupt()
@@ -148,6 +167,7 @@ class FurlProtocolCommand(ProtocolCommandPb):
     def protocol_update_upload_file_write(self, writer: Any, data: bytes) -> Any:
         if self._past_limit("upload", len(data)):
             return defer.succeed(None)
+        self.events.moved("upload", len(data))
         return self._writer(writer).write(data)
 
     def protocol_update_upload_directory_write(self, writer: Any, data: bytes) -> Any:
@@ -176,7 +196,10 @@ class FurlProtocolCommand(ProtocolCommandPb):
     def protocol_update_read_file(self, reader: Any, length: int) -> Any:
         async def read() -> bytes:
             data = await self._reader(reader).read(length)
-            return b"" if self._past_limit("download", len(data)) else data
+            if self._past_limit("download", len(data)):
+                return b""
+            self.events.moved("download", len(data))
+            return data
         return defer.Deferred.fromCoroutine(read())
 
     def protocol_update_read_file_close(self, reader: Any) -> Any:
@@ -200,6 +223,8 @@ class FurlProtocolCommand(ProtocolCommandPb):
 
     def end(self, why: Exception) -> None:
         """The session is over: kill what still runs, send nothing more."""
+        if not self.is_complete:
+            self.count_result("ended")
         for part in (self.sender, self.chunk_writer, self.read_ahead):
             if part is not None:
                 part.end(why)

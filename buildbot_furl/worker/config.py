@@ -4,7 +4,7 @@ Layout::
 
     DIR/master.furl        the FURL (0600), written by create-worker
     DIR/info/admin, host, access_uri   shown to the master, like buildbot-worker's info/
-    DIR/furl-worker.conf   umask, numcpus, maxretries (see settings.py)
+    DIR/furl-worker.conf   umask, numcpus, maxretries, metrics_listen (see settings.py)
     DIR/worker.log, DIR/furl-worker.pid, DIR/furl-worker.state
     DIR/<builddirs>        created by the master's setBuilderList
 """
@@ -160,7 +160,8 @@ class WorkerOptions:
     disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT
     log_size: int = logs.DEFAULT_MAX_BYTES
     log_keep: int = logs.DEFAULT_KEEP
-    #: buildbot.tac's umask, numcpus, maxretries (furl-worker.conf, then start's options)
+    #: buildbot.tac's umask, numcpus, maxretries, and metrics_listen (furl-worker.conf,
+    #: then start's options)
     settings: Settings = Settings()
 
     def to_argv(self) -> list[str]:
@@ -175,4 +176,6 @@ class WorkerOptions:
             argv += ["--numcpus", str(st.numcpus)]
         if st.maxretries is not None:
             argv += ["--maxretries", str(st.maxretries)]
+        if st.metrics_listen is not None:
+            argv += ["--metrics", st.metrics_listen]
         return argv

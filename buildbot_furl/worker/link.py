@@ -44,6 +44,7 @@ from buildbot_furl.protocol.messages import (
     SessionProof,
 )
 from buildbot_furl.tubs import sever
+from buildbot_furl.worker.metrics import NO_METRICS, WorkerEvents
 from buildbot_furl.worker.statefile import Attachment, Drain
 from buildbot_furl.worker.streams import SessionEnded
 
@@ -225,6 +226,8 @@ class LinkCore:
     #: failed attempts in a row after which the worker gives up (0: never)
     maxretries: int = 0
     rng: Callable[[float, float], float] = random.normalvariate
+    #: what the metrics count (attaches, their failures); NO_METRICS: nothing
+    events: WorkerEvents = NO_METRICS
     #: the machine's state, by name (for the state file, logs and tests)
     state: str = "stopped"
     failures: int = 0  # failed attempts in a row (maxretries counts these)
@@ -242,6 +245,8 @@ class LinkCore:
     #: attaches whose link was lost before the master's answer came
     unanswered_attaches: int = 0
     drain: Drain = Drain.NONE
+    #: when the dial out began (the clock's seconds): the attach's duration
+    dial_started: float = 0.0
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.clock, self.rng)
@@ -278,6 +283,7 @@ class LinkCore:
         self.retry_timer = self.clock.callLater(delay, link.retry)
 
     def start_dial(self, link: Link) -> None:
+        self.dial_started = self.clock.seconds()
         d = self.dial(str(self.furl))
         self.pending = d
 
@@ -469,6 +475,7 @@ def _build() -> Callable[[LinkCore], Link]:
     def dial_failed(c: Link, s: LinkCore, failure: Failure) -> None:
         enter(s, "waiting")
         reason, fatal = s.explain_dial_failure(failure, s.furl)
+        s.events.dial_failed(failure.value)
         delay = within_grace(s.backoff.failed(), s.session, s.grace)
         if not (s.maxretries and s.failures + 1 >= s.maxretries):
             log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
@@ -484,6 +491,7 @@ def _build() -> Callable[[LinkCore], Link]:
             s.unanswered_attaches += 1
         reason, fatal = describe_attach_error(error, s.attach_count,  # type: ignore[arg-type]
                                               s.unanswered_attaches)
+        s.events.attach_refused(error)
         delay = within_grace(s.backoff.refused(), s.session, s.grace)
         log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
         login, s.login = s.login, None
@@ -497,6 +505,7 @@ def _build() -> Callable[[LinkCore], Link]:
         login = s.login
         s.backoff.attached(answer.resumed)
         s.attach_count += 1
+        s.events.attached(s.clock.seconds() - s.dial_started, answer.resumed)
         s.cancel_orphan_timer()
         if answer.resumed:
             gone = s.bot.keep_only(set(answer.commands), SessionEnded(
@@ -536,6 +545,7 @@ def _build() -> Callable[[LinkCore], Link]:
         s.wait(c, delay)
         if quick:
             reason = "the master dropped the link right after the attach"
+            s.events.dropped()
             log.warn("{reason}; retrying in {delay:.0f} s", reason=reason, delay=delay)
             s.failed_attempt(c, reason, False)
         if s.bot.commands and s.session is not None:

@@ -81,6 +81,13 @@ CODE_LOADING = ("LD_*", "GCONV_PATH", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS"
 _MAGIC = re.compile(r"[*?\[]")
 
 
+def refusal(rule: str, message: str) -> PolicyRefused:
+    """PolicyRefused(``message``), made under ``rule`` (a part of the file:
+    commands, paths, environment, max_commands, max_upload, max_download;
+    or unknown_command, invalid_policy), which the worker's metrics count by."""
+    return PolicyRefused(message).under(rule)
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """What one command may move: bytes per transfer, and where from (None: no limit)."""
@@ -139,17 +146,18 @@ class Policy:
         the command runs under.  May rewrite ``args`` (a shell command's
         program becomes the absolute path that was checked)."""
         if self.max_commands is not None and running >= self.max_commands:
-            raise PolicyRefused(f"the worker already runs {running} command(s), the most its "
-                                f"policy allows at once")
+            raise refusal("max_commands", f"the worker already runs {running} command(s), "
+                          "the most its policy allows at once")
         checker = _CHECKS.get(command)
         if checker is None:
-            raise PolicyRefused(f"command {command!r} is not one the worker's policy knows")
+            raise refusal("unknown_command",
+                          f"command {command!r} is not one the worker's policy knows")
         checker(self, args)
         return dataclasses.replace(self.limits, paths=self.roots)
 
     def _real(self, path: Any, what: str) -> str:
         if not isinstance(path, str) or not path or "\0" in path:
-            raise PolicyRefused(f"{what}: not a path")
+            raise refusal("paths", f"{what}: not a path")
         return os.path.realpath(os.path.join(self.basedir, os.path.expanduser(path)))
 
     def read(self, path: Any, what: str = "path") -> str:
@@ -157,28 +165,28 @@ class Policy:
         through its symlinks, if the policy lets the master use it."""
         real = self._real(path, what)
         if self.roots is not None and not any(_within(real, root) for root in self.roots):
-            raise PolicyRefused(f"{what} {path!r} is outside the paths the worker's policy "
-                                "allows")
+            raise refusal("paths", f"{what} {path!r} is outside the paths the worker's "
+                          "policy allows")
         return real
 
     def write(self, path: Any, what: str = "path") -> str:
         """As :meth:`read`, and never the worker's own files or directory."""
         real = self.read(path, what)
         if _within(self.basedir, real):
-            raise PolicyRefused(f"{what} {path!r} is the worker's directory or holds it")
+            raise refusal("paths", f"{what} {path!r} is the worker's directory or holds it")
         parent, name = os.path.split(real)
         if parent == self.basedir and any(name == n or name.startswith(n + ".")
                                           for n in WORKER_FILES):
-            raise PolicyRefused(f"{what} {path!r} is one of the worker's own files")
+            raise refusal("paths", f"{what} {path!r} is one of the worker's own files")
         return real
 
     def _glob(self, pattern: Any) -> None:
         if not isinstance(pattern, str) or not pattern:
-            raise PolicyRefused("glob: not a pattern")
+            raise refusal("paths", "glob: not a pattern")
         parts = pattern.split(os.sep)
         fixed = next((i for i, part in enumerate(parts) if _MAGIC.search(part)), len(parts))
         if ".." in parts[fixed:]:
-            raise PolicyRefused(f"glob pattern {pattern!r}: '..' after a wildcard")
+            raise refusal("paths", f"glob pattern {pattern!r}: '..' after a wildcard")
         prefix = os.sep.join(parts[:fixed])
         if not prefix:  # "/*", "/[e]tc/...": the wildcard is in the first component
             prefix = os.sep if pattern.startswith(os.sep) else "."
@@ -187,7 +195,8 @@ class Policy:
     def _program(self, args: dict[str, Any], workdir: str) -> None:
         command = args.get("command")
         if self.programs == ():
-            raise PolicyRefused("the worker's policy allows no programs (file transfers only)")
+            raise refusal("commands",
+                          "the worker's policy allows no programs (file transfers only)")
         if self.programs is None:
             return
         if isinstance(command, str):
@@ -195,15 +204,16 @@ class Policy:
         elif isinstance(command, list | tuple) and command:
             argv0, listed = _plain(command[0]), True
         else:
-            raise PolicyRefused("shell: no command")
+            raise refusal("commands", "shell: no command")
         if not isinstance(argv0, str) or not argv0:
-            raise PolicyRefused("shell: the program is not a string")
+            raise refusal("commands", "shell: the program is not a string")
         found = _which(argv0, workdir)
         if found is not None and "/" not in argv0 and self.roots is not None and any(
                 _within(os.path.realpath(found), root) for root in self.roots):
             # a name found in a directory the master may write: it could have put it there
-            raise PolicyRefused(f"program {argv0!r} is found in {os.path.dirname(found)!r}, "
-                                "inside the paths the worker's policy lets the master write")
+            raise refusal("commands", f"program {argv0!r} is found in "
+                          f"{os.path.dirname(found)!r}, inside the paths the worker's "
+                          "policy lets the master write")
         allowed = found is not None and any(
             (entry_path := _which(entry, workdir)) is not None
             and os.path.realpath(entry_path) == os.path.realpath(found)
@@ -211,7 +221,7 @@ class Policy:
         if not allowed:
             shown = "a command given as one string (run by /bin/sh)" if not listed else \
                 f"program {argv0!r}"
-            raise PolicyRefused(f"{shown} is not one the worker's policy allows")
+            raise refusal("commands", f"{shown} is not one the worker's policy allows")
         if listed and found is not None:
             # run what was checked, whatever PATH the master sets
             args["command"] = [found, *list(command)[1:]]
@@ -220,11 +230,12 @@ class Policy:
         if not env:
             return
         if not isinstance(env, dict):
-            raise PolicyRefused("shell: the environment is not a mapping")
+            raise refusal("environment", "shell: the environment is not a mapping")
         refused = sorted(str(k) for k in env if not self._may_set(str(k)))
         if refused:
             shown = ", ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
-            raise PolicyRefused(f"the worker's policy does not let the master set {shown}")
+            raise refusal("environment",
+                          f"the worker's policy does not let the master set {shown}")
 
     def _may_set(self, name: str) -> bool:
         """May the master set variable ``name`` for a command?"""
@@ -261,9 +272,9 @@ class Policy:
             except OSError:
                 return  # buildbot-worker reports a file it cannot open
             if size > self.limits.upload:
-                raise PolicyRefused(f"{args.get('path')!r} is {show_bytes(size)}, more than "
-                                    f"the worker's policy lets it upload "
-                                    f"({show_bytes(self.limits.upload)})")
+                raise refusal("max_upload", f"{args.get('path')!r} is {show_bytes(size)}, "
+                              f"more than the worker's policy lets it upload "
+                              f"({show_bytes(self.limits.upload)})")
 
 
 _Check = Callable[[Policy, dict[str, Any]], None]
@@ -531,7 +542,7 @@ class PolicyFile:
         """See :meth:`Policy.check`; no policy file: everything is allowed."""
         self.refresh()
         if self.error is not None:
-            raise PolicyRefused(self.INVALID)
+            raise refusal("invalid_policy", self.INVALID)
         if self.policy is None:
             return NO_LIMITS
         return self.policy.check(command, args, running)

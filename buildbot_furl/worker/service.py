@@ -44,7 +44,9 @@ from buildbot_furl.protocol import call
 from buildbot_furl.protocol.messages import SessionProof
 from buildbot_furl.tubs import DEFAULT_DISCONNECT_TIMEOUT, DEFAULT_KEEPALIVE, make_tub
 from buildbot_furl.worker.bot import FurlBot
+from buildbot_furl.metrics.serve import CannotServeMetrics, MetricsService
 from buildbot_furl.worker.config import WorkerOptions, furl_id, read_furl_file
+from buildbot_furl.worker.metrics import NO_METRICS, WorkerMetrics, not_ready
 from buildbot_furl.worker.statefile import Attachment, Drain, Switch, SwitchResult, WorkerStatus
 from buildbot_furl.worker.link import (  # noqa: F401 - re-exported: tests and docs name them here
     FACTOR,
@@ -106,12 +108,14 @@ class WorkerService(service.MultiService):
                  disconnect_timeout: int = DEFAULT_DISCONNECT_TIMEOUT,
                  numcpus: int | None = None, maxretries: int = 0,
                  clock: IReactorTime | None = None,
-                 dial: Callable[[str], defer.Deferred[Any]] | None = None) -> None:
+                 dial: Callable[[str], defer.Deferred[Any]] | None = None,
+                 metrics: WorkerMetrics | None = None) -> None:
         super().__init__()
         #: every timer of the worker runs on it (tests give a task.Clock)
         self.clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.paths = paths
-        self.bot = FurlBot(paths.basedir, self.clock)
+        events = metrics if metrics is not None else NO_METRICS
+        self.bot = FurlBot(paths.basedir, self.clock, events=events)
         if numcpus is not None:
             self.bot.numcpus = numcpus  # getWorkerInfo detects it only when unset
         self.maxretries = maxretries
@@ -120,8 +124,12 @@ class WorkerService(service.MultiService):
         self.tub.setServiceParent(self)
         #: the link's data, and the machine that drives it
         self.core = LinkCore(self.clock, furl, dial if dial is not None else self._dial,
-                             self.bot, self, describe_failure, maxretries)
+                             self.bot, self, describe_failure, maxretries, events=events)
         self.link = make_link(self.core)
+        if metrics is not None:
+            core = self.core
+            metrics.watch(lambda: core.state, lambda: core.attach_count,
+                          self.bot.running_commands)
         self._state: tuple[Attachment, str | None] = (Attachment.CONNECTING, None)
         self._since = time.time()
         #: called with (ok, message, fatal) after every connection attempt
@@ -175,6 +183,10 @@ class WorkerService(service.MultiService):
         """The link's state (connecting, attaching, attached, draining,
         waiting, gave up, stopped)."""
         return self.core.state
+
+    def not_ready(self) -> str | None:
+        """Why /readyz says not ready (None: attached)."""
+        return not_ready(self.core.state)
 
     def _dial(self, furl: str) -> defer.Deferred[Any]:
         return self.tub.getReference(furl)
@@ -456,8 +468,13 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
         # files (log, state, pid, secrets) are opened with explicit modes
         os.umask(st.umask)
         log.info("umask set to {umask:03o}", umask=st.umask)
+    metrics = WorkerMetrics() if st.metrics_listen else None
     svc = WorkerService(paths, furl, options.keepalive, options.disconnect_timeout,
-                        st.numcpus, st.maxretries or 0)
+                        st.numcpus, st.maxretries or 0, metrics=metrics)
+    endpoint = None
+    if metrics is not None and st.metrics_listen:
+        endpoint = MetricsService(st.metrics_listen, metrics.registry, svc.not_ready)
+        endpoint.setServiceParent(svc)  # stops listening when the worker stops
     startup = _FirstAttach(ready_fd, options.wait)
     svc.on_event = startup.event
     # gave up after maxretries failed attempts in a row: "no master answers"
@@ -476,10 +493,16 @@ def run_worker(paths: WorkerPaths, furl: Furl, ready_fd: int | None, to_stderr: 
     signal.signal(signal.SIGUSR1, usr1)
     signal.signal(signal.SIGUSR2, usr2)
 
-    def start() -> None:
+    async def start() -> None:
+        if endpoint is not None:
+            try:
+                await endpoint.start()
+            except CannotServeMetrics as e:
+                startup.give_up(str(e), Exit.ERROR)  # before the first dial
+                return
         svc.startService()
         startup.started()
 
-    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()))
     run_reactor(pidfile, svc)
     return startup.exit_code

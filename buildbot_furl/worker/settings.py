@@ -7,6 +7,7 @@ no secret in it)::
     umask = 022        # the mode mask of files the builds create (default: inherited)
     numcpus = 8        # reported to the master (default: detected)
     maxretries = 10    # give up after this many failed connection attempts (0: never)
+    metrics_listen = tcp:9102:interface=127.0.0.1   # /metrics, /healthz, /readyz (default: off)
 
 A key left out keeps its default; options of ``start`` override the file.
 """
@@ -15,12 +16,21 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+from typing import Any
 
 from buildbot_furl.errors import ConfigError
+from buildbot_furl.metrics.serve import check_listen
 from buildbot_furl.privatefiles import write_private
 
 SECTION = "worker"
-KEYS = ("umask", "numcpus", "maxretries")
+KEYS = ("umask", "numcpus", "maxretries", "metrics_listen")
+#: each key's option (start, restart, create-worker, settings): --KEY unless named here
+OPTIONS = {"metrics_listen": "--metrics"}
+
+
+def option(key: str) -> str:
+    """The command-line option that sets ``key``."""
+    return OPTIONS.get(key, f"--{key}")
 
 
 def parse_umask(text: str | int) -> int:
@@ -54,17 +64,20 @@ def parse_maxretries(text: str | int) -> int:
     return _int(text, 0, "a whole number of 0 or more (0: retry forever)")
 
 
-PARSERS = {"umask": parse_umask, "numcpus": parse_numcpus, "maxretries": parse_maxretries}
+PARSERS: dict[str, Any] = {"umask": parse_umask, "numcpus": parse_numcpus,
+                           "maxretries": parse_maxretries, "metrics_listen": check_listen}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The stored settings; None keeps the default (inherited umask,
-    detected CPUs, retry forever)."""
+    detected CPUs, retry forever, no metrics endpoint)."""
 
     umask: int | None = None
     numcpus: int | None = None
     maxretries: int | None = None
+    #: a Twisted endpoint to serve /metrics, /healthz, /readyz on
+    metrics_listen: str | None = None
 
     def over(self, base: Settings) -> Settings:
         """These settings where set, ``base``'s elsewhere."""
@@ -79,6 +92,8 @@ class Settings:
             lines.append(f"numcpus = {self.numcpus}")
         if self.maxretries is not None:
             lines.append(f"maxretries = {self.maxretries}")
+        if self.metrics_listen is not None:
+            lines.append(f"metrics_listen = {self.metrics_listen}")
         return "\n".join(lines) + "\n"
 
 
@@ -95,7 +110,7 @@ def parse_settings(text: str, where: str) -> Settings:
         raise ConfigError(f"{where}: unknown section [{unknown[0]}] (only [{SECTION}])")
     if not cp.has_section(SECTION):
         return Settings()
-    values: dict[str, int] = {}
+    values: dict[str, Any] = {}
     for key, raw in cp.items(SECTION):
         if key not in PARSERS:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(KEYS)})")

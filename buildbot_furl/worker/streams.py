@@ -32,6 +32,7 @@ from buildbot_furl.protocol import call
 from buildbot_furl.protocol.interfaces import UPDATE_WINDOW
 from buildbot_furl.protocol.messages import encode_updates, items_size
 from buildbot_furl.protocol.transfer import CONTRACT, Contract
+from buildbot_furl.worker.metrics import NO_METRICS, WorkerEvents
 
 log = Logger()
 
@@ -108,8 +109,10 @@ class UpdateSender:
 
     def __init__(self, status: Any, pause: Callable[[], None],
                  resume: Callable[[], None],
-                 clock: IReactorTime = reactor) -> None:  # type: ignore[assignment]
+                 clock: IReactorTime = reactor,  # type: ignore[assignment]
+                 events: WorkerEvents = NO_METRICS) -> None:
         self.link = _Link(status)
+        self.events = events  # counts the bytes of each batch, once
         #: updates added in one turn of the reactor leave in one batch, at its end
         self.clock = clock
         self.pause = pause
@@ -149,6 +152,7 @@ class UpdateSender:
         self.seq += 1
         self.unacked[self.seq] = (payload, size)
         self.unacked_bytes += size
+        self.events.update_sent(len(payload))
         if self.unacked_bytes > UPDATE_WINDOW and not self.paused:
             self.paused = True
             self.pause()
