@@ -91,7 +91,10 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
         if not isinstance(opts["metrics_listen"], str):
             raise ConfigError("c['protocols']['furl']['metrics_listen'] must be an endpoint "
                               "string (e.g. 'tcp:9102:interface=127.0.0.1')")
-        metrics_listen = check_listen(opts["metrics_listen"])
+        try:
+            metrics_listen = check_listen(opts["metrics_listen"])
+        except ConfigError as e:
+            raise ConfigError(f"c['protocols']['furl']['metrics_listen']: {e}") from None
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
                             conf.disconnect_timeout, conf.reload_interval, conf.session_grace,

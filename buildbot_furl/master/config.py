@@ -251,7 +251,7 @@ def read(basedir: str) -> ConfReading:
                                                       " seconds"))),
         metrics_listen=setting("metrics_listen", None, check_listen),
         mailbox_listen=setting("mailbox_listen", None, lambda v: check_listen(
-            v, "mailbox_listen", "tcp:4000")),
+            v, "tcp:4000")),
         mailbox_url=setting("mailbox_url", None, check_mailbox_url),
     )
     config = None

@@ -29,18 +29,16 @@ log = Logger()
 Readiness = Callable[[], "str | None"]
 
 
-def check_listen(value: str, key: str = "metrics_listen",
-                 example: str = "tcp:9102:interface=127.0.0.1") -> str:
-    """A Twisted server endpoint string (``tcp:9102:interface=127.0.0.1``)
-    for the setting ``key``; ConfigError when it cannot be one."""
+def check_listen(value: str, example: str = "tcp:9102:interface=127.0.0.1") -> str:
+    """A Twisted server endpoint string (``tcp:9102:interface=127.0.0.1``);
+    ConfigError when it cannot be one (the caller names the setting)."""
     text = value.strip()
     if not text:
-        raise ConfigError(f"{key} is empty (leave it out to serve nothing there)")
+        raise ConfigError("empty (leave the setting out to serve nothing there)")
     try:
         serverFromString(reactor, text)
     except Exception as e:  # noqa: BLE001 - every parse error is the admin's typo
-        raise ConfigError(f"{key} {text[:80]!r} is not a Twisted endpoint "
-                          f"(e.g. {example}): {e}") from None
+        raise ConfigError(f"not a Twisted endpoint (e.g. {example}): {e}") from None
     return text
 
 

@@ -129,7 +129,7 @@ def test_no_endpoint_unless_asked_and_a_bad_or_busy_one_fails_the_start(farm: Fa
     p = farm.start_worker("w1", furl, "--metrics", "nope:1", check=False)
     assert p.returncode == Exit.ERROR
     assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
-    assert "--metrics: metrics_listen 'nope:1' is not a Twisted endpoint" in p.stderr
+    assert "--metrics: not a Twisted endpoint" in p.stderr
     (wdir / "furl-worker.conf").write_text("[worker]\nmetrics_listen = tcp:notaport\n")
     p = farm.start_worker("w1", furl, check=False)
     assert p.returncode == Exit.ERROR and p.stderr.strip().count("\n") == 0
