@@ -14,9 +14,11 @@ from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master import config as mconfig
 from buildbot_furl.master.host import HostSettings
 from buildbot_furl.metrics.serve import check_listen
+from buildbot_furl.protocol.messages import check_mailbox_url
 
 PROTOCOL_KEY = "furl"
-PROTOCOL_OPTIONS = frozenset({"port", "location", "furls", "metrics_listen"})
+PROTOCOL_OPTIONS = frozenset({"port", "location", "furls", "metrics_listen",
+                              "mailbox_listen", "mailbox_url"})
 
 
 def normalize_port(port: Any) -> str:
@@ -95,12 +97,24 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
             metrics_listen = check_listen(opts["metrics_listen"])
         except ConfigError as e:
             raise ConfigError(f"c['protocols']['furl']['metrics_listen']: {e}") from None
+    mailbox_listen = conf.mailbox_listen if conf is not None else None
+    mailbox_url = conf.mailbox_url if conf is not None else None
+    try:
+        if opts.get("mailbox_listen") is not None:
+            mailbox_listen = check_listen(str(opts["mailbox_listen"]), "tcp:4000")
+        if opts.get("mailbox_url") is not None:
+            mailbox_url = check_mailbox_url(str(opts["mailbox_url"]))
+    except ConfigError as e:
+        raise ConfigError(f"c['protocols']['furl'] mailbox: {e}") from None
+    mailbox = mconfig.mailbox_of(mailbox_url, mailbox_listen, location)
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
                             conf.disconnect_timeout, conf.reload_interval, conf.session_grace,
-                            conf.refusal_limit, conf.call_timeout, conf.gate, metrics_listen)
+                            conf.refusal_limit, conf.call_timeout, conf.gate, metrics_listen,
+                            mailbox_listen, mailbox)
     return HostSettings(paths, port, location, os.path.abspath(furls_path),
-                        metrics_listen=metrics_listen)
+                        metrics_listen=metrics_listen, mailbox_listen=mailbox_listen,
+                        mailbox_url=mailbox)
 
 
 def furl_protocol(basedir: str, **options: Any) -> dict[str, Any]:

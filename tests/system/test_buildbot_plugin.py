@@ -721,6 +721,38 @@ async def test_a_buildbot_master_serves_its_furl_metrics(env_factory: Callable[.
         assert furl.rsplit("/", 1)[1] not in text and "pb://" not in text
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_buildbot_master_holds_invites_open(env_factory: Callable[..., Env]) -> None:
+    """furl-master invite on a Buildbot master: the plugin serves the mailbox
+    (c['protocols']['furl']), the worker claims its FURL with the code, and
+    after a reconfig runs builds."""
+    env = env_factory()
+    mport = free_port()
+    mailbox = f"ws://127.0.0.1:{mport}/v1"
+    env.furl_options = {"mailbox_listen": f"tcp:{mport}:interface=127.0.0.1",
+                        "mailbox_url": mailbox}
+    env.create_worker("idle")  # Buildbot will not start without a worker
+    d = str(env.basedir)
+    async with running(env):
+        m = await env.start_master()
+        p = await threads.deferToThread(cli, "furl-master", "invite", "-d", d, "fw")
+        assert p.returncode == 0, p.stderr
+        code = p.stdout.strip()
+        assert "furl-worker create-worker DIR --code CODE --mailbox " + mailbox in p.stderr
+        wdir = env.tmp / "invited"
+        p = await threads.deferToThread(cli, "furl-worker", "create-worker", str(wdir),
+                                        "--code", code, "--mailbox", mailbox)
+        assert p.returncode == 0, p.stderr
+        assert "invite for worker fw claimed by" in env.log_text()
+        assert code not in env.log_text()
+        furl = (wdir / "master.furl").read_text().strip()
+        assert env.furl_names() == ["idle", "fw"] and furl not in env.log_text()
+        await m.reconfig()  # master.cfg's load_workers() reads workers.furls
+        env.start_furl_worker("fw", furl)
+        await env.wait_connected("fw")
+        assert (await env.run_build("quick-fw"))["results"] == SUCCESS
+
+
 # staged: fw2 attaches before master.cfg configures it, and is revoked at the end
 @pytest.mark.expect_log(r"refused worker fw2: master.cfg configures no FurlWorker",
                         r"worker fw2: session ended \(attach refused\)",
