@@ -15,7 +15,9 @@ setup(
         "pyopenssl>=24",
         "click>=8.1",
         "msgpack>=1.0",
-        "prometheus-client>=0.20",
+        "prometheus-client>=0.26",
+        "magic-wormhole>=0.24,<1",
+        "magic-wormhole-mailbox-server>=0.8,<1",
         "buildbot-worker>=4.0,<5",
     ],
     extras_require={
