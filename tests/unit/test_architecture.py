@@ -150,3 +150,10 @@ def test_the_architecture_map_names_every_module() -> None:
     modules = {m for m, p in MODULES.items() if p.name != "__init__.py"}
     assert sorted(modules - mapped) == [], "missing from docs/architecture.md's map"
     assert sorted(mapped - modules) == [], "in docs/architecture.md's map, but gone"
+
+
+def test_every_test_module_has_a_name_of_its_own() -> None:
+    """pytest imports test modules by their base name (tests/ has no
+    packages): two files of one name in unit/ and system/ break collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
