@@ -58,6 +58,8 @@ log = Logger()
 CLAIMS_KEPT = 100
 #: seconds a worker has for each step of a claim once it has the code right
 CLAIM_STEP_TIMEOUT = 60.0
+#: seconds to reach the mailbox and be given a code, before the admin is told
+MAILBOX_TIMEOUT = 15.0
 
 
 class Wormhole(Protocol):
@@ -68,6 +70,8 @@ class Wormhole(Protocol):
     def set_code(self, code: str) -> None: ...
 
     def get_code(self) -> defer.Deferred[str]: ...
+
+    def get_welcome(self) -> defer.Deferred[Any]: ...
 
     def get_message(self) -> defer.Deferred[bytes]: ...
 
@@ -243,11 +247,14 @@ class Invites(service.Service):
         w = self.wormholes(self.mailbox)
         w.allocate_code(2)
         try:
-            code = await w.get_code()
+            # magic-wormhole keeps redialing an unreachable mailbox: bounded here
+            code = await _within(w.get_code(), MAILBOX_TIMEOUT, self.clock)
         except Exception as e:  # noqa: BLE001 - the mailbox is away: one line for the admin
             await _quietly(w.close())
-            raise InviteError(f"cannot reach the mailbox {self.mailbox}: "
-                              f"{_why(e)}") from None
+            why = (f"no answer within {MAILBOX_TIMEOUT:.0f} s"
+                   if isinstance(e, defer.TimeoutError) else _why(e))
+            raise InviteError(f"cannot reach the mailbox {self.mailbox}: {why} (see "
+                              "mailbox_url / mailbox_listen in furl-master.conf)") from None
         if name in self.book.pending:  # asked twice at once
             await _quietly(w.close())
             raise InviteError(f"an invite for worker {name!r} is pending already")

@@ -28,6 +28,8 @@ from buildbot_furl.protocol.messages import (
 
 #: seconds to wait for the master's answer once the code is set
 DEFAULT_WAIT = 60.0
+#: seconds to reach the mailbox at all
+MAILBOX_TIMEOUT = 15.0
 
 
 class JoinError(FurlError):
@@ -61,6 +63,15 @@ async def claim(reactor: Any, code: str, mailbox: str, me: InviteClaim,
 
     w = make(mailbox)
     try:
+        welcome = w.get_welcome()
+        welcome.addTimeout(MAILBOX_TIMEOUT, reactor)
+        try:
+            await welcome  # told apart from "nobody holds this code"
+        except defer.TimeoutError:
+            raise JoinError(f"cannot reach the mailbox {mailbox}: no answer within "
+                            f"{MAILBOX_TIMEOUT:.0f} s (check --mailbox)") from None
+        except Exception as e:
+            raise JoinError(f"cannot reach the mailbox {mailbox}: {_why(e)}") from None
         w.set_code(check_code(code))
         w.send_message(me.to_wire())
         d = w.get_message()

@@ -53,8 +53,12 @@ class FakeWormhole:
         self.code = code
 
     def get_code(self) -> defer.Deferred[str]:
-        assert self.code is not None
+        if self.code is None:  # an unreachable mailbox: no code, ever
+            return defer.Deferred()
         return defer.succeed(self.code)
+
+    def get_welcome(self) -> defer.Deferred[dict[str, str]]:
+        return defer.succeed({})
 
     def get_message(self) -> defer.Deferred[bytes]:
         d: defer.Deferred[bytes] = defer.Deferred()
@@ -234,6 +238,21 @@ def test_bad_requests(tmp_path: Path) -> None:
         rig.invite("no/slashes")
     with pytest.raises(BadRequest):
         InviteRequest.from_wire(InviteRequest("w2", 10).to_wire())  # under a minute
+
+
+def test_an_unreachable_mailbox_is_one_line_for_the_admin(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    rig = Rig(tmp_path)
+    monkeypatch.setattr(FakeWormhole, "allocate_code", lambda self, n=2: None)
+    d = defer.Deferred.fromCoroutine(rig.invites.invite(InviteRequest("w1", 3600)))
+    assert not d.called
+    rig.clock.advance(15)
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert failure.check(InviteError)
+    assert "cannot reach the mailbox ws://127.0.0.1:4000/v1: no answer within 15 s" in \
+        str(failure.value)
+    assert rig.invites.rows() == [] and rig.holes[-1].closed
 
 
 def test_the_file_of_codes_must_be_private(tmp_path: Path) -> None:
