@@ -88,7 +88,7 @@ while read -r line; do
   fi
   log="$venv/pytest.log"
   set +e
-  (unset PYTHONPATH; "$venv/bin/python" -m pytest -q -p no:cacheprovider "${args[@]}" \
+  (unset PYTHONPATH; "$venv/bin/python" -m pytest -q -rfEs -p no:cacheprovider "${args[@]}" \
       "${TIER[@]}" </dev/null >"$log" 2>&1)
   status=$?
   set -e

@@ -150,7 +150,7 @@ async def test_worker_info_and_peer(pair: Pair) -> None:
     info = await pair.conn.remoteGetWorkerInfo()
     assert info["basedir"] == str(pair.basedir)
     assert info["system"] == os.name
-    # buildbot-worker's own command version (3.2 in 4.0.x, 3.3 from 4.1)
+    # buildbot-worker's own command version (3.2 in 4.0.4, 3.3 from 4.1.0)
     assert info["worker_commands"]["shell"] == command_version
     assert info["worker_commands"]["uploadDirectory"] == command_version
     assert isinstance(info["environ"], dict) and "PATH" in info["environ"]

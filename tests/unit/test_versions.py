@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import runpy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,11 +42,11 @@ def _pins() -> dict[str, str]:
 
 
 @pytest.fixture
-def metadata(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+def metadata(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What setup.py hands setuptools, taken in-process (no build)."""
     got: dict[str, Any] = {}
     monkeypatch.setattr(setuptools, "setup", lambda **kw: got.update(kw))
-    monkeypatch.chdir(tmp_path)  # setup.py finds its files from its own place
+    monkeypatch.chdir(ROOT)  # as pip runs it
     runpy.run_path(str(ROOT / "setup.py"))
     return got
 
