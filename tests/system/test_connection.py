@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from buildbot_furl.errors import BadRequest, CommandFailed, PathRefused, RemoteError
 from buildbot.process.remotetransfer import DirectoryWriter, FileReader, FileWriter
+from buildbot_worker.commands.base import command_version
 from buildbot_furl.master.commands import CommandStatus
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.files import FileReaderAdapter, FileWriterAdapter
@@ -149,8 +150,9 @@ async def test_worker_info_and_peer(pair: Pair) -> None:
     info = await pair.conn.remoteGetWorkerInfo()
     assert info["basedir"] == str(pair.basedir)
     assert info["system"] == os.name
-    assert info["worker_commands"]["shell"] == "3.3"
-    assert info["worker_commands"]["uploadDirectory"] == "3.3"
+    # buildbot-worker's own command version (3.2 in 4.0.4, 3.3 from 4.1.0)
+    assert info["worker_commands"]["shell"] == command_version
+    assert info["worker_commands"]["uploadDirectory"] == command_version
     assert isinstance(info["environ"], dict) and "PATH" in info["environ"]
     assert "version" in info and "numcpus" in info
     host, port = pair.conn.get_peer().rsplit(":", 1)
