@@ -9,6 +9,7 @@ from typing import Any
 from buildbot.config.errors import error as config_error
 from twisted.internet import endpoints, reactor
 
+from buildbot_furl import cluster
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master import config as mconfig
@@ -16,7 +17,7 @@ from buildbot_furl.master.host import HostSettings
 from buildbot_furl.metrics.serve import check_listen
 
 PROTOCOL_KEY = "furl"
-PROTOCOL_OPTIONS = frozenset({"port", "location", "furls", "metrics_listen"})
+PROTOCOL_OPTIONS = frozenset({"port", "location", "furls", "metrics_listen", "cluster_dir"})
 
 
 def normalize_port(port: Any) -> str:
@@ -95,12 +96,23 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
             metrics_listen = check_listen(opts["metrics_listen"])
         except ConfigError as e:
             raise ConfigError(f"c['protocols']['furl']['metrics_listen']: {e}") from None
+    # master.cfg's cluster_dir wins over furl-master.conf's (which list-workers
+    # --cluster reads: docs/cluster.md says to set it there)
+    cluster_dir = conf.cluster_dir if conf is not None else None
+    if opts.get("cluster_dir") is not None:
+        if not isinstance(opts["cluster_dir"], str) or not opts["cluster_dir"].strip():
+            raise ConfigError("c['protocols']['furl']['cluster_dir'] must be a directory "
+                              "(or 'off')")
+        cluster_dir = opts["cluster_dir"]
+    cluster_path = cluster.resolve_dir(cluster_dir, paths.basedir, os.path.abspath(furls_path))
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
                             conf.disconnect_timeout, conf.reload_interval, conf.session_grace,
-                            conf.refusal_limit, conf.call_timeout, conf.gate, metrics_listen)
+                            conf.refusal_limit, conf.call_timeout, conf.gate, metrics_listen,
+                            cluster_dir=cluster_path,
+                            cluster_heartbeat=conf.cluster_heartbeat)
     return HostSettings(paths, port, location, os.path.abspath(furls_path),
-                        metrics_listen=metrics_listen)
+                        metrics_listen=metrics_listen, cluster_dir=cluster_path)
 
 
 def furl_protocol(basedir: str, **options: Any) -> dict[str, Any]:
