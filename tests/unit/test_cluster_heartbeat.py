@@ -326,3 +326,34 @@ def test_list_workers_cluster_says_who_holds_each_worker(tmp_path: pathlib.Path)
     assert "pb://" not in p.stdout
     p = _cli("list-workers", "-d", str(base), "--cluster", "--show-furls")
     assert p.exit_code == 64 and "pb://" not in p.output  # (Exit.USAGE)
+
+
+def test_the_buildbot_plugin_takes_cluster_dir_and_the_masters_name(
+        tmp_path: pathlib.Path) -> None:
+    from buildbot_furl.buildbot.settings import hub_settings
+    from buildbot_furl.errors import ConfigError
+    from buildbot_furl.master.host import master_name
+    from buildbot_furl.tubs import make_tub
+
+    base, shared = tmp_path / "m", tmp_path / "shared"
+    mconfig.create(str(base), "tcp:127.0.0.1:9990", None)
+    make_tub(str(base / "private" / "tub.pem"))
+    shared.mkdir()
+    (base / "workers.furls").rename(shared / "workers.furls")
+    (base / "workers.furls").symlink_to(shared / "workers.furls")
+    conf = base / "furl-master.conf"
+    conf.write_text(conf.read_text() + "cluster_heartbeat = 5\n")
+    s = hub_settings(str(base), {"furl": {"port": 9990}})
+    assert (s.cluster_dir, s.cluster_heartbeat) == (str(shared / "furl-cluster"), 5.0)
+    s = hub_settings(str(base), {"furl": {"port": 9990, "cluster_dir": "off"}})
+    assert s.cluster_dir is None
+    s = hub_settings(str(base), {"furl": {"port": 9990, "cluster_dir": "/elsewhere"}})
+    assert s.cluster_dir == "/elsewhere"
+    with pytest.raises(ConfigError, match="cluster_dir'] must be a directory"):
+        hub_settings(str(base), {"furl": {"port": 9990, "cluster_dir": 5}})
+
+    class Master:
+        name = "bb-a"
+
+    assert master_name(Master(), "/srv/m") == "bb-a"  # Buildbot's own name for it
+    assert master_name(None, "/srv/m").endswith(":/srv/m")
