@@ -73,7 +73,10 @@ class Heartbeat(service.Service):
         try:
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            write_private(path, record.to_json())
+            # atomic, but not fsynced: the write is on the reactor, maybe to a
+            # network file system, every few seconds; a record lost in a crash
+            # of this host is a stale record, which is what it should say then
+            write_private(path, record.to_json(), sync=False)
         except OSError as e:
             why = f"{e.strerror or e}: {e.filename or self.directory}"
             if why != self.failing:
