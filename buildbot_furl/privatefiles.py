@@ -54,8 +54,9 @@ def _exchange(a: str, b: str) -> bool:
 
 
 def write_private(path: str, data: str | bytes,
-                  unchanged: Callable[[str], bool] | None = None) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 (temp, fsync, rename).
+                  unchanged: Callable[[str], bool] | None = None, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 (temp, fsync unless not
+    ``sync``, rename).
 
     With ``unchanged`` (a test of the file it replaces, given that file's
     path) the write is conditional: if the file was changed since the caller
@@ -71,7 +72,8 @@ def write_private(path: str, data: str | bytes,
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:  # (not for a file rewritten every few seconds: see master/heartbeat.py)
+                os.fsync(f.fileno())
         if unchanged is None:
             os.replace(tmp, path)
         else:

@@ -9,6 +9,7 @@ from typing import Any
 from buildbot.config.errors import error as config_error
 from twisted.internet import endpoints, reactor
 
+from buildbot_furl import cluster
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master import config as mconfig
@@ -18,7 +19,7 @@ from buildbot_furl.protocol.messages import check_mailbox_url
 
 PROTOCOL_KEY = "furl"
 PROTOCOL_OPTIONS = frozenset({"port", "location", "furls", "metrics_listen",
-                              "mailbox_listen", "mailbox_url"})
+                              "mailbox_listen", "mailbox_url", "cluster_dir"})
 
 
 def normalize_port(port: Any) -> str:
@@ -107,14 +108,24 @@ def hub_settings(basedir: str, protocols: dict[str, Any]) -> HostSettings:
     except ConfigError as e:
         raise ConfigError(f"c['protocols']['furl'] mailbox: {e}") from None
     mailbox = mconfig.mailbox_of(mailbox_url, mailbox_listen, location)
+    # master.cfg's cluster_dir wins over furl-master.conf's (which list-workers
+    # --cluster reads: docs/cluster.md says to set it there)
+    cluster_dir = conf.cluster_dir if conf is not None else None
+    if opts.get("cluster_dir") is not None:
+        if not isinstance(opts["cluster_dir"], str) or not opts["cluster_dir"].strip():
+            raise ConfigError("c['protocols']['furl']['cluster_dir'] must be a directory "
+                              "(or 'off')")
+        cluster_dir = opts["cluster_dir"]
+    cluster_path = cluster.resolve_dir(cluster_dir, paths.basedir, os.path.abspath(furls_path))
     if conf is not None:
         return HostSettings(paths, port, location, os.path.abspath(furls_path), conf.keepalive,
                             conf.disconnect_timeout, conf.reload_interval, conf.session_grace,
                             conf.refusal_limit, conf.call_timeout, conf.gate, metrics_listen,
-                            mailbox_listen, mailbox)
+                            mailbox_listen, mailbox, cluster_dir=cluster_path,
+                            cluster_heartbeat=conf.cluster_heartbeat)
     return HostSettings(paths, port, location, os.path.abspath(furls_path),
                         metrics_listen=metrics_listen, mailbox_listen=mailbox_listen,
-                        mailbox_url=mailbox)
+                        mailbox_url=mailbox, cluster_dir=cluster_path)
 
 
 def furl_protocol(basedir: str, **options: Any) -> dict[str, Any]:

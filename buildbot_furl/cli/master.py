@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from buildbot_furl.cli import master_cmds as cmds
-from buildbot_furl.cli.common import dir_option, guarded, run_main
+from buildbot_furl.cli.common import Failed, dir_option, guarded, run_main
 from buildbot_furl.cli.exits import Exit, epilog
 from buildbot_furl.cli.master_cmds import MasterCli
 
@@ -135,11 +135,28 @@ def invite(cfg: MasterCli, name: str, ttl: str, comment: str, cancel: bool) -> N
 @_basedir
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--show-furls", is_flag=True, help="Include the FURLs (secrets!).")
+@click.option("--cluster", is_flag=True,
+              help="Say which master of the cluster holds each worker (from the cluster "
+                   "directory's heartbeat records; never a FURL).")
 @click.pass_obj
 @guarded()
-def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
+def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool, cluster: bool) -> None:
     """List workers; with a running master, also who is connected.  Problems
-    with the master's files are reported as warnings (as by status)."""
+    with the master's files are reported as warnings (as by status).
+
+    With --cluster (a multi-master cluster sharing workers.furls): which
+    master holds each worker, or that none does, read from the records every
+    master writes into the cluster directory (cluster_dir in furl-master.conf;
+    default: furl-cluster/ beside the file a linked workers.furls points to).
+    Files only: it works whether this master runs or not.  A master without a
+    heartbeat for 3 of its intervals (10 s each by default) is said to be
+    gone, and its workers are not counted as held.
+    """
+    if cluster:
+        if show_furls:
+            raise Failed("--cluster shows no FURLs: leave out --show-furls", Exit.USAGE)
+        cmds.list_cluster(cfg, as_json)
+        return
     cmds.list_workers(cfg, as_json, show_furls)
 
 

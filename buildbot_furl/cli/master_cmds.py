@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from buildbot_furl import daemon, furlsfile
+from buildbot_furl import cluster, daemon, furlsfile
 from buildbot_furl.cli.common import Failed, note
 from buildbot_furl.cli.exits import Exit
 from buildbot_furl.client.connect import (
@@ -23,6 +23,7 @@ from buildbot_furl.client.connect import (
     require_standalone,
     run_with_admin,
 )
+from buildbot_furl.display import printable
 from buildbot_furl.errors import ConfigError, PathRefused
 from buildbot_furl.furl import Furl, new_swissnum
 from buildbot_furl.layout import MasterPaths
@@ -294,6 +295,72 @@ def list_workers(cfg: MasterCli, as_json: bool, show_furls: bool) -> None:
         click.echo("  ".join(parts))
     if not running:
         note("(the master is not running: connection state unknown)")
+
+
+def list_cluster(cfg: MasterCli, as_json: bool) -> None:
+    """Which master of the cluster holds each worker of workers.furls, from
+    the heartbeat records of the cluster directory (files only)."""
+    r = cfg.reading()
+    paths = cfg.paths()
+    setting = r.config.cluster_dir if r.config is not None else None
+    directory = cluster.resolve_dir(setting, paths.basedir, paths.furls)
+    if directory is None:
+        raise ConfigError(
+            f"no cluster directory: {paths.furls} is not a link to a shared file and "
+            f"{paths.conf} sets no cluster_dir; set cluster_dir = PATH there, the same "
+            "directory on every master of the cluster")
+    view = cluster.read_dir(directory, time.time())
+    entries = furlsfile.read(paths.furls).entries
+    listed = {e.name for e in entries}
+    names = [e.name for e in entries] + sorted(view.held_names() - listed)
+    workers = []
+    for name in names:
+        holders = view.holders(name)
+        workers.append({
+            "name": name, "listed": name in listed,
+            "held_by": [{"master": m.name, "since": w.since, "peer": w.peer,
+                         "state": w.state} for m, w in holders],
+            "waiting_on": [m.name for m in view.waiting(name)] if not holders else []})
+    if as_json:
+        click.echo(json.dumps({
+            "cluster_dir": directory,
+            "masters": [{"name": m.name, "master_id": m.master_id, "pid": m.pid,
+                         "location": list(m.location), "port": m.port, "updated": m.updated,
+                         "interval": m.interval, "live": not m.stale(view.now),
+                         "workers": sum(w.held for w in m.workers)} for m in view.records],
+            "workers": workers, "problems": list(view.problems)}, indent=2))
+        return
+    for p in view.problems:
+        note(f"warning: {p}")
+    if not view.records:
+        note(f"no master has written a heartbeat record into {directory} yet")
+    for m in view.records:
+        mname = printable(m.name)  # a file's text: no escapes to the terminal
+        age = max(0.0, m.age(view.now))
+        if m.stale(view.now):
+            click.echo(f"master {mname}: no heartbeat for {age:.0f} s (stopped or dead; its "
+                       f"workers are not counted as held)")
+        else:
+            click.echo(f"master {mname}: live (pid {m.pid}, port {m.port}, heartbeat "
+                       f"{age:.0f} s ago), {sum(w.held for w in m.workers)} worker(s) attached")
+    for w in workers:
+        held = w["held_by"]
+        if len(held) == 1:
+            h = held[0]
+            text = f"held by {h['master']} (from {h['peer']} since {_when(h['since'])}" + \
+                (", draining)" if h["state"] == "draining" else ")")
+        elif held:
+            text = ("held by " + " and ".join(h["master"] for h in held) +
+                    ": claimed by more than one live master, which should not happen "
+                    "(do these masters share one Tub key?)")
+        elif w["waiting_on"]:
+            text = ("not attached to any master (" + ", ".join(w["waiting_on"]) +
+                    " keeps its session while it reconnects)")
+        else:
+            text = "not attached to any master"
+        if not w["listed"]:
+            text += " (not in workers.furls)"
+        click.echo(printable(f"{w['name']}  {text}"))
 
 
 async def _list_and_status(admin: Any) -> tuple[list[WorkerRow], StatusAnswer,

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from buildbot_furl import furlsfile, logs
+from buildbot_furl import cluster, furlsfile, logs
 from buildbot_furl.errors import ConfigError
 from buildbot_furl.layout import CONF_NAME, MasterPaths
 from buildbot_furl.master.admission import GateSettings
@@ -61,6 +61,11 @@ class MasterConfig:
     mailbox_listen: str | None = None
     #: the mailbox of new invites (None: ours if we serve one, else the public one)
     mailbox_url: str | None = None
+    #: the cluster directory as written (None: the default, beside a linked
+    #: workers.furls; "off": none); cluster.resolve_dir says where it is
+    cluster_dir: str | None = None
+    #: seconds between two heartbeat records in it
+    cluster_heartbeat: float = cluster.DEFAULT_HEARTBEAT
 
 
 def parse_location(location: str) -> tuple[str, ...]:
@@ -156,7 +161,10 @@ def create(basedir: str, location: str, port: str | None,
             "# /healthz and /readyz there; off when left out), mailbox_listen = tcp:4000\n"
             "# (serve the invites' magic-wormhole mailbox; off when left out), mailbox_url\n"
             "# = ws://HOST:4000/v1 (the mailbox of invites; default: ours if served, else\n"
-            "# the public ws://relay.magic-wormhole.io:4000/v1).\n"
+            "# the public ws://relay.magic-wormhole.io:4000/v1), cluster_dir = PATH (where\n"
+            "# the masters of a cluster say which workers they hold; default: furl-cluster/\n"
+            "# beside the file workers.furls links to, none if it is no link; off: none),\n"
+            "# cluster_heartbeat = 10 (seconds between two of this master's records there).\n"
         )
         cp.write(f)
     furlsfile.ensure_exists(paths.furls)
@@ -253,11 +261,20 @@ def read(basedir: str) -> ConfReading:
         mailbox_listen=setting("mailbox_listen", None, lambda v: check_listen(
             v, "tcp:4000")),
         mailbox_url=setting("mailbox_url", None, check_mailbox_url),
+        cluster_dir=setting("cluster_dir", None, _cluster_dir),
+        cluster_heartbeat=setting("cluster_heartbeat", cluster.DEFAULT_HEARTBEAT,
+                                  lambda v: cluster.check_heartbeat(float(v))),
     )
     config = None
     if location is not None and port is not None:
         config = MasterConfig(paths, location, port, **values)
     return ConfReading(paths, config, tuple(problems))
+
+
+def _cluster_dir(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty: give a directory, or off")
+    return text.strip()
 
 
 def _seconds(text: str) -> int:

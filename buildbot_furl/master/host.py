@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.application import service
 from twisted.internet import defer, reactor
 
-from buildbot_furl import furlsfile
+from buildbot_furl import cluster, furlsfile
 from buildbot_furl.errors import FurlError
 from buildbot_furl.furl import new_swissnum
 from buildbot_furl.layout import MasterPaths
@@ -47,6 +48,7 @@ from buildbot_furl.master.config import (
 from buildbot_furl.master.admission import GateSettings
 from buildbot_furl.master.connection import FurlConnection
 from buildbot_furl.master.consumer import ConsumerFactory, WorkerConsumer
+from buildbot_furl.master.heartbeat import Heartbeat
 from buildbot_furl.master.refusals import Refusals
 from buildbot_furl.master.invites import Invites, WormholeFactory, real_wormhole
 from buildbot_furl.master.mailbox import MailboxService
@@ -97,6 +99,9 @@ class HostSettings:
     mailbox_listen: str | None = None
     #: the mailbox new invites use
     mailbox_url: str = PUBLIC_MAILBOX
+    #: where this master writes its heartbeat record (None: nowhere; cluster.py)
+    cluster_dir: str | None = None
+    cluster_heartbeat: float = cluster.DEFAULT_HEARTBEAT
 
     @property
     def workers_file(self) -> str:
@@ -108,7 +113,19 @@ class HostSettings:
                    config.disconnect_timeout, config.reload_interval, config.session_grace,
                    config.refusal_limit, config.call_timeout, config.gate,
                    config.metrics_listen, config.mailbox_listen,
-                   mailbox_of(config.mailbox_url, config.mailbox_listen, config.location))
+                   mailbox_of(config.mailbox_url, config.mailbox_listen, config.location),
+                   cluster.resolve_dir(config.cluster_dir, config.paths.basedir,
+                                       config.paths.furls),
+                   config.cluster_heartbeat)
+
+
+def master_name(buildbot_master: Any, basedir: str) -> str:
+    """The master's name in its cluster: Buildbot's ``master.name``, else
+    ``hostname:basedir`` (what Buildbot's own default is made of)."""
+    name = getattr(buildbot_master, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return f"{socket.gethostname()}:{os.path.abspath(basedir)}"
 
 
 class MasterHost(service.MultiService):
@@ -145,6 +162,9 @@ class MasterHost(service.MultiService):
         self._wormholes = wormholes
         self.invites: Invites | None = None
         self.mailbox: MailboxService | None = None
+        #: this master's name in its cluster (heartbeat record, master_info metric)
+        self.name = master_name(buildbot_master, settings.paths.basedir)
+        self.heartbeat: Heartbeat | None = None
 
     def startService(self) -> None:
         """Check the files, make the Tub and load workers.furls; raises
@@ -174,7 +194,25 @@ class MasterHost(service.MultiService):
             furlsfile.check_buildbot_name if self.buildbot_master is not None
             else furlsfile.check_name, self.metrics)
         self.invites.setServiceParent(self)  # reads private/invites.json: ConfigError
+        if s.cluster_dir is not None:
+            self.heartbeat = Heartbeat(s.cluster_dir, self._record, clock,  # type: ignore[arg-type]
+                                       s.cluster_heartbeat)
+            self.heartbeat.setServiceParent(self)
         super().startService()
+
+    def _record(self, now: float) -> cluster.MasterRecord:
+        """What the heartbeat writes: this master and the workers it holds."""
+        s = self.settings
+        held = tuple(cluster.HeldWorker(r.name, r.connected_since or 0.0, r.peer or "?",
+                                        r.state)
+                     for r in self.worker_rows()
+                     if r.state in (*cluster.HELD_STATES, cluster.WAITING_STATE))
+        return cluster.MasterRecord(cluster.master_id(self.name), self.name, os.getpid(),
+                                    s.location, s.port, now, s.cluster_heartbeat, held)
+
+    def _changed(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.changed()
 
     async def open_invites(self) -> None:
         """Serve the invites' mailbox (if the settings say so) and open the
@@ -290,9 +328,11 @@ class MasterHost(service.MultiService):
                 del self.connections[session]
 
         conn.notifyOnDisconnect(gone)
+        self._changed()
         await defer.maybeDeferred(self.consumer.attached, session, conn)
 
     def _detached(self, session: WorkerSession) -> None:
+        self._changed()
         conn = self.connections.pop(session, None)
         if conn is None:
             return
@@ -303,6 +343,7 @@ class MasterHost(service.MultiService):
         self.consumer.detached(session, conn)
 
     def _drain(self, session: WorkerSession) -> int:
+        self._changed()
         conn = self.connections.get(session)
         return self.consumer.drain_started(session, conn) if conn is not None else 0
 
@@ -333,6 +374,9 @@ class MasterHost(service.MultiService):
 
     def commands_running(self) -> int:
         return sum(c.commands_running for c in self.connections.values())
+
+    def master_name(self) -> str:
+        return self.name
 
     def invites_pending(self) -> int:
         return self.invites.pending_count() if self.invites is not None else 0

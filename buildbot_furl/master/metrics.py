@@ -43,6 +43,8 @@ class HostView(Protocol):
 
     def invites_pending(self) -> int: ...
 
+    def master_name(self) -> str: ...
+
 
 class MasterMetrics:
     """The master's counters, and the registry that serves them."""
@@ -144,6 +146,12 @@ class _Collector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         rows = self.host.worker_rows()
+        info = GaugeMetricFamily(
+            PREFIX + "master_info", "Always 1; its label names this master as its "
+            "cluster knows it (Buildbot's master name, else hostname:basedir), so that "
+            "the series of the masters of a cluster can be told apart.", labels=["master"])
+        info.add_metric([self.host.master_name()], 1.0)
+        yield info
         per_worker = GaugeMetricFamily(
             PREFIX + "worker_attached", "1 while the worker is attached to this master "
             "(one series per worker in workers.furls).", labels=["worker"])

@@ -354,6 +354,27 @@ class BBMaster:
         return {w["name"] for w in data["workers"] if w.get("connected")}
 
 
+def master_name(m: Any) -> str:
+    """A Buildbot master's name (Buildbot's own default: hostname:basedir)."""
+    return f"{os.uname()[1]}:{os.path.abspath(m.dir)}"
+
+
+def cluster_view(m: Any) -> dict[str, Any]:
+    """``furl-master list-workers --cluster --json`` on master ``m``."""
+    p = m.furl("list-workers", "--cluster", "--json")
+    assert "pb://" not in p.stdout + p.stderr
+    return json.loads(p.stdout)
+
+
+def holders(m: Any, worker: str) -> list[str]:
+    return [h["master"] for w in cluster_view(m)["workers"] if w["name"] == worker
+            for h in w["held_by"]]
+
+
+def live(m: Any) -> dict[str, bool]:
+    return {r["name"]: r["live"] for r in cluster_view(m)["masters"]}
+
+
 class Cluster:
     def __init__(self, tmp: Path, procs: Procs) -> None:
         self.tmp = tmp
@@ -498,6 +519,10 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
     c.secrets.add(furl.rsplit("/", 1)[1])
     hints = furl.split("@", 1)[1].rsplit("/", 1)[0].split(",")
     assert hints == [f"tcp:127.0.0.1:{a.port}", f"tcp:127.0.0.1:{b.port}"]
+    # every master's heartbeat record in one cluster directory (issue 18): A
+    # holds the real workers.furls, so it is named (B's link alone would do for B)
+    with open(a.dir / "furl-master.conf", "a") as f:
+        f.write(f"cluster_dir = {c.tmp / 'furl-cluster'}\ncluster_heartbeat = 1\n")
     # master B: the same key, the same workers.furls (a symlink), its own port
     (b.dir / "private").mkdir(mode=0o700)
     shutil.copy2(a.dir / "private" / "tub.pem", b.dir / "private" / "tub.pem")
@@ -533,6 +558,9 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
         mid_first, mid_other = c.masterid(first), c.masterid(other)
         assert wait_for(lambda: sampler.masters_of_w1() == [mid_first], 30)
         print(f"w1 attached to master {first.name}")
+        # list-workers --cluster on the other master says where it is
+        assert wait_for(lambda: holders(other, "w1") == [master_name(first)], 30), \
+            cluster_view(other)
 
         # a build, forced through the other master, runs on the worker's master
         bsid = other.force()
@@ -571,6 +599,10 @@ def test_worker_fails_over_between_two_masters(cluster: Cluster, how: str,
         assert gone
         (c.tmp / "slow.stop").write_text("")
         assert "w1" in other.attached()
+        # --cluster: the dead master is gone (no heartbeat for 3 s) and holds
+        # nothing, although Buildbot's connected_workers row for it stays
+        assert wait_for(lambda: holders(other, "w1") == [master_name(other)] and
+                        not live(other)[master_name(first)], 30), cluster_view(other)
 
         # the next build runs there
         t = time.monotonic()

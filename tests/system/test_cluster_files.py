@@ -5,13 +5,21 @@ docs/cluster.md says, and what a worker meets when the masters differ."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
+import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from buildbot_furl import cluster
 from buildbot_furl.testing.farm import cli
-from buildbot_furl.testing.procs import Procs, free_port
+from buildbot_furl.testing.procs import Procs, free_port, wait_for
 
 from buildbot_furl.privatefiles import write_private
 
@@ -130,3 +138,60 @@ def test_master_without_the_workers_line_refuses_it(two: Two) -> None:
     two.start(two.b)
     rc, err = two.start_worker(furl)
     assert rc != 0 and "the master does not know this FURL" in err, err
+
+
+def _cluster(d: Path) -> dict[str, Any]:
+    p = cli("furl-master", "list-workers", "-d", str(d), "--cluster", "--json", check=True)
+    assert "pb://" not in p.stdout + p.stderr  # never a FURL
+    return json.loads(p.stdout)
+
+
+def _holders(view: dict[str, Any], worker: str) -> list[str]:
+    return [h["master"] for w in view["workers"] if w["name"] == worker for h in w["held_by"]]
+
+
+def _live(view: dict[str, Any]) -> dict[str, bool]:
+    return {m["name"]: m["live"] for m in view["masters"]}
+
+
+def test_list_workers_cluster_says_which_master_holds_the_worker(two: Two) -> None:
+    """Issue 18: both masters link workers.furls to one shared file, so both
+    write their heartbeat records into the default furl-cluster/ beside it;
+    list-workers --cluster on B says A holds the worker; A killed, it says A
+    is gone and, once the worker has moved, that B holds it."""
+    shared = two.tmp / "shared"
+    shared.mkdir(mode=0o700)
+    (two.a / "workers.furls").rename(shared / "workers.furls")
+    (two.a / "workers.furls").symlink_to(shared / "workers.furls")
+    conf = two.a / "furl-master.conf"
+    conf.write_text(conf.read_text() + "cluster_heartbeat = 1\n")  # stale after 3 s
+    two.copy_to_b()
+    (two.b / "workers.furls").symlink_to(shared / "workers.furls")
+    furl = two.create_worker("w1")
+    name_a, name_b = f"{socket.gethostname()}:{two.a}", f"{socket.gethostname()}:{two.b}"
+    cl = shared / "furl-cluster"
+    two.start(two.a)
+    assert stat.S_IMODE(cl.stat().st_mode) == 0o700
+    rc, err = two.start_worker(furl)  # B is not up: A has it
+    assert rc == 0, err
+    two.start(two.b)
+    view = wait_for(lambda: (v := _cluster(two.b)) and _holders(v, "w1") == [name_a]
+                    and len(v["masters"]) == 2 and v, 20)
+    assert view and _live(view) == {name_a: True, name_b: True}, view
+    for record in cl.iterdir():
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    text = cli("furl-master", "list-workers", "-d", str(two.b), "--cluster", check=True).stdout
+    assert f"w1  held by {name_a} (from 127.0.0.1:" in text, text
+
+    pid_a = int((two.a / "furl-master.pid").read_text())
+    os.kill(pid_a, signal.SIGKILL)  # no clean stop: its record stays, and goes stale
+    view = wait_for(lambda: (v := _cluster(two.b)) and not _live(v)[name_a]
+                    and _holders(v, "w1") == [name_b] and v, 30)
+    assert view and _live(view) == {name_a: False, name_b: True}, view
+    assert two.connected(two.b) == {"w1"}
+    text = cli("furl-master", "list-workers", "-d", str(two.a), "--cluster", check=True).stdout
+    assert re.search(rf"master {re.escape(name_a)}: no heartbeat for \d+ s \(stopped or dead",
+                     text), text  # (A's own directory says it too: files only)
+    assert f"w1  held by {name_b} (from 127.0.0.1:" in text, text
+    cli("furl-master", "stop", "-d", str(two.b), check=True)
+    assert [p.name for p in cl.iterdir()] == [f"{cluster.master_id(name_a)}.json"]  # B's gone

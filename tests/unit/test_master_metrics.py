@@ -53,6 +53,9 @@ class Host:
     def invites_pending(self) -> int:
         return 1
 
+    def master_name(self) -> str:
+        return "hostA:/srv/bb/master"
+
 
 P = "buildbot_furl_"
 
@@ -71,6 +74,8 @@ def test_the_gauges_are_read_from_the_host_at_each_scrape() -> None:
     assert got[(P + "connections_pending", ())] == 7
     assert got[(P + "connections_closed_total", (("reason", "evicted"),))] == 7
     assert got[(P + "connections_closed_total", (("reason", "unanswered"),))] == 2
+    # the masters of a cluster told apart (issue 18)
+    assert got[(P + "master_info", (("master", "hostA:/srv/bb/master"),))] == 1
     host.rows = host.rows[:1]
     host.running = 0
     got = scrape(m)
