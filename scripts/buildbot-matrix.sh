@@ -20,6 +20,7 @@ cd "$ROOT"
 # test_soak.py (a minute of builds by design).
 TIER=(
   tests/unit/test_builder_list.py
+  tests/unit/test_cluster_heartbeat.py
   tests/unit/test_connection_interface.py
   tests/unit/test_transfer_contract.py
   tests/system/test_buildbot_detach.py
