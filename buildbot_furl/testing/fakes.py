@@ -48,3 +48,13 @@ class FakeBot:
         """The arguments of every ``startCommand`` call (what the master
         handed over: its status, writer and reader references among them)."""
         return [args for method, args in self.calls if method == "startCommand"]
+
+
+def run_at_once(coro: Any) -> Any:
+    """Run a coroutine that never really waits (its fakes answer at once) to
+    its end, and answer its result; AssertionError if it does wait."""
+    try:
+        coro.send(None)
+    except StopIteration as e:
+        return e.value
+    raise AssertionError("the coroutine waited")

@@ -4,24 +4,14 @@ command, is cut and resumes, meets a forged attach, and is revoked."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from buildbot_furl.testing.farm import Farm
 from buildbot_furl.testing.procs import free_port
+from buildbot_furl.testing.scrape import http_get as get
 
 P = "buildbot_furl_"
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def scrape(port: int) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], str]:

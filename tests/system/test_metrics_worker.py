@@ -7,8 +7,6 @@ bad or busy endpoint fails the start in one line; no secret in a scrape."""
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,17 +14,9 @@ import pytest
 from buildbot_furl.exits import Exit
 from buildbot_furl.testing.farm import Farm, cli
 from buildbot_furl.testing.procs import free_port
+from buildbot_furl.testing.scrape import http_get as get
 
 P = "buildbot_furl_worker_"
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """(status, body) of GET http://127.0.0.1:PORT/PATH."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -19,6 +19,7 @@ from buildbot_furl.protocol.messages import (
     WorkerRow,
 )
 from buildbot_furl.testing.fakes import FakeBot
+from buildbot_furl.testing.fakes import run_at_once as _run
 
 
 def scrape(metrics: MasterMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -125,15 +126,6 @@ def _session(clock: Clock, m: MasterMetrics) -> tuple[WorkerSession, FakeBot]:
     s = WorkerSession("w1", bot, AttachInfo((1,), "test", {}), 1, "127.0.0.1:4242", 30.0,
                       clock=clock, metrics=m)
     return s, bot
-
-
-def _run(coro: Any) -> Any:
-    """A coroutine that never waits (its listeners answer at once), run to its end."""
-    try:
-        coro.send(None)
-    except StopIteration as e:
-        return e.value
-    raise AssertionError("the coroutine waited")
 
 
 def test_a_sessions_cut_resume_and_expiry_are_counted_on_the_clock() -> None:

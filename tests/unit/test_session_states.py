@@ -22,6 +22,7 @@ from buildbot_furl.master.session_states import (
 )
 from buildbot_furl.protocol.messages import AttachInfo
 from buildbot_furl.testing.fakes import FakeBot
+from buildbot_furl.testing.fakes import run_at_once as _run
 
 GRACE = 30.0
 
@@ -165,12 +166,3 @@ def test_the_registry_marks_a_drain_once_and_names_who_asked(tmp_path: Any) -> N
     assert reg.drain(s, "the master's admin") == 3
     assert reg.drain(s, "its admin, from the worker") == 3
     assert s.draining == "the master's admin" and s.state == DRAINING
-
-
-def _run(coro: Any) -> Any:
-    """Run a coroutine that never really waits (fake bots answer at once)."""
-    try:
-        coro.send(None)
-    except StopIteration as e:
-        return e.value
-    raise AssertionError("it waited")
