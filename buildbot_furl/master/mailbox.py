@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import service
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from buildbot_furl.errors import FurlError
+from buildbot_furl.sitesvc import SiteService
 
 PRUNE_EVERY = 3600.0  # seconds between prunes
 PRUNE_AFTER = 3600.0  # a channel idle this long, with nobody listening, goes
@@ -27,14 +26,12 @@ class CannotServeMailbox(FurlError):
     """The mailbox cannot listen (in use, no permission)."""
 
 
-class MailboxService(service.Service):
+class MailboxService(SiteService):
     """A mailbox server listening on ``listen`` (a Twisted endpoint string)."""
 
     def __init__(self, listen: str, clock: IReactorTime | None = None) -> None:
-        super().__init__()
-        self.listen = listen
+        super().__init__(listen)
         self.clock = clock if clock is not None else reactor
-        self.port: IListeningPort | None = None
         self._server: Any = None
         self._prune: LoopingCall | None = None
 
@@ -46,11 +43,7 @@ class MailboxService(service.Service):
 
         server = make_server(create_or_upgrade_channel_db(":memory:"), allow_list=False)
         site = make_web_server(server, log_requests=False)
-        try:
-            self.port = await serverFromString(reactor, self.listen).listen(site)
-        except Exception as e:  # noqa: BLE001 - one line for the admin
-            raise CannotServeMailbox(f"cannot serve the invites' mailbox on {self.listen}: "
-                                     f"{e}") from None
+        await self.listen_now(site, CannotServeMailbox, "the invites' mailbox")
         self._server = server
         server.startService()
         self._prune = LoopingCall(self._pruned)
@@ -65,20 +58,9 @@ class MailboxService(service.Service):
             pass
 
     def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802
-        super().stopService()
         if self._prune is not None and self._prune.running:
             self._prune.stop()
         server, self._server = self._server, None
         if server is not None:
             server.stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-        return None
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        if self.port is None:
-            return None
-        h = self.port.getHost()
-        return h.host, h.port
+        return super().stopService()

@@ -13,15 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from twisted.application import service
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from buildbot_furl.errors import ConfigError, FurlError
+from buildbot_furl.sitesvc import SiteService
 
 log = Logger()
 
@@ -88,38 +87,18 @@ class CannotServeMetrics(FurlError):
     """The metrics endpoint cannot listen (in use, no permission)."""
 
 
-class MetricsService(service.Service):
+class MetricsService(SiteService):
     """Serves ``registry`` and the health checks on ``listen`` (a Twisted
     endpoint string) while running."""
 
     def __init__(self, listen: str, registry: CollectorRegistry, ready: Readiness) -> None:
-        super().__init__()
-        self.listen = listen
+        super().__init__(listen)
         self.site = Site(_Root(registry, ready))
         self.site.noisy = False
-        self.port: IListeningPort | None = None
 
     async def start(self) -> None:
         """Listen; CannotServeMetrics when the endpoint cannot be had."""
-        try:
-            self.port = await serverFromString(reactor, self.listen).listen(self.site)
-        except Exception as e:  # noqa: BLE001 - one line for the admin
-            raise CannotServeMetrics(f"cannot serve metrics on {self.listen}: {e}") from None
-        host = self.port.getHost()
+        await self.listen_now(self.site, CannotServeMetrics, "metrics")
+        host, port = self.address or ("?", "?")
         log.info("metrics on http://{host}:{port}/metrics (and /healthz, /readyz)",
-                 host=getattr(host, "host", "?"), port=getattr(host, "port", "?"))
-
-    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return defer.maybeDeferred(port.stopListening)
-        return None
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """Where it listens (host, port), once it does."""
-        if self.port is None:
-            return None
-        h = self.port.getHost()
-        return h.host, h.port
+                 host=host, port=port)
