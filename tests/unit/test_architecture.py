@@ -11,7 +11,7 @@ import pytest
 
 from buildbot_furl.testing.procs import ROOT  # the checkout: tests/ may be one or two levels down
 PKG = ROOT / "buildbot_furl"
-SIDES = ("master", "worker", "client", "buildbot", "cli")
+SIDES = ("master", "worker", "client", "buildbot", "cli", "testing")
 # what each part may import of the others (neutral modules and protocol are free
 # for all, except that they themselves import no side)
 ALLOWED = {
@@ -20,6 +20,8 @@ ALLOWED = {
     "client": set(),
     "buildbot": {"master"},
     "cli": {"master", "worker", "client"},
+    # test machinery may drive any side in-process (no product module imports it)
+    "testing": {"master", "worker", "client"},
     "neutral": set(),
 }
 
@@ -157,3 +159,14 @@ def test_every_test_module_has_a_name_of_its_own() -> None:
     packages): two files of one name in unit/ and system/ break collection."""
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in buildbot_furl/testing/, not in a test module."""
+    found = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("tests", "conftest")]
+    assert found == []

@@ -241,24 +241,12 @@ def test_a_write_that_fails_is_logged_once_and_tried_again(tmp_path: pathlib.Pat
 async def test_the_host_writes_which_workers_it_holds(tmp_path: pathlib.Path) -> None:
     from prometheus_client import generate_latest
 
-    from buildbot_furl import furlsfile
-    from buildbot_furl.furl import Furl, new_swissnum
-    from buildbot_furl.layout import MasterPaths
-    from buildbot_furl.master.host import HostSettings, MasterHost
-    from buildbot_furl.tubs import make_tub
-    from tests.unit.test_consumers import Recorder, _attach
+    from buildbot_furl.testing.hostrig import attach_w1 as _attach
+    from buildbot_furl.testing.hostrig import host_with_w1
 
-    paths = MasterPaths(str(tmp_path))
-    os.mkdir(paths.private, 0o700)
-    tubid = make_tub(paths.tub_pem).getTubID()
-    swiss = new_swissnum()
-    with furlsfile.update(paths.furls, tubid) as ff:
-        ff.add("w1", Furl(tubid, ("tcp:127.0.0.1:9",), swiss))
     d = tmp_path / "cl"
     clock = Clock()
-    host = MasterHost(HostSettings(paths, "tcp:0:interface=127.0.0.1", ("tcp:127.0.0.1:9",),
-                                   cluster_dir=str(d)), Recorder, clock=clock)
-    host.startService()
+    host, swiss = host_with_w1(tmp_path, clock, cluster_dir=str(d))
     path = d / (cluster.master_id(host.name) + ".json")
     try:
         assert read_record(str(path)).workers == ()

@@ -3,7 +3,6 @@ typed admin answers (issue 17 items 4 and 5)."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 from typing import Any
@@ -11,20 +10,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.internet.task import Clock
 
-from buildbot_furl import furlsfile
 from buildbot_furl.errors import BadRequest, UnknownWorker
-from buildbot_furl.furl import Furl, new_swissnum
-from buildbot_furl.layout import MasterPaths
 from buildbot_furl.master.connection import FurlConnection
-from buildbot_furl.master.consumer import Workers
-from buildbot_furl.master.host import HostSettings, MasterHost
-from buildbot_furl.master.session import WorkerSession
+from buildbot_furl.master.host import MasterHost
 from buildbot_furl.master.standalone import Standalone
-from buildbot_furl.protocol import PROTOCOL_VERSIONS
 from buildbot_furl.protocol.messages import (
-    AttachInfo,
     DrainAnswer,
     GateCounts,
     PutAnswer,
@@ -34,53 +25,15 @@ from buildbot_furl.protocol.messages import (
     WorkerRow,
     worker_rows_from_wire,
 )
-from buildbot_furl.testing.fakes import FakeBot
+from buildbot_furl.testing.hostrig import Recorder, attach_w1, host_with_w1
 from buildbot_furl.testing.procs import ROOT
-from buildbot_furl.tubs import make_tub
-
-
-class Recorder:
-    """A consumer that writes down what the host tells it."""
-
-    def __init__(self, workers: Workers) -> None:
-        self.workers = workers
-        self.seen: list[tuple[str, WorkerSession, FurlConnection]] = []
-        self.refuse: Exception | None = None
-        self.running = 0
-
-    def attached(self, session: WorkerSession, connection: FurlConnection) -> None:
-        self.seen.append(("attached", session, connection))
-        if self.refuse is not None:
-            raise self.refuse
-
-    def detached(self, session: WorkerSession, connection: FurlConnection) -> None:
-        self.seen.append(("detached", session, connection))
-
-    def drain_started(self, session: WorkerSession, connection: FurlConnection) -> int:
-        self.seen.append(("drain", session, connection))
-        return self.running
 
 
 def _host(tmp_path: pathlib.Path) -> tuple[MasterHost, str]:
-    paths = MasterPaths(str(tmp_path))
-    os.mkdir(paths.private, 0o700)
-    tubid = make_tub(paths.tub_pem).getTubID()
-    swiss = new_swissnum()
-    with furlsfile.update(paths.furls, tubid) as ff:
-        ff.add("w1", Furl(tubid, ("tcp:127.0.0.1:9",), swiss))
-    settings = HostSettings(paths, "tcp:0:interface=127.0.0.1", ("tcp:127.0.0.1:9",))
-    host = MasterHost(settings, Recorder, clock=Clock())
-    host.startService()
-    return host, swiss
+    return host_with_w1(tmp_path)
 
 
-async def _attach(host: MasterHost, swiss: str) -> WorkerSession:
-    assert host.registry is not None
-    login = host.registry._lookup(swiss)  # what a worker dialing its FURL reaches
-    await host.registry.attach(login, FakeBot(), AttachInfo(tuple(PROTOCOL_VERSIONS), "t", {}))
-    session = host.session_of("w1")
-    assert session is not None
-    return session
+_attach = attach_w1
 
 
 @pytest_twisted.ensureDeferred
