@@ -30,7 +30,9 @@ def _furl_options(fn: click.decorators.FC) -> click.decorators.FC:
 
 CODE_HELP = ("The one-time invite code 'furl-master invite' printed (like "
              "7-guitarist-revenge): the FURL comes through an encrypted magic-wormhole, "
-             "minted for this worker; nothing secret is printed.")
+             "minted for this worker; nothing secret is printed.  '-' reads it from "
+             "stdin (asked for on a terminal): a code given here is visible to this "
+             "machine's other users ('ps') until the claim ends.")
 MAILBOX_HELP = ("The magic-wormhole mailbox the master's invite uses, as 'furl-master "
                 "invite' printed it (default: the public ws://relay.magic-wormhole.io:4000/v1).")
 

@@ -213,7 +213,12 @@ def _claim(code: str, mailbox: str | None, admin: str | None, host: str | None,
     from buildbot_furl.protocol.messages import PUBLIC_MAILBOX, InviteClaim, check_mailbox_url
     from buildbot_furl.worker import join
 
-    join.check_code(code)
+    if code == "-":  # kept off the command line, which other users see (ps)
+        if sys.stdin.isatty():
+            code = click.prompt("invite code", hide_input=True, err=True)
+        else:
+            code = sys.stdin.readline()
+    code = join.check_code(code)
     url = check_mailbox_url(mailbox) if mailbox else PUBLIC_MAILBOX
     user = getpass.getuser()
     me = InviteClaim(host or socket.gethostname(),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from buildbot_furl import furlsfile
-from buildbot_furl.testing.farm import Farm, cli
-from buildbot_furl.testing.procs import free_port
+from buildbot_furl.testing.farm import Farm, argv, cli
+from buildbot_furl.testing.procs import child_env, free_port
 
 
 def _mailbox(farm: Farm) -> str:
@@ -71,9 +72,13 @@ def test_invites_from_code_to_attached_worker(farm: Farm, tmp_path: Path) -> Non
     assert '"state": "claimed"' in rows and code not in rows
     log = (farm.mdir / "master.log").read_text()
     assert "invite for worker w1 claimed by" in log
-    # the same code again meets nobody
-    rc, _, err = _claim(farm, "create-worker", tmp_path / "again", code, mailbox, "3")
-    assert rc == 1 and "no master answered this code" in err
+    # the same code again meets nobody (here given on stdin, off the command line)
+    p = subprocess.run(argv("furl-worker", "create-worker", str(tmp_path / "again"),
+                            "--code", "-", "--mailbox", mailbox, "--claim-wait", "3"),
+                       input=code + "\n", capture_output=True, text=True, timeout=90,
+                       env=child_env())
+    assert p.returncode == 1 and "no master answered this code" in p.stderr, p.stderr
+    assert code not in p.stderr
     assert not (tmp_path / "again" / "master.furl").exists()
     # a wrong code: both ends say so, and the invite is burned
     code2 = _invite(farm, "w2")
