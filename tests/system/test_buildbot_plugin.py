@@ -773,6 +773,9 @@ async def test_reconfig_adds_worker_and_revocation_drops_it(
         furl2 = f"pb://{tubid}@tcp:127.0.0.1:{env.port}/{new_swissnum()}"
         with open(env.furls_path, "a", encoding="utf-8") as f:
             f.write(f"fw2 {furl2}  # added by hand\n")
+        # the master reads the edit within reload_interval (1 s); a worker that
+        # dials before that is refused as unknown (seen once, in CI's matrix)
+        assert await wait_for(lambda: "worker fw2 added" in env.log_text(), 10)
         # a worker the master.cfg does not know yet is refused...
         p2 = env.start_furl_worker("fw2", furl2, wait=0)
         refused = "refused worker fw2: master.cfg configures no FurlWorker"
